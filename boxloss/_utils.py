@@ -1,0 +1,170 @@
+"""Private helpers shared by every public function: input checks, upcasting, format conversion, reduction.
+
+Every check here looks at shapes, dtypes and Python values only, never at the values of a tensor, so none of
+them forces a host-device synchronisation on CUDA.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+
+BOX_FORMATS = ("xyxy", "xywh", "cxcywh")
+REDUCTIONS = ("none", "mean", "sum")
+
+
+def _check_choice(name: str, value: object, allowed: tuple) -> None:
+    if not isinstance(value, str) or value not in allowed:
+        options = ", ".join(repr(a) for a in allowed)
+        raise ValueError(f"{name} must be one of {options}; got {value!r}")
+
+
+def _check_boxes(name: str, boxes: object) -> None:
+    """A box tensor: a real (floating or integer) ``Tensor[..., 4]``."""
+    if not isinstance(boxes, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (..., 4); got {type(boxes).__name__}")
+    if boxes.dtype == torch.bool or boxes.is_complex():
+        raise TypeError(f"{name} must have a real floating or integer dtype; got {boxes.dtype}")
+    if boxes.dim() == 0 or boxes.shape[-1] != 4:
+        raise ValueError(f"{name} must have shape (..., 4) with 4 coordinates in the last dimension; "
+                         f"got shape {tuple(boxes.shape)}")
+
+
+def _check_eps(eps: object) -> None:
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
+        raise ValueError(f"eps must be a positive number; got {eps!r}")
+
+
+def _compute_dtype(*tensors: Tensor) -> torch.dtype:
+    """The dtype the math runs in: the promoted input dtype, at least float32 (float64 stays float64)."""
+    dtype = tensors[0].dtype
+    for t in tensors[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _upcast(boxes: Tensor, dtype: torch.dtype) -> Tensor:
+    # fp16 areas overflow for boxes of ~256 px and over, so half inputs are computed in float32.
+    return boxes if boxes.dtype == dtype else boxes.to(dtype)
+
+
+def _to_xyxy(boxes: Tensor, fmt: str) -> Tensor:
+    """Convert ``boxes`` to ``(x1, y1, x2, y2)``; ``fmt`` has the meaning of ``torchvision.ops.box_convert``."""
+    if fmt == "xyxy":
+        return boxes
+    a, b, c, d = boxes.unbind(-1)
+    if fmt == "xywh":
+        return torch.stack((a, b, a + c, b + d), dim=-1)
+    # cxcywh
+    return torch.stack((a - 0.5 * c, b - 0.5 * d, a + 0.5 * c, b + 0.5 * d), dim=-1)
+
+
+def _prepare_pair(boxes1: Tensor, boxes2: Tensor, fmt: str, eps: float, names=("boxes1", "boxes2")):
+    """Check two box tensors and return them upcast and in xyxy format."""
+    _check_boxes(names[0], boxes1)
+    _check_boxes(names[1], boxes2)
+    _check_choice("fmt", fmt, BOX_FORMATS)
+    _check_eps(eps)
+    if boxes1.device != boxes2.device:
+        raise ValueError(f"{names[0]} and {names[1]} must be on the same device; "
+                         f"got {boxes1.device} and {boxes2.device}")
+    dtype = _compute_dtype(boxes1, boxes2)
+    return _to_xyxy(_upcast(boxes1, dtype), fmt), _to_xyxy(_upcast(boxes2, dtype), fmt)
+
+
+def _check_loss_inputs(pred: Tensor, target: Tensor, reduction: str, weight: Optional[Tensor],
+                       avg_factor: Union[None, float, Tensor]) -> None:
+    _check_boxes("pred", pred)
+    _check_boxes("target", target)
+    if pred.shape != target.shape:
+        raise ValueError(f"pred and target must have the same shape (..., 4); "
+                         f"got {tuple(pred.shape)} and {tuple(target.shape)}")
+    _check_choice("reduction", reduction, REDUCTIONS)
+    loss_shape = pred.shape[:-1]
+    if weight is not None:
+        if not isinstance(weight, Tensor):
+            raise TypeError(f"weight must be a torch.Tensor broadcastable to {tuple(loss_shape)} or None; "
+                            f"got {type(weight).__name__}")
+        try:
+            ok = torch.broadcast_shapes(weight.shape, loss_shape) == loss_shape
+        except RuntimeError:
+            ok = False
+        if not ok:
+            raise ValueError(f"weight must be broadcastable to the loss shape pred.shape[:-1] = "
+                             f"{tuple(loss_shape)}; got shape {tuple(weight.shape)}")
+    if avg_factor is not None:
+        if reduction != "mean":
+            raise ValueError(f"avg_factor only applies with reduction='mean'; got reduction={reduction!r}")
+        if isinstance(avg_factor, Tensor):
+            if avg_factor.numel() != 1:
+                raise ValueError(f"avg_factor must be a number or a one-element tensor; "
+                                 f"got a tensor of shape {tuple(avg_factor.shape)}")
+        elif isinstance(avg_factor, bool) or not isinstance(avg_factor, (int, float)):
+            raise TypeError(f"avg_factor must be a number, a one-element tensor or None; "
+                            f"got {type(avg_factor).__name__}")
+
+
+def _reduce(loss: Tensor, reduction: str, weight: Optional[Tensor] = None,
+            avg_factor: Union[None, float, Tensor] = None, eps: float = 1e-7) -> Tensor:
+    """Weight and reduce a per-box loss.
+
+    ``mean`` divides the weighted sum by ``avg_factor`` when given, else by the number of elements (as
+    mmdetection does), and returns a 0 still attached to the graph for an empty input.
+    """
+    if weight is not None:
+        loss = loss * weight
+    if reduction == "none":
+        return loss
+    total = loss.sum()
+    if reduction == "sum":
+        return total
+    if avg_factor is None:
+        return total / max(loss.numel(), 1)
+    if isinstance(avg_factor, Tensor):
+        # clamp instead of testing the value: no host sync, and 0 positives give 0 rather than NaN
+        return total / avg_factor.to(total.dtype).reshape(()).clamp_min(eps)
+    return total / max(float(avg_factor), eps)
+
+
+def _prepare_loss_inputs(pred: Tensor, target: Tensor, reduction: str, weight: Optional[Tensor],
+                         avg_factor: Union[None, float, Tensor], eps: float, fmt: str) -> Tuple[Tensor, Tensor]:
+    """Check the arguments every box loss shares; return pred and target upcast and in xyxy format."""
+    _check_loss_inputs(pred, target, reduction, weight, avg_factor)
+    return _prepare_pair(pred, target, fmt, eps, names=("pred", "target"))
+
+
+LOSS_ARGS_DOC = """
+    Args:
+        pred (Tensor[..., 4]): predicted boxes.
+        target (Tensor[..., 4]): target boxes, same shape as ``pred``.
+        reduction (str): ``"none"`` returns one loss per box (shape ``pred.shape[:-1]``); ``"mean"`` (default)
+            the weighted sum divided by ``avg_factor`` or, without it, by the number of boxes; ``"sum"`` the
+            weighted sum.
+        weight (Tensor, optional): per-box weights, broadcastable to ``pred.shape[:-1]``.
+        avg_factor (float or one-element Tensor, optional): with ``reduction="mean"``, the normaliser of the
+            weighted sum (e.g. the number of positive anchors); clamped below at ``eps``.
+        eps (float): lower bound of every denominator. Default: ``1e-7``.
+        fmt (str): box format, ``"xyxy"`` (default), ``"xywh"`` or ``"cxcywh"``."""
+
+LOSS_RETURNS_DOC = """
+    Returns:
+        Tensor: a scalar, or ``pred.shape[:-1]`` with ``reduction="none"``; float64 for float64 inputs and float32
+        for every other dtype (float16 and bfloat16 are computed in float32; gradients reach the inputs in their
+        own dtype).
+
+    Raises:
+        TypeError: ``pred``, ``target`` or ``weight`` not a tensor, or a non-real dtype.
+        ValueError: a last dimension other than 4, ``pred`` and ``target`` of different shapes, an unknown
+            ``reduction`` or ``fmt``, ``weight`` not broadcastable to ``pred.shape[:-1]``, ``avg_factor`` without
+            ``reduction="mean"``, a non-positive ``eps``.
+
+    Edge cases: no NaN or Inf for finite inputs (inverted boxes count as empty, denominators are clamped at
+    ``eps``); identical boxes of positive area cost 0; an empty input gives 0 with ``"mean"`` and ``"sum"``, an
+    empty tensor with ``"none"``, and zero gradients of the right shape."""
+
+
+def _fill_loss_doc(fn):
+    fn.__doc__ = fn.__doc__.replace("{args}", LOSS_ARGS_DOC.strip()).replace("{returns}", LOSS_RETURNS_DOC.strip())
+    return fn

@@ -1,0 +1,46 @@
+"""Shared fixtures and helpers: devices, the dtype → tolerance table, random box generators."""
+
+import pytest
+import torch
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+# the one dtype → (rtol, atol) table for comparisons with a float64 reference
+TOLERANCES = {
+    torch.float64: (1e-7, 1e-9),
+    torch.float32: (1e-5, 1e-5),
+    torch.float16: (1e-2, 2e-3),  # inputs rounded to fp16, math in fp32
+    torch.bfloat16: (2e-2, 1e-2),
+}
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def random_boxes(n, *, seed=0, dtype=torch.float64, device="cpu", scale=10.0, min_size=1.0, max_size=5.0):
+    """``n`` valid xyxy boxes with sides in [min_size, min_size + max_size)."""
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(n, 2, generator=g, dtype=torch.float64) * scale
+    wh = torch.rand(n, 2, generator=g, dtype=torch.float64) * max_size + min_size
+    return torch.cat([xy, xy + wh], dim=-1).to(dtype=dtype, device=device)
+
+
+def disjoint_pairs(n, *, seed=0, dtype=torch.float64):
+    """Pairs of valid boxes that do not overlap: the second is shifted right and/or down past the first."""
+    g = torch.Generator().manual_seed(seed)
+    a = random_boxes(n, seed=seed, dtype=torch.float64)
+    w = a[:, 2] - a[:, 0]
+    h = a[:, 3] - a[:, 1]
+    gap = torch.rand(n, 2, generator=g, dtype=torch.float64) * 3 + 0.1
+    side = torch.randint(0, 3, (n,), generator=g)  # 0: right, 1: below, 2: diagonal
+    dx = torch.where(side != 1, w + gap[:, 0], torch.zeros_like(w))
+    dy = torch.where(side != 0, h + gap[:, 1], torch.zeros_like(h))
+    size = torch.rand(n, 2, generator=g, dtype=torch.float64) * 4 + 0.5
+    x1 = a[:, 0] + dx
+    y1 = a[:, 1] + dy
+    b = torch.stack([x1, y1, x1 + size[:, 0], y1 + size[:, 1]], dim=-1)
+    return a.to(dtype), b.to(dtype)
+
+
+def assert_close(actual, expected, dtype=torch.float64, **kw):
+    rtol, atol = TOLERANCES[dtype]
+    torch.testing.assert_close(actual, expected.to(actual.dtype), rtol=kw.get("rtol", rtol), atol=kw.get("atol", atol))
