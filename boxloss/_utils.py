@@ -45,9 +45,31 @@ def _compute_dtype(*tensors: Tensor) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+class _SaturatingUpcast(torch.autograd.Function):
+    """``x.to(dtype)`` whose backward clamps the gradient into the finite range of ``x``'s dtype.
+
+    The math runs in float32, where a gradient can be finite but beyond float16's 65504 (−ln IoU near IoU = 0,
+    degenerate boxes); a plain cast would turn it into Inf. Saturating keeps float16 training finite.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, dtype: torch.dtype) -> Tensor:
+        ctx.in_dtype = x.dtype
+        return x.to(dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        limit = torch.finfo(ctx.in_dtype).max
+        return grad.clamp(-limit, limit).to(ctx.in_dtype), None
+
+
 def _upcast(boxes: Tensor, dtype: torch.dtype) -> Tensor:
     # fp16 areas overflow for boxes of ~256 px and over, so half inputs are computed in float32.
-    return boxes if boxes.dtype == dtype else boxes.to(dtype)
+    if boxes.dtype == dtype:
+        return boxes
+    if boxes.is_floating_point() and boxes.requires_grad and torch.finfo(boxes.dtype).max < torch.finfo(dtype).max:
+        return _SaturatingUpcast.apply(boxes, dtype)
+    return boxes.to(dtype)
 
 
 def _to_xyxy(boxes: Tensor, fmt: str) -> Tensor:

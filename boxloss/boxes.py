@@ -37,6 +37,16 @@ def _safe_sqrt(x: Tensor) -> Tensor:
     return torch.where(positive, torch.sqrt(torch.where(positive, x, torch.ones_like(x))), torch.zeros_like(x))
 
 
+def _safe_div(num: Tensor, den: Tensor, eps: float) -> Tensor:
+    """num / max(den, eps), with no gradient where den <= eps.
+
+    A denominator under ``eps`` means that the boxes are degenerate (zero area, zero extent): there the exact
+    function is singular (two zero-width boxes at the same x jump from IoU 0 to 1 as one widens), and the
+    gradient of the clamped quotient would be of order size / eps. The value stays continuous at den = eps.
+    """
+    return torch.where(den > eps, num, num.detach()) / den.clamp_min(eps)
+
+
 def _inter_union(b1: Tensor, b2: Tensor) -> Tuple[Tensor, Tensor]:
     x1a, y1a, x2a, y2a = b1.unbind(-1)
     x1b, y1b, x2b, y2b = b2.unbind(-1)
@@ -60,7 +70,7 @@ def _enclosing_wh(b1: Tensor, b2: Tensor) -> Tuple[Tensor, Tensor]:
 def _iou_kernel(b1: Tensor, b2: Tensor, eps: float) -> Tuple[Tensor, Tensor]:
     """IoU = |A ∩ B| / |A ∪ B|; returns (iou, union)."""
     inter, union = _inter_union(b1, b2)
-    return inter / union.clamp_min(eps), union
+    return _safe_div(inter, union, eps), union
 
 
 def _giou_kernel(b1: Tensor, b2: Tensor, eps: float) -> Tuple[Tensor, Tensor]:
@@ -68,7 +78,7 @@ def _giou_kernel(b1: Tensor, b2: Tensor, eps: float) -> Tuple[Tensor, Tensor]:
     iou, union = _iou_kernel(b1, b2, eps)
     cw, ch = _enclosing_wh(b1, b2)
     area_c = cw * ch
-    return iou - (area_c - union) / area_c.clamp_min(eps), iou
+    return iou - _safe_div(area_c - union, area_c, eps), iou
 
 
 def _diou_kernel(b1: Tensor, b2: Tensor, eps: float) -> Tuple[Tensor, Tensor]:
@@ -79,16 +89,22 @@ def _diou_kernel(b1: Tensor, b2: Tensor, eps: float) -> Tuple[Tensor, Tensor]:
     x1b, y1b, x2b, y2b = b2.unbind(-1)
     # (2·Δcentre)² / 4 with the halving done once at the end
     rho2 = ((x1a + x2a - x1b - x2b) ** 2 + (y1a + y2a - y1b - y2b) ** 2) * 0.25
-    return iou - rho2 / (cw * cw + ch * ch).clamp_min(eps), iou
+    # ρ ≤ c for valid boxes; the maximum only bites when both boxes are inverted, and keeps the term in [0, 1]
+    return iou - _safe_div(rho2, torch.maximum(cw * cw + ch * ch, rho2), eps), iou
+
+
+def _aspect_angle(boxes: Tensor, eps: float) -> Tensor:
+    """atan(w / h) as atan2(w, h): π/2 for zero height; 0, with no gradient, for boxes under ``eps`` in w + h."""
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    w, h = (x2 - x1).clamp_min(0), (y2 - y1).clamp_min(0)
+    # atan2's gradient h/(w²+h²) is singular at a point box: keep that branch out of both passes
+    ok = (w + h) > eps
+    return torch.where(ok, torch.atan2(torch.where(ok, w, 0), torch.where(ok, h, 1)), 0)
 
 
 def _aspect_term(b1: Tensor, b2: Tensor, eps: float) -> Tensor:
-    """CIoU's v = 4/π² (atan(w_b/h_b) − atan(w_a/h_a))², heights clamped at ``eps`` so that it stays finite."""
-    x1a, y1a, x2a, y2a = b1.unbind(-1)
-    x1b, y1b, x2b, y2b = b2.unbind(-1)
-    ta = torch.atan((x2a - x1a).clamp_min(0) / (y2a - y1a).clamp_min(eps))
-    tb = torch.atan((x2b - x1b).clamp_min(0) / (y2b - y1b).clamp_min(eps))
-    return (4 / math.pi**2) * (tb - ta) ** 2
+    """CIoU's v = 4/π² (atan(w_b/h_b) − atan(w_a/h_a))²."""
+    return (4 / math.pi**2) * (_aspect_angle(b2, eps) - _aspect_angle(b1, eps)) ** 2
 
 
 def _ciou_kernel(b1: Tensor, b2: Tensor, eps: float) -> Tuple[Tensor, Tensor]:
@@ -114,7 +130,9 @@ def _gap_term(b1: Tensor, b2: Tensor, eps: float) -> Tensor:
     gap_x = (torch.maximum(x1a, x1b) - torch.minimum(x2a, x2b)).clamp_min(0)
     gap_y = (torch.maximum(y1a, y1b) - torch.minimum(y2a, y2b)).clamp_min(0)
     cw, ch = _enclosing_wh(b1, b2)
-    return _safe_sqrt(gap_x * gap_x + gap_y * gap_y) / _safe_sqrt(cw * cw + ch * ch).clamp_min(eps)
+    gap = _safe_sqrt(gap_x * gap_x + gap_y * gap_y)
+    # gap ≤ c for valid boxes; the maximum only bites for inverted ones, and keeps the term in [0, 1]
+    return _safe_div(gap, torch.maximum(_safe_sqrt(cw * cw + ch * ch), gap), eps)
 
 
 # ----------------------------------------------------------------------------------------------------------

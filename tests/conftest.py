@@ -44,3 +44,12 @@ def disjoint_pairs(n, *, seed=0, dtype=torch.float64):
 def assert_close(actual, expected, dtype=torch.float64, **kw):
     rtol, atol = TOLERANCES[dtype]
     torch.testing.assert_close(actual, expected.to(actual.dtype), rtol=kw.get("rtol", rtol), atol=kw.get("atol", atol))
+
+
+def overlapping_pairs(n, *, seed=0, dtype=torch.float64):
+    """Pairs of valid boxes that overlap: each target is its prediction moved by less than a quarter of its size."""
+    g = torch.Generator().manual_seed(seed + 1)
+    a = random_boxes(n, seed=seed, dtype=torch.float64)
+    size = torch.cat([a[:, 2:] - a[:, :2]] * 2, dim=-1)
+    b = a + (torch.rand(n, 4, generator=g, dtype=torch.float64) - 0.5) * 0.5 * size
+    return a.to(dtype), b.to(dtype)
