@@ -1,0 +1,203 @@
+"""The DIoU paper's box-regression simulation, run with boxloss' own losses and autograd gradients.
+
+Zheng et al., "Distance-IoU Loss" (AAAI 2020), section "Simulation Experiment": 7 targets of area 1 centred at
+(10, 10) with aspect ratios 1:4 … 4:1; anchors centred at points drawn uniformly in the disc of radius 3 around
+(10, 10), with 7 areas × 7 aspect ratios for every target; 200 steps of gradient descent on (x, y, w, h),
+B ← B − η (2 − IoU) ∂L/∂B, with η = 0.1, then 0.01 from step 161 and 0.001 from step 181; the error after each
+step is the sum over all cases of the ℓ1 distance between the regressed box and its target.
+
+    python benchmarks/regression_simulation.py                # 5,000 points: 1,715,000 cases per loss
+    python benchmarks/regression_simulation.py --quick        # 300 points, 200 iterations, a minute on 2 cores
+    python benchmarks/regression_simulation.py --device cuda --dtype float64 --out runs/sim
+
+Writes results.json, error_curves.png and final_error_map.png to --out and prints the error table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+
+import torch
+
+import boxloss
+
+ASPECT_RATIOS = (1 / 4, 1 / 3, 1 / 2, 1.0, 2.0, 3.0, 4.0)  # w / h
+AREA_SCALES = (0.5, 0.67, 0.75, 1.0, 1.33, 1.5, 2.0)
+CENTRE = (10.0, 10.0)
+RADIUS = 3.0
+TABLE_ITERATIONS = (10, 20, 40, 80, 160, 200)
+
+LOSSES = {
+    "iou_textbook": lambda p, t: boxloss.iou_loss(p, t, reduction="sum", fmt="cxcywh", zero_overlap="none"),
+    "iou": lambda p, t: boxloss.iou_loss(p, t, reduction="sum", fmt="cxcywh"),
+    "log_iou": lambda p, t: boxloss.log_iou_loss(p, t, reduction="sum", fmt="cxcywh"),
+    "giou": lambda p, t: boxloss.giou_loss(p, t, reduction="sum", fmt="cxcywh"),
+    "diou": lambda p, t: boxloss.diou_loss(p, t, reduction="sum", fmt="cxcywh"),
+    "ciou": lambda p, t: boxloss.ciou_loss(p, t, reduction="sum", fmt="cxcywh"),
+}
+
+
+def box_sides(area: float, ratio: float) -> tuple[float, float]:
+    """(w, h) of a box with the given area and aspect ratio w / h."""
+    return math.sqrt(area * ratio), math.sqrt(area / ratio)
+
+
+def make_cases(points: int, seed: int, dtype=torch.float64, device="cpu"):
+    """Anchors and targets, both ``(points · 343, 4)`` in (cx, cy, w, h), and the anchor centres ``(points, 2)``.
+
+    Case order: point-major, then target (7), then anchor area (7), then anchor aspect ratio (7).
+    """
+    g = torch.Generator().manual_seed(seed)
+    r = RADIUS * torch.sqrt(torch.rand(points, generator=g, dtype=torch.float64))
+    theta = 2 * math.pi * torch.rand(points, generator=g, dtype=torch.float64)
+    centres = torch.stack([CENTRE[0] + r * torch.cos(theta), CENTRE[1] + r * torch.sin(theta)], -1)
+
+    targets = torch.tensor([[*CENTRE, *box_sides(1.0, a)] for a in ASPECT_RATIOS], dtype=torch.float64)
+    # anchor sides for every (target, area scale, ratio); targets all have area 1
+    sides = torch.tensor([[box_sides(s * 1.0, a) for s in AREA_SCALES for a in ASPECT_RATIOS]] * len(targets),
+                         dtype=torch.float64)  # (7, 49, 2)
+    per_point = sides.shape[0] * sides.shape[1]
+    anchor_xy = centres[:, None, :].expand(points, per_point, 2)
+    anchors = torch.cat([anchor_xy, sides.reshape(1, per_point, 2).expand(points, per_point, 2)], -1)
+    target_boxes = targets[:, None, :].expand(len(targets), sides.shape[1], 4).reshape(1, per_point, 4)
+    target_boxes = target_boxes.expand(points, per_point, 4)
+    return (anchors.reshape(-1, 4).to(dtype=dtype, device=device),
+            target_boxes.reshape(-1, 4).to(dtype=dtype, device=device), centres)
+
+
+def learning_rate(iteration: int) -> float:
+    """η for 1-based ``iteration``: 0.1 for 1–160, 0.01 for 161–180, 0.001 after."""
+    return 0.1 if iteration <= 160 else 0.01 if iteration <= 180 else 0.001
+
+
+def regress(loss_fn, anchors, targets, iterations: int, progress=None):
+    """Gradient descent from ``anchors``; returns the error after each iteration and the final per-case error."""
+    boxes = anchors.clone()
+    errors = []
+    for it in range(1, iterations + 1):
+        boxes.requires_grad_(True)
+        (grad,) = torch.autograd.grad(loss_fn(boxes, targets), boxes)
+        with torch.no_grad():
+            iou = boxloss.box_iou(boxes, targets, aligned=True, fmt="cxcywh")
+            boxes = boxes - learning_rate(it) * (2 - iou).unsqueeze(-1).to(boxes.dtype) * grad
+            errors.append((boxes - targets).abs().sum().item())
+        if progress is not None:
+            progress.update(1)
+    return errors, (boxes.detach() - targets).abs().sum(-1)
+
+
+def error_table(results: dict, iterations: int) -> str:
+    cols = [i for i in TABLE_ITERATIONS if i <= iterations] or [iterations]
+    lines = ["| loss | " + " | ".join(f"it {i}" for i in cols) + " | seconds |",
+             "|---|" + "---:|" * (len(cols) + 1)]
+    for name, r in results.items():
+        lines.append(f"| {name} | " + " | ".join(f"{r['error'][i - 1]:.4g}" for i in cols) + f" | {r['seconds']:.1f} |")
+    return "\n".join(lines)
+
+
+def plot(results: dict, maps: dict, centres, out_dir: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, r in results.items():
+        ax.plot(range(1, len(r["error"]) + 1), r["error"], label=name)
+    ax.set_yscale("log")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("total ℓ1 error over all cases")
+    ax.set_title("DIoU-paper regression simulation (boxloss losses)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "error_curves.png"), dpi=120)
+    plt.close(fig)
+
+    n = len(maps)
+    cols = min(n, 3)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.8 * rows), squeeze=False)
+    vmax = max(float(m.max()) for m in maps.values()) or 1.0
+    for ax, (name, m) in zip(axes.flat, maps.items()):
+        sc = ax.scatter(centres[:, 0], centres[:, 1], c=m, s=4, cmap="viridis", vmin=0, vmax=vmax)
+        ax.set_title(f"{name}: {float(m.sum()):.3g}")
+        ax.set_aspect("equal")
+        ax.set_xlim(CENTRE[0] - RADIUS, CENTRE[0] + RADIUS)
+        ax.set_ylim(CENTRE[1] - RADIUS, CENTRE[1] + RADIUS)
+        fig.colorbar(sc, ax=ax, shrink=0.8)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.suptitle("final error per anchor centre (sum over its 343 cases)")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "final_error_map.png"), dpi=120)
+    plt.close(fig)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--points", type=int, default=5000, help="anchor centres (default 5000)")
+    parser.add_argument("--iterations", type=int, default=200)
+    parser.add_argument("--losses", default=",".join(LOSSES), help=f"comma-separated, from {', '.join(LOSSES)}")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    parser.add_argument("--out", default="runs/regression_simulation")
+    parser.add_argument("--quick", action="store_true", help="300 points (103,000 cases per loss)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.points = 300
+    losses = [s.strip() for s in args.losses.split(",") if s.strip()]
+    unknown = [s for s in losses if s not in LOSSES]
+    if unknown or not losses:
+        parser.error(f"--losses: unknown {unknown}; choose from {', '.join(LOSSES)}")
+    if args.points < 1 or args.iterations < 1:
+        parser.error("--points and --iterations must be positive")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error("--device cuda asked for, but CUDA is not available")
+    args.losses = losses
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    from tqdm import tqdm
+
+    dtype = getattr(torch, args.dtype)
+    anchors, targets, centres = make_cases(args.points, args.seed, dtype, args.device)
+    per_point = anchors.shape[0] // args.points
+    print(f"{anchors.shape[0]:,} regression cases ({args.points} points × {per_point}), "
+          f"{args.iterations} iterations, {args.device}, {args.dtype}", file=sys.stderr)
+    results, maps = {}, {}
+    for name in args.losses:
+        start = time.perf_counter()
+        with tqdm(total=args.iterations, desc=name, file=sys.stderr) as bar:
+            errors, final = regress(LOSSES[name], anchors, targets, args.iterations, bar)
+        seconds = time.perf_counter() - start
+        results[name] = {"error": errors, "final_error": errors[-1], "seconds": seconds}
+        maps[name] = final.reshape(args.points, per_point).sum(-1).cpu().double()
+
+    os.makedirs(args.out, exist_ok=True)
+    plot(results, maps, centres, args.out)
+    config = {k: v for k, v in vars(args).items()}
+    config.update(cases=anchors.shape[0], torch=torch.__version__, python=platform.python_version(),
+                  device_name=(torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor()
+                               or platform.machine()))
+    payload = {"config": config, "losses": results}
+    tmp = os.path.join(args.out, "results.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=1)
+    os.replace(tmp, os.path.join(args.out, "results.json"))
+    print(error_table(results, args.iterations))
+    print(f"wrote {args.out}/results.json, error_curves.png, final_error_map.png", file=sys.stderr)
+    return payload
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""benchmarks/regression_simulation.py: the case generator and a tiny end-to-end run."""
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import regression_simulation as sim  # noqa: E402
+
+
+def test_cases_have_exactly_the_stated_targets_areas_and_aspect_ratios():
+    anchors, targets, centres = sim.make_cases(points=3, seed=0)
+    assert anchors.shape == targets.shape == (3 * 7 * 7 * 7, 4)
+    # targets: area 1 at (10, 10), aspect ratios 1:4 … 4:1
+    assert torch.allclose(targets[:, :2], torch.tensor([10.0, 10.0], dtype=torch.float64))
+    torch.testing.assert_close(targets[:, 2] * targets[:, 3], torch.ones(len(targets), dtype=torch.float64))
+    ratios = sorted({round(r, 9) for r in (targets[:, 2] / targets[:, 3]).tolist()})
+    assert ratios == sorted(round(r, 9) for r in (1 / 4, 1 / 3, 1 / 2, 1, 2, 3, 4))
+    # the w × h values spelled out in the issue
+    expected_sides = {(0.5, 2.0), (1 / math.sqrt(3), math.sqrt(3)), (1 / math.sqrt(2), math.sqrt(2)), (1.0, 1.0),
+                      (2.0, 0.5), (math.sqrt(3), 1 / math.sqrt(3)), (math.sqrt(2), 1 / math.sqrt(2))}
+    got_sides = {(round(w, 9), round(h, 9)) for w, h in targets[:, 2:].tolist()}
+    assert got_sides == {(round(w, 9), round(h, 9)) for w, h in expected_sides}
+    # every (target, area, ratio) combination once per point, anchors centred on that point
+    per_point = anchors.reshape(3, 343, 4)
+    areas = per_point[0, :, 2] * per_point[0, :, 3]
+    area_scales = sorted({round(a, 6) for a in areas.tolist()})
+    assert area_scales == sorted(round(a, 6) for a in (0.5, 0.67, 0.75, 1.0, 1.33, 1.5, 2.0))
+    combos = {(tuple(t), round(a, 6), round(r, 6)) for t, a, r in zip(
+        targets[:343, 2:].tolist(), areas.tolist(), (per_point[0, :, 2] / per_point[0, :, 3]).tolist())}
+    assert len(combos) == 343
+    for p in range(3):
+        assert torch.equal(per_point[p, :, :2], centres[p].expand(343, 2))
+    assert (torch.linalg.norm(centres - 10.0, dim=-1) <= 3.0).all()
+
+
+def test_learning_rate_schedule():
+    assert [sim.learning_rate(i) for i in (1, 160, 161, 180, 181, 200)] == [0.1, 0.1, 0.01, 0.01, 0.001, 0.001]
+
+
+def test_tiny_run_writes_finite_curves_and_plots(tmp_path):
+    out = tmp_path / "sim"
+    payload = sim.main(["--points", "4", "--iterations", "20", "--out", str(out)])
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["cases"] == 4 * 343 and results == json.loads(json.dumps(payload))
+    assert set(results["losses"]) == set(sim.LOSSES)
+    for name, r in results["losses"].items():
+        assert len(r["error"]) == 20 and all(math.isfinite(e) for e in r["error"]), name
+        assert r["final_error"] == r["error"][-1]
+    # the textbook IoU loss cannot move the anchors that miss their target; ours reduces the error
+    assert results["losses"]["iou"]["final_error"] < results["losses"]["iou_textbook"]["final_error"]
+    for png in ("error_curves.png", "final_error_map.png"):
+        assert (out / png).stat().st_size > 10_000
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_rejects_unknown_loss(capsys):
+    with pytest.raises(SystemExit):
+        sim.parse_args(["--losses", "giou,focal"])
+    assert "unknown ['focal']" in capsys.readouterr().err
