@@ -34,13 +34,16 @@ RADIUS = 3.0
 TABLE_ITERATIONS = (10, 20, 40, 80, 160, 200)
 
 LOSSES = {
-    "iou_textbook": lambda p, t: boxloss.iou_loss(p, t, reduction="sum", fmt="cxcywh", zero_overlap="none"),
-    "iou": lambda p, t: boxloss.iou_loss(p, t, reduction="sum", fmt="cxcywh"),
-    "log_iou": lambda p, t: boxloss.log_iou_loss(p, t, reduction="sum", fmt="cxcywh"),
-    "giou": lambda p, t: boxloss.giou_loss(p, t, reduction="sum", fmt="cxcywh"),
-    "diou": lambda p, t: boxloss.diou_loss(p, t, reduction="sum", fmt="cxcywh"),
-    "ciou": lambda p, t: boxloss.ciou_loss(p, t, reduction="sum", fmt="cxcywh"),
+    "iou_textbook": lambda p, t, fmt: boxloss.iou_loss(p, t, reduction="sum", fmt=fmt, zero_overlap="none"),
+    "iou": lambda p, t, fmt: boxloss.iou_loss(p, t, reduction="sum", fmt=fmt),
+    "log_iou": lambda p, t, fmt: boxloss.log_iou_loss(p, t, reduction="sum", fmt=fmt),
+    "giou": lambda p, t, fmt: boxloss.giou_loss(p, t, reduction="sum", fmt=fmt),
+    "diou": lambda p, t, fmt: boxloss.diou_loss(p, t, reduction="sum", fmt=fmt),
+    "ciou": lambda p, t, fmt: boxloss.ciou_loss(p, t, reduction="sum", fmt=fmt),
 }
+# the parameters gradient descent moves: the issue's (x, y, w, h), or the four edges as Darknet (and so the
+# authors' MATLAB simulation, which differentiates w.r.t. top, bottom, left, right) does
+PARAMETRISATIONS = {"xywh": "cxcywh", "xyxy": "xyxy"}
 
 
 def box_sides(area: float, ratio: float) -> tuple[float, float]:
@@ -76,20 +79,34 @@ def learning_rate(iteration: int) -> float:
     return 0.1 if iteration <= 160 else 0.01 if iteration <= 180 else 0.001
 
 
-def regress(loss_fn, anchors, targets, iterations: int, progress=None):
-    """Gradient descent from ``anchors``; returns the error after each iteration and the final per-case error."""
-    boxes = anchors.clone()
+def _cxcywh_to_xyxy(b):
+    return torch.cat([b[..., :2] - b[..., 2:] / 2, b[..., :2] + b[..., 2:] / 2], -1)
+
+
+def _xyxy_to_cxcywh(b):
+    return torch.cat([(b[..., :2] + b[..., 2:]) / 2, b[..., 2:] - b[..., :2]], -1)
+
+
+def regress(loss_fn, anchors, targets, iterations: int, progress=None, param: str = "xywh"):
+    """Gradient descent from ``anchors`` (cx, cy, w, h) on the parameters ``param``.
+
+    Returns the (x, y, w, h) ℓ1 error summed over cases after each iteration, and the final per-case error.
+    """
+    fmt = PARAMETRISATIONS[param]
+    to_param = _cxcywh_to_xyxy if param == "xyxy" else (lambda b: b)
+    to_xywh = _xyxy_to_cxcywh if param == "xyxy" else (lambda b: b)
+    boxes, goal = to_param(anchors.clone()), to_param(targets)
     errors = []
     for it in range(1, iterations + 1):
         boxes.requires_grad_(True)
-        (grad,) = torch.autograd.grad(loss_fn(boxes, targets), boxes)
+        (grad,) = torch.autograd.grad(loss_fn(boxes, goal, fmt), boxes)
         with torch.no_grad():
-            iou = boxloss.box_iou(boxes, targets, aligned=True, fmt="cxcywh")
+            iou = boxloss.box_iou(boxes, goal, aligned=True, fmt=fmt)
             boxes = boxes - learning_rate(it) * (2 - iou).unsqueeze(-1).to(boxes.dtype) * grad
-            errors.append((boxes - targets).abs().sum().item())
+            errors.append((to_xywh(boxes) - targets).abs().sum().item())
         if progress is not None:
             progress.update(1)
-    return errors, (boxes.detach() - targets).abs().sum(-1)
+    return errors, (to_xywh(boxes.detach()) - targets).abs().sum(-1)
 
 
 def error_table(results: dict, iterations: int) -> str:
@@ -124,9 +141,14 @@ def plot(results: dict, maps: dict, centres, out_dir: str) -> None:
     cols = min(n, 3)
     rows = math.ceil(n / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.8 * rows), squeeze=False)
-    vmax = max(float(m.max()) for m in maps.values()) or 1.0
+    from matplotlib.colors import LogNorm
+
     for ax, (name, m) in zip(axes.flat, maps.items()):
-        sc = ax.scatter(centres[:, 0], centres[:, 1], c=m, s=4, cmap="viridis", vmin=0, vmax=vmax)
+        # one logarithmic scale per loss: their final errors differ by orders of magnitude
+        positive = m[m > 0]
+        lo = float(positive.min()) if len(positive) else 1e-6
+        norm = LogNorm(vmin=lo, vmax=max(float(m.max()), lo * 10))
+        sc = ax.scatter(centres[:, 0], centres[:, 1], c=m.clamp_min(lo), s=4, cmap="viridis", norm=norm)
         ax.set_title(f"{name}: {float(m.sum()):.3g}")
         ax.set_aspect("equal")
         ax.set_xlim(CENTRE[0] - RADIUS, CENTRE[0] + RADIUS)
@@ -134,7 +156,7 @@ def plot(results: dict, maps: dict, centres, out_dir: str) -> None:
         fig.colorbar(sc, ax=ax, shrink=0.8)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
-    fig.suptitle("final error per anchor centre (sum over its 343 cases)")
+    fig.suptitle("final error per anchor centre (sum over its 343 cases; log colour scale per loss)")
     fig.tight_layout()
     fig.savefig(os.path.join(out_dir, "final_error_map.png"), dpi=120)
     plt.close(fig)
@@ -148,6 +170,9 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    parser.add_argument("--param", choices=list(PARAMETRISATIONS), default="xywh",
+                        help="parameters moved by gradient descent: (x, y, w, h) as in the issue (default), or the "
+                             "four edges as in the authors' MATLAB code")
     parser.add_argument("--out", default="runs/regression_simulation")
     parser.add_argument("--quick", action="store_true", help="300 points (103,000 cases per loss)")
     args = parser.parse_args(argv)
@@ -173,12 +198,12 @@ def main(argv=None) -> dict:
     anchors, targets, centres = make_cases(args.points, args.seed, dtype, args.device)
     per_point = anchors.shape[0] // args.points
     print(f"{anchors.shape[0]:,} regression cases ({args.points} points × {per_point}), "
-          f"{args.iterations} iterations, {args.device}, {args.dtype}", file=sys.stderr)
+          f"{args.iterations} iterations on ({args.param}), {args.device}, {args.dtype}", file=sys.stderr)
     results, maps = {}, {}
     for name in args.losses:
         start = time.perf_counter()
         with tqdm(total=args.iterations, desc=name, file=sys.stderr) as bar:
-            errors, final = regress(LOSSES[name], anchors, targets, args.iterations, bar)
+            errors, final = regress(LOSSES[name], anchors, targets, args.iterations, bar, args.param)
         seconds = time.perf_counter() - start
         results[name] = {"error": errors, "final_error": errors[-1], "seconds": seconds}
         maps[name] = final.reshape(args.points, per_point).sum(-1).cpu().double()
