@@ -1,0 +1,128 @@
+"""The box-regression loss on decoded boxes, for torchvision's heads and for custom detectors."""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from ..losses import ciou_loss, diou_loss, giou_loss, iou_loss, log_iou_loss
+from ..modules import _BoxLoss
+from .coder import DEFAULT_CLAMP, decode_boxes
+
+__all__ = ["LOSS_NAMES", "resolve_box_loss", "decoded_box_loss"]
+
+LOSS_FUNCTIONS = {"iou": iou_loss, "log_iou": log_iou_loss, "giou": giou_loss, "diou": diou_loss, "ciou": ciou_loss}
+LOSS_NAMES = tuple(LOSS_FUNCTIONS)
+
+BoxLossSpec = Union[str, _BoxLoss, Callable[[Tensor, Tensor], Tensor]]
+
+
+class _PerBoxLoss:
+    """A boxloss loss with fixed options and ``reduction="none"``; a class, not a lambda, so models pickle."""
+
+    def __init__(self, fn: Callable[..., Tensor], **options) -> None:
+        self.fn = fn
+        self.options = {**options, "reduction": "none"}
+
+    def __call__(self, pred: Tensor, target: Tensor) -> Tensor:
+        return self.fn(pred, target, **self.options)
+
+    def __repr__(self) -> str:
+        return f"{self.fn.__name__}({', '.join(f'{k}={v!r}' for k, v in self.options.items())})"
+
+
+def resolve_box_loss(loss: BoxLossSpec) -> Callable[[Tensor, Tensor], Tensor]:
+    """A callable ``(pred_boxes, target_boxes) -> per-box loss`` from a name, a boxloss module or a callable.
+
+    A boxloss module keeps its own options (``eps``, ``fmt``, ``zero_overlap``) but is called with
+    ``reduction="none"``: the detector applies its own normalisation.
+
+    Raises:
+        ValueError: an unknown name (the message lists the valid ones).
+        TypeError: anything that is neither a name, a boxloss module nor a callable.
+    """
+    if isinstance(loss, str):
+        if loss not in LOSS_FUNCTIONS:
+            raise ValueError(f"loss must be one of {', '.join(repr(n) for n in LOSS_NAMES)}, a boxloss loss module "
+                             f"or a callable; got {loss!r}")
+        return _PerBoxLoss(LOSS_FUNCTIONS[loss])
+    if isinstance(loss, _BoxLoss):
+        return _PerBoxLoss(type(loss)._fn, **loss._options())
+    if callable(loss):
+        return loss
+    raise TypeError(f"loss must be one of {', '.join(repr(n) for n in LOSS_NAMES)}, a boxloss loss module or a "
+                    f"callable (pred_boxes, target_boxes) -> per-box loss; got {type(loss).__name__}")
+
+
+def _per_box(loss_fn: Callable[[Tensor, Tensor], Tensor], pred: Tensor, target: Tensor) -> Tensor:
+    out = loss_fn(pred, target)
+    if not isinstance(out, Tensor) or out.shape != pred.shape[:-1]:
+        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(f"the box loss must return one loss per box, shape {tuple(pred.shape[:-1])}; got {shape}")
+    return out
+
+
+def decoded_box_loss(deltas: Tensor, anchors: Tensor, target_boxes: Tensor, positive: Tensor, *,
+                     loss: BoxLossSpec = "giou", weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0),
+                     clamp: float = DEFAULT_CLAMP, avg_factor: Union[None, float, Tensor] = None,
+                     all_reduce: bool = False, loss_weight: float = 1.0) -> Tensor:
+    r"""IoU-family box loss of a detector's predicted deltas, on decoded boxes, with the usual normaliser.
+
+    .. math::
+        \mathcal{L} = \lambda \frac{1}{Z} \sum_{i \,:\, \text{positive}_i}
+            \ell\big(\mathrm{decode}(\delta_i, a_i), g_i\big)
+
+    with :math:`Z` the number of positives (``avg_factor`` overrides it); with ``all_reduce=True`` under
+    ``torch.distributed``, :math:`Z` is the mean number of positives over all processes (the FCOS /
+    mmdetection convention), so that data-parallel training, which averages gradients over processes,
+    gives the gradients of one process on the whole batch. :math:`Z` is clamped below at 1.
+
+    Args:
+        deltas (Tensor[..., 4]): predicted (dx, dy, dw, dh) for every anchor.
+        anchors (Tensor[..., 4]): the anchors (or proposals) they refer to, xyxy.
+        target_boxes (Tensor[..., 4]): the matched ground-truth box of every anchor, xyxy (any value where
+            ``positive`` is False).
+        positive (Tensor[...] of bool): which anchors are regressed.
+        loss: ``"iou"``, ``"log_iou"``, ``"giou"`` (default), ``"diou"``, ``"ciou"``, a boxloss loss module, or a
+            callable ``(pred_boxes, target_boxes) -> per-box loss``.
+        weights (4 floats): the box coder weights (see :func:`encode_boxes`).
+        clamp (float): the dw/dh clamp of :func:`decode_boxes`.
+        avg_factor (float or Tensor, optional): the normaliser, instead of the number of positives.
+        all_reduce (bool): average the number of positives over the processes of the default group.
+        loss_weight (float): :math:`\lambda`.
+
+    Returns:
+        Tensor: a scalar in float32 (float64 for float64 deltas); 0, attached to the graph, without positives.
+
+    Example:
+        >>> import torch
+        >>> from boxloss.detection import decoded_box_loss
+        >>> anchors = torch.tensor([[0., 0., 4., 4.], [10., 10., 14., 14.]])
+        >>> deltas = torch.zeros(2, 4, requires_grad=True)
+        >>> targets = torch.tensor([[0., 0., 4., 4.], [0., 0., 0., 0.]])
+        >>> decoded_box_loss(deltas, anchors, targets, torch.tensor([True, False]))  # one perfect positive
+        tensor(0., grad_fn=<DivBackward0>)
+    """
+    if not isinstance(positive, Tensor) or positive.dtype != torch.bool:
+        raise TypeError(f"positive must be a bool tensor; got {getattr(positive, 'dtype', type(positive).__name__)}")
+    if deltas.shape[:-1] != positive.shape or anchors.shape != deltas.shape or target_boxes.shape != deltas.shape:
+        raise ValueError(f"deltas, anchors and target_boxes must have one shape (..., 4) and positive its leading "
+                         f"shape; got {tuple(deltas.shape)}, {tuple(anchors.shape)}, {tuple(target_boxes.shape)}, "
+                         f"{tuple(positive.shape)}")
+    loss_fn = resolve_box_loss(loss)
+    pred = decode_boxes(deltas[positive], anchors[positive], weights, clamp)
+    per_box = _per_box(loss_fn, pred, target_boxes[positive].to(pred.dtype))
+    total = per_box.sum()
+    if avg_factor is None:
+        avg_factor = positive.sum().to(total.dtype)  # a tensor: no host sync
+        if all_reduce and torch.distributed.is_available() and torch.distributed.is_initialized():
+            avg_factor = avg_factor.clone()
+            torch.distributed.all_reduce(avg_factor)
+            avg_factor = avg_factor / torch.distributed.get_world_size()
+    if isinstance(avg_factor, Tensor):
+        avg_factor = avg_factor.to(total.dtype).clamp_min(1)
+    else:
+        avg_factor = max(float(avg_factor), 1.0)
+    return loss_weight * total / avg_factor
