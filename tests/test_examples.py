@@ -52,3 +52,34 @@ def test_segmentation_rejects_unknown_loss(capsys):
     with pytest.raises(SystemExit):
         segmentation.main(["--losses", "dice"])
     assert "unknown ['dice']" in capsys.readouterr().err
+
+
+def test_custom_detector_switches_box_loss_by_one_argument():
+    import custom_detector as cd
+
+    results = cd.main(["--box-loss", "diou", "--epochs", "1", "--train-images", "8", "--test-images", "4",
+                       "--batch-size", "4"])
+    assert set(results) == {"diou"}
+    r = results["diou"]
+    assert 0.0 <= r["mean_iou"] <= 1.0 and all(r[k] >= 0 for k in ("loss_obj", "loss_cls", "loss_box"))
+    with pytest.raises(SystemExit):
+        cd.main(["--box-loss", "l2"])
+
+
+def test_custom_detector_losses_agree_on_what_a_perfect_box_is():
+    import torch
+
+    import custom_detector as cd
+
+    anchors = cd.make_anchors(32)
+    boxes = torch.tensor([[4.0, 4, 20, 22]])
+    positive, idx, _ = cd.assign(anchors, boxes)
+    assert positive.any()
+    # deltas that decode exactly onto the target: both box losses are ~0
+    from boxloss.detection import encode_boxes
+    deltas = torch.zeros(1, len(anchors), 4)
+    deltas[0, positive] = encode_boxes(boxes[idx[positive]], anchors[positive])
+    outputs = (torch.zeros(1, len(anchors)), torch.zeros(1, len(anchors), 2), deltas)
+    for name in ("smooth_l1", "giou"):
+        _, _, box = cd.detection_loss(outputs, [(boxes, torch.tensor([0]))], anchors, name)
+        assert box.item() < 1e-5, name
