@@ -23,6 +23,7 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
+from . import _fast
 from ._utils import _prepare_pair
 
 __all__ = ["box_iou", "generalized_box_iou", "distance_box_iou", "complete_box_iou"]
@@ -160,9 +161,20 @@ def _arrange(b1: Tensor, b2: Tensor, aligned: bool) -> Tuple[Tensor, Tensor]:
     return b1.unsqueeze(-2), b2.unsqueeze(-3)
 
 
-def _box_function(kernel, boxes1: Tensor, boxes2: Tensor, aligned: bool, fmt: str, eps: float) -> Tensor:
+def _box_function(kind: str, kernel, boxes1: Tensor, boxes2: Tensor, aligned: bool, fmt: str, eps: float) -> Tensor:
     b1, b2 = _prepare_pair(boxes1, boxes2, fmt, eps)
-    b1, b2 = _arrange(b1, b2, aligned)
+    if aligned:
+        b1, b2 = _arrange(b1, b2, aligned)
+        shape = torch.broadcast_shapes(b1.shape, b2.shape)
+        loss = _fast.aligned_loss(kind, b1.expand(shape), b2.expand(shape), eps)
+        if loss is not None:
+            return 1 - loss  # every aligned loss of the family is 1 − score
+    else:
+        _arrange(b1, b2, aligned)  # the shape checks
+        out = _fast.pairwise(kind, b1, b2, eps, kernel)
+        if out is not None:
+            return out
+        b1, b2 = _arrange(b1, b2, aligned)
     return kernel(b1, b2, eps)[0]
 
 
@@ -214,7 +226,7 @@ def box_iou(boxes1: Tensor, boxes2: Tensor, *, aligned: bool = False, fmt: str =
         >>> box_iou(a, b[:1], aligned=True)
         tensor([0.1429])
     """
-    return _box_function(_iou_kernel, boxes1, boxes2, aligned, fmt, eps)
+    return _box_function("iou", _iou_kernel, boxes1, boxes2, aligned, fmt, eps)
 
 
 def generalized_box_iou(boxes1: Tensor, boxes2: Tensor, *, aligned: bool = False, fmt: str = "xyxy",
@@ -240,7 +252,7 @@ def generalized_box_iou(boxes1: Tensor, boxes2: Tensor, *, aligned: bool = False
         >>> generalized_box_iou(a, b)  # 0 - (3 - 2) / 3
         tensor([[-0.3333]])
     """
-    return _box_function(_giou_kernel, boxes1, boxes2, aligned, fmt, eps)
+    return _box_function("giou", _giou_kernel, boxes1, boxes2, aligned, fmt, eps)
 
 
 def distance_box_iou(boxes1: Tensor, boxes2: Tensor, *, aligned: bool = False, fmt: str = "xyxy",
@@ -266,7 +278,7 @@ def distance_box_iou(boxes1: Tensor, boxes2: Tensor, *, aligned: bool = False, f
         >>> distance_box_iou(a, b)  # 0 - 2² / (3² + 1²)
         tensor([[-0.4000]])
     """
-    return _box_function(_diou_kernel, boxes1, boxes2, aligned, fmt, eps)
+    return _box_function("diou", _diou_kernel, boxes1, boxes2, aligned, fmt, eps)
 
 
 def complete_box_iou(boxes1: Tensor, boxes2: Tensor, *, aligned: bool = False, fmt: str = "xyxy",
@@ -294,7 +306,7 @@ def complete_box_iou(boxes1: Tensor, boxes2: Tensor, *, aligned: bool = False, f
         >>> complete_box_iou(a, a)  # a box against itself
         tensor([[1.]])
     """
-    return _box_function(_ciou_kernel, boxes1, boxes2, aligned, fmt, eps)
+    return _box_function("ciou", _ciou_kernel, boxes1, boxes2, aligned, fmt, eps)
 
 
 for _fn in (box_iou, generalized_box_iou, distance_box_iou, complete_box_iou):

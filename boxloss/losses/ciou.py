@@ -7,6 +7,7 @@ from typing import Optional, Union
 from torch import Tensor
 
 from .._utils import _fill_loss_doc, _prepare_loss_inputs, _reduce
+from .._fast import aligned_loss
 from ..boxes import _ciou_kernel
 
 __all__ = ["ciou_loss"]
@@ -43,5 +44,7 @@ def ciou_loss(pred: Tensor, target: Tensor, *, reduction: str = "mean", weight: 
         tensor(0.)
     """
     p, t = _prepare_loss_inputs(pred, target, reduction, weight, avg_factor, eps, fmt)
-    ciou, _ = _ciou_kernel(p, t, eps)
-    return _reduce(1 - ciou, reduction, weight, avg_factor, eps)
+    loss = aligned_loss("ciou", p, t, eps)
+    if loss is None:  # the reference
+        loss = 1 - _ciou_kernel(p, t, eps)[0]
+    return _reduce(loss, reduction, weight, avg_factor, eps)

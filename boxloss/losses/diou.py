@@ -7,6 +7,7 @@ from typing import Optional, Union
 from torch import Tensor
 
 from .._utils import _fill_loss_doc, _prepare_loss_inputs, _reduce
+from .._fast import aligned_loss
 from ..boxes import _diou_kernel
 
 __all__ = ["diou_loss"]
@@ -40,5 +41,7 @@ def diou_loss(pred: Tensor, target: Tensor, *, reduction: str = "mean", weight: 
         tensor(1.4000)
     """
     p, t = _prepare_loss_inputs(pred, target, reduction, weight, avg_factor, eps, fmt)
-    diou, _ = _diou_kernel(p, t, eps)
-    return _reduce(1 - diou, reduction, weight, avg_factor, eps)
+    loss = aligned_loss("diou", p, t, eps)
+    if loss is None:  # the reference
+        loss = 1 - _diou_kernel(p, t, eps)[0]
+    return _reduce(loss, reduction, weight, avg_factor, eps)

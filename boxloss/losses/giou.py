@@ -7,6 +7,7 @@ from typing import Optional, Union
 from torch import Tensor
 
 from .._utils import _fill_loss_doc, _prepare_loss_inputs, _reduce
+from .._fast import aligned_loss
 from ..boxes import _giou_kernel
 
 __all__ = ["giou_loss"]
@@ -41,5 +42,7 @@ def giou_loss(pred: Tensor, target: Tensor, *, reduction: str = "mean", weight: 
         tensor(1.3333)
     """
     p, t = _prepare_loss_inputs(pred, target, reduction, weight, avg_factor, eps, fmt)
-    giou, _ = _giou_kernel(p, t, eps)
-    return _reduce(1 - giou, reduction, weight, avg_factor, eps)
+    loss = aligned_loss("giou", p, t, eps)
+    if loss is None:  # the reference
+        loss = 1 - _giou_kernel(p, t, eps)[0]
+    return _reduce(loss, reduction, weight, avg_factor, eps)

@@ -1,0 +1,211 @@
+"""boxloss._fast: every fast path against the plain-PyTorch reference, in values and gradients."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import disjoint_pairs, overlapping_pairs, random_boxes, requires_cuda
+from test_edges import _all_pairs
+
+import boxloss
+from boxloss import _fast
+from boxloss._fast import cpu
+
+LOSSES = {
+    "iou": lambda p, t: boxloss.iou_loss(p, t, reduction="none", zero_overlap="none"),
+    "iou_distance": lambda p, t: boxloss.iou_loss(p, t, reduction="none"),
+    "log_iou": lambda p, t: boxloss.log_iou_loss(p, t, reduction="none", zero_overlap="none"),
+    "log_iou_distance": lambda p, t: boxloss.log_iou_loss(p, t, reduction="none"),
+    "giou": lambda p, t: boxloss.giou_loss(p, t, reduction="none"),
+    "diou": lambda p, t: boxloss.diou_loss(p, t, reduction="none"),
+    "ciou": lambda p, t: boxloss.ciou_loss(p, t, reduction="none"),
+}
+PAIRWISE = {"iou": boxloss.box_iou, "giou": boxloss.generalized_box_iou, "diou": boxloss.distance_box_iou,
+            "ciou": boxloss.complete_box_iou}
+BACKENDS = ["compiled_c", "torch_chunked"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request, monkeypatch):
+    if request.param == "compiled_c":
+        if cpu.load() is None:
+            pytest.skip("no C compiler here: the compiled kernel cannot be built")
+        monkeypatch.setattr(_fast, "_use_compiled_cpu", True)
+    else:
+        monkeypatch.setattr(_fast, "_use_compiled_cpu", False)
+        monkeypatch.setattr(_fast, "CPU_CHUNK", 257)  # several chunks, one of them ragged
+    return request.param
+
+
+def _cases(dtype):
+    a, b = overlapping_pairs(300, seed=1)
+    c, d = disjoint_pairs(300, seed=2)
+    e, f = _all_pairs()  # degenerate, inverted, huge, identical
+    g = random_boxes(50, seed=3)
+    pred = torch.cat([a, c, e.double(), g]).to(dtype)
+    target = torch.cat([b, d, f.double(), g]).to(dtype)
+    return pred, target
+
+
+def _value_and_grads(fn, pred, target):
+    p = pred.clone().requires_grad_()
+    t = target.clone().requires_grad_()
+    value = fn(p, t)
+    w = torch.linspace(0.5, 1.5, value.numel(), dtype=value.dtype).reshape(value.shape)  # a non-uniform upstream
+    gp, gt = torch.autograd.grad((value * w).sum(), (p, t))
+    return value.detach(), gp, gt
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("kind", list(LOSSES))
+def test_aligned_losses_match_the_reference(backend, kind, dtype):
+    pred, target = _cases(dtype)
+    fast = _value_and_grads(LOSSES[kind], pred, target)
+    with _fast.reference_path():
+        ref = _value_and_grads(LOSSES[kind], pred, target)
+    tol = dict(rtol=1e-6, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+    for got, expected in zip(fast, ref):
+        torch.testing.assert_close(got, expected, **tol)
+
+
+@pytest.mark.parametrize("kind", ["iou_distance", "log_iou_distance", "giou", "diou"])
+def test_fast_path_passes_gradcheck(backend, kind):
+    for pred, target in (overlapping_pairs(4, seed=4), disjoint_pairs(4, seed=5)):
+        pred.requires_grad_()
+        target.requires_grad_()
+        assert torch.autograd.gradcheck(LOSSES[kind], (pred, target))
+
+
+@pytest.mark.parametrize("kind", list(PAIRWISE))
+def test_pairwise_matches_the_reference(backend, kind):
+    fn = PAIRWISE[kind]
+    a = torch.cat([random_boxes(70, seed=6), _all_pairs()[0].double()])
+    b = torch.cat([random_boxes(40, seed=7), _all_pairs()[1].double()[:30]])
+    for dtype in (torch.float32, torch.float64):
+        with _fast.reference_path():
+            expected = fn(a.to(dtype), b.to(dtype))
+        torch.testing.assert_close(fn(a.to(dtype), b.to(dtype)), expected, rtol=1e-6, atol=1e-6)
+    # batched with a broadcast batch dimension, and empty sides
+    a3, b3 = a[:60].reshape(3, 20, 4), b[:10].reshape(1, 10, 4)
+    with _fast.reference_path():
+        expected = fn(a3, b3)
+    torch.testing.assert_close(fn(a3, b3), expected)
+    assert fn(a[:0], b).shape == (0, len(b)) and fn(a, b[:0]).shape == (len(a), 0)
+
+
+def test_aligned_box_functions_use_the_fast_path_and_match(backend):
+    a, b = overlapping_pairs(100, seed=8)
+    for name, fn in PAIRWISE.items():
+        with _fast.reference_path():
+            expected = fn(a, b, aligned=True)
+        torch.testing.assert_close(fn(a, b, aligned=True), expected, rtol=1e-12, atol=1e-12)
+        # broadcasting of leading dimensions still works
+        assert fn(a.reshape(4, 25, 4), b[:25], aligned=True).shape == (4, 25)
+
+
+def test_non_contiguous_inputs():
+    pred, target = _cases(torch.float32)
+    wide_p = torch.cat([pred, pred], 1)[:, 4:]      # a strided view
+    t_view = target.t().contiguous().t()            # transposed memory layout
+    expected = LOSSES["giou"](pred, target)
+    torch.testing.assert_close(LOSSES["giou"](wide_p, t_view), expected)
+
+
+def test_fast_path_saves_only_one_gradient_per_input():
+    pred, target = random_boxes(10_000, seed=9, dtype=torch.float32), random_boxes(10_000, seed=10,
+                                                                                  dtype=torch.float32)
+    pred.requires_grad_()
+    saved = []
+
+    def pack(x):
+        saved.append(x.numel() * x.element_size())
+        return x
+
+    for fast in (True, False):
+        saved.clear()
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+            if fast:
+                boxloss.ciou_loss(pred, target, reduction="none")
+            else:
+                with _fast.reference_path():
+                    boxloss.ciou_loss(pred, target, reduction="none")
+        total = sum(saved)
+        if fast:
+            assert total <= 10_000 * 4 * 4, total  # the (n, 4) gradient of pred, nothing else
+        else:
+            assert total > 10 * 10_000 * 4 * 4, total  # the reference keeps a graph of intermediates
+
+
+def test_switches():
+    assert _fast.fast_path_enabled()
+    _fast.set_fast_path(False)
+    try:
+        assert not _fast.fast_path_enabled()
+    finally:
+        _fast.set_fast_path(True)
+    with _fast.reference_path():
+        assert not _fast.fast_path_enabled()
+    assert _fast.fast_path_enabled()
+    with pytest.raises(TypeError, match="enabled must be a bool"):
+        _fast.set_fast_path("no")
+    code = "import boxloss._fast as f; print(f.fast_path_enabled())"
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "BOXLOSS_FAST": "0"},
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+def test_torch_compile_fullgraph_does_not_graph_break():
+    def train_step(p, t):
+        loss = boxloss.giou_loss(p, t) + boxloss.iou_loss(p, t) + boxloss.box_iou(p, t).mean()
+        return loss
+
+    pred, target = overlapping_pairs(64, seed=11, dtype=torch.float32)
+    compiled = torch.compile(train_step, backend="aot_eager", fullgraph=True)
+    p1, p2 = pred.clone().requires_grad_(), pred.clone().requires_grad_()
+    out = compiled(p1, target)
+    out.backward()
+    ref = train_step(p2, target)
+    ref.backward()
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(p1.grad, p2.grad)
+
+
+@requires_cuda
+@pytest.mark.parametrize("kind", list(LOSSES))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_cuda_fast_path_matches_the_reference(kind, dtype):
+    pred, target = _cases(torch.float32)
+    pred, target = pred.clamp(-6e4, 6e4).to(dtype).cuda(), target.clamp(-6e4, 6e4).to(dtype).cuda()
+    fast = _value_and_grads(LOSSES[kind], pred, target)
+    with _fast.reference_path():
+        ref = _value_and_grads(LOSSES[kind], pred, target)
+    for got, expected in zip(fast, ref):
+        torch.testing.assert_close(got.float(), expected.float(), rtol=1e-5, atol=1e-5)
+
+
+@requires_cuda
+def test_cuda_losses_do_not_synchronise():
+    pred, target = overlapping_pairs(10_000, seed=12, dtype=torch.float32)
+    pred, target = pred.cuda().requires_grad_(), target.cuda()
+    w = torch.rand(10_000, device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for fn in LOSSES.values():
+            fn(pred, target).sum().backward()
+        boxloss.giou_loss(pred, target, weight=w, avg_factor=torch.tensor(3.0, device="cuda")).backward()
+        boxloss.box_iou(pred.detach(), target)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@requires_cuda
+@pytest.mark.parametrize("kind", list(PAIRWISE))
+def test_cuda_pairwise_matches_the_reference(kind):
+    a, b = random_boxes(300, seed=13, dtype=torch.float32).cuda(), random_boxes(200, seed=14,
+                                                                                dtype=torch.float32).cuda()
+    with _fast.reference_path():
+        expected = PAIRWISE[kind](a, b)
+    torch.testing.assert_close(PAIRWISE[kind](a, b), expected, rtol=1e-5, atol=1e-5)
