@@ -1,9 +1,10 @@
 """Fast paths behind one dispatch point.
 
 * :func:`aligned_loss`: the aligned losses as one autograd node with a closed-form local gradient computed in
-  the same pass as the value (:mod:`boxloss._fast.fused`), saving one ``(n, 4)`` gradient per input that needs
-  one instead of a graph of intermediates, and computed in chunks that stay in the CPU cache; on CUDA with
-  Triton, one fused Triton kernel (:mod:`boxloss._fast.triton_kernels`).
+  the same pass as the value, saving one ``(n, 4)`` gradient per input that needs one instead of a graph of
+  intermediates. On the CPU the compiled C kernel (:mod:`boxloss._fast.cpu`, ``aligned.c``), else the PyTorch
+  closed form (:mod:`boxloss._fast.fused`) in cache-sized chunks; on CUDA (float32) one Triton kernel
+  (:mod:`boxloss._fast.triton_kernels`), else the PyTorch closed form.
 * :func:`pairwise`: pairwise scores without gradient (matching, evaluation) written straight into the output,
   never materialising ``N×M×2`` temporaries: the compiled C kernel on the CPU, Triton on CUDA, else the
   reference in row chunks of bounded size.
@@ -23,7 +24,7 @@ import torch
 from torch import Tensor
 
 from . import cpu
-from .fused import KINDS, fused_loss_and_grad
+from .fused import KINDS, fused_loss_and_grad  # noqa: F401  (re-exported for tests)
 
 __all__ = ["aligned_loss", "pairwise", "set_fast_path", "fast_path_enabled", "reference_path"]
 
@@ -73,6 +74,13 @@ class _FusedAlignedLoss(torch.autograd.Function):
     def forward(ctx, p: Tensor, t: Tensor, kind: str, eps: float) -> Tensor:
         need_p, need_t = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         need = need_p or need_t
+        if p.device.type == "cuda" and p.dtype == torch.float32 and _triton_available(p.device):
+            from . import triton_kernels
+
+            loss, grad_p, grad_t = triton_kernels.aligned_loss_and_grad(kind, p.contiguous(), t.contiguous(), eps,
+                                                                        need_p, need_t)
+            ctx.save_for_backward(grad_p, grad_t)
+            return loss
         if p.device.type == "cpu" and _use_compiled_cpu:
             lib = cpu.load()
             if lib is not None:
@@ -120,10 +128,6 @@ def aligned_loss(kind: str, p: Tensor, t: Tensor, eps: float) -> Optional[Tensor
     shape = p.shape[:-1]
     p2 = p.reshape(-1, 4)
     t2 = t.reshape(-1, 4)
-    if _triton_available(p.device):
-        from .triton_kernels import triton_aligned_loss
-
-        return triton_aligned_loss(kind, p2, t2, eps).reshape(shape)
     return _FusedAlignedLoss.apply(p2, t2, kind, eps).reshape(shape)
 
 
@@ -148,10 +152,10 @@ def pairwise(kind: str, b1: Tensor, b2: Tensor, eps: float, kernel) -> Optional[
         lib = cpu.load()
         if lib is not None:
             return cpu.run_pairwise(lib, kind, a.contiguous(), b.contiguous(), eps).reshape(*batch_shape, n, m)
-    if _triton_available(a.device):
-        from .triton_kernels import triton_pairwise
+    if a.dtype == torch.float32 and _triton_available(a.device):
+        from . import triton_kernels
 
-        return triton_pairwise(kind, a, b, eps).reshape(*batch_shape, n, m)
+        return triton_kernels.pairwise(kind, a.contiguous(), b.contiguous(), eps).reshape(*batch_shape, n, m)
     out = a.new_empty(a.shape[0], n, m)
     rows = max(1, PAIRWISE_CHUNK_BYTES // max(1, 12 * m * a.element_size()))
     for s in range(0, n, rows):

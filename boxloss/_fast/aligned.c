@@ -75,8 +75,11 @@ void NAME(int kind, const REAL *P, const REAL *T, REAL *L, REAL *GP, REAL *GT, l
             g_cwh[0] = g_c2 * 2 * cwh[0]; g_cwh[1] = g_c2 * 2 * cwh[1];                                       \
             if (kind == K_CIOU) {                                                                            \
                 REAL okp = (pwh[0] + pwh[1]) > eps, okt = (twh[0] + twh[1]) > eps;                            \
-                REAL thp = okp ? ATAN2(pwh[0], pwh[1]) : (REAL)0, tht = okt ? ATAN2(twh[0], twh[1]) : (REAL)0;  \
-                REAL diff = tht - thp, v = four_pi2 * diff * diff;                                           \
+                /* θt − θp in one call: atan a − atan b = atan((a − b) / (1 + ab)) holds for a, b ≥ 0 */     \
+                REAL diff;                                                                                   \
+                if (okp && okt) diff = ATAN2(twh[0] * pwh[1] - pwh[0] * twh[1], twh[1] * pwh[1] + twh[0] * pwh[0]); \
+                else diff = (okt ? ATAN2(twh[0], twh[1]) : (REAL)0) - (okp ? ATAN2(pwh[0], pwh[1]) : (REAL)0);   \
+                REAL v = four_pi2 * diff * diff;                                                             \
                 REAL alpha = v / (1 - iou + v + eps);                                                        \
                 loss += alpha * v;                                                                           \
                 REAL gtp = -(alpha * four_pi2 * 2) * diff * okp, gtt = (alpha * four_pi2 * 2) * diff * okt;   \

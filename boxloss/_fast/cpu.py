@@ -49,7 +49,7 @@ def _build() -> Optional[ctypes.CDLL]:
         return None
     with open(_SOURCE, "rb") as f:
         source = f.read()
-    flags = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
+    flags = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-shared", "-fPIC"]
     # the machine is part of the key: -march=native code must not travel to another CPU
     key = hashlib.sha256(source + " ".join(flags).encode() + platform.machine().encode()
                          + platform.node().encode()).hexdigest()[:16]

@@ -1,5 +1,305 @@
-"""Triton kernels for CUDA (written in the next step)."""
+"""Triton kernels for CUDA: the aligned losses with their local gradients in one kernel, and pairwise scores.
+
+The math is the scalar closed form of ``aligned.c`` (and so of the reference in :mod:`boxloss.boxes`), one box
+(or one pair) per lane, computed in float32 whatever the input dtype. ``atan2`` comes from libdevice on the GPU;
+``USE_LIBDEVICE=False`` swaps in a Cephes-style polynomial (error ~1e-7), which is what the tests run under
+Triton's CPU interpreter (``TRITON_INTERPRET=1``), where libdevice is not available.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+
+import torch
+from torch import Tensor
+
+try:
+    import triton
+    import triton.language as tl
+
+    _HAVE_TRITON = True
+except ImportError:  # pragma: no cover - triton ships with CUDA builds of torch
+    _HAVE_TRITON = False
+
+KIND_CODES = {"iou": 0, "iou_distance": 1, "log_iou": 2, "log_iou_distance": 3, "giou": 4, "diou": 5, "ciou": 6}
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+@functools.lru_cache(maxsize=None)
 def available() -> bool:
-    return False
+    """Triton can run the kernels here: it imports and CUDA is present (not the CPU interpreter)."""
+    return _HAVE_TRITON and torch.cuda.is_available() and not _INTERPRET
+
+
+if _HAVE_TRITON:
+    if not _INTERPRET:
+        from triton.language.extra import libdevice
+    else:  # the interpreter has no libdevice; the kernels then take the polynomial branch
+        libdevice = None
+
+    @triton.jit
+    def _atan_01(z):
+        # atan on [0, 1] (Cephes atanf): reduce z > tan(π/8) through atan z = π/4 + atan((z − 1) / (z + 1))
+        big = z > 0.4142135623730950
+        z = tl.where(big, (z - 1.0) / (z + 1.0), z)
+        z2 = z * z
+        poly = (((8.05374449538e-2 * z2 - 1.38776856032e-1) * z2 + 1.99777106478e-1) * z2
+                - 3.33329491539e-1) * z2 * z + z
+        return tl.where(big, 0.7853981633974483 + poly, poly)
+
+    @triton.jit
+    def _atan2_xpos(y, x, USE_LIBDEVICE: tl.constexpr):
+        """atan2(y, x) for x ≥ 0 (all that the aspect terms need)."""
+        if USE_LIBDEVICE:
+            return libdevice.atan2(y, x)
+        else:
+            ay = tl.abs(y)
+            small = ay <= x
+            ratio = tl.where(small, ay / tl.where(x > 0, x, 1.0), x / tl.where(ay > 0, ay, 1.0))
+            a = _atan_01(ratio)
+            a = tl.where(small, a, 1.5707963267948966 - a)
+            a = tl.where((ay == 0) & (x == 0), 0.0, a)
+            return tl.where(y < 0, -a, a)
+
+    @triton.jit
+    def _sel(a, b):
+        return tl.where(a > b, 1.0, tl.where(a == b, 0.5, 0.0))
+
+    @triton.jit
+    def _aligned_kernel(P, T, L, GP, GT, n, eps, KIND: tl.constexpr, NEED_P: tl.constexpr,
+                        NEED_T: tl.constexpr, USE_LIBDEVICE: tl.constexpr, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        m = offs < n
+        base = offs.to(tl.int64) * 4
+        px1 = tl.load(P + base + 0, mask=m, other=0.0).to(tl.float32)
+        py1 = tl.load(P + base + 1, mask=m, other=0.0).to(tl.float32)
+        px2 = tl.load(P + base + 2, mask=m, other=0.0).to(tl.float32)
+        py2 = tl.load(P + base + 3, mask=m, other=0.0).to(tl.float32)
+        tx1 = tl.load(T + base + 0, mask=m, other=0.0).to(tl.float32)
+        ty1 = tl.load(T + base + 1, mask=m, other=0.0).to(tl.float32)
+        tx2 = tl.load(T + base + 2, mask=m, other=0.0).to(tl.float32)
+        ty2 = tl.load(T + base + 3, mask=m, other=0.0).to(tl.float32)
+        DIST: tl.constexpr = (KIND == 1) or (KIND == 3)
+        LOG: tl.constexpr = (KIND == 2) or (KIND == 3)
+
+        pwr_x = px2 - px1
+        pwr_y = py2 - py1
+        twr_x = tx2 - tx1
+        twr_y = ty2 - ty1
+        pw = tl.maximum(pwr_x, 0.0)
+        ph = tl.maximum(pwr_y, 0.0)
+        tw = tl.maximum(twr_x, 0.0)
+        th = tl.maximum(twr_y, 0.0)
+        ir_x = tl.minimum(px2, tx2) - tl.maximum(px1, tx1)
+        ir_y = tl.minimum(py2, ty2) - tl.maximum(py1, ty1)
+        iw = tl.maximum(ir_x, 0.0)
+        ih = tl.maximum(ir_y, 0.0)
+        cr_x = tl.maximum(px2, tx2) - tl.minimum(px1, tx1)
+        cr_y = tl.maximum(py2, ty2) - tl.minimum(py1, ty1)
+        cw = tl.maximum(cr_x, 0.0)
+        ch = tl.maximum(cr_y, 0.0)
+
+        inter = iw * ih
+        uni = pw * ph + tw * th - inter
+        u_ok = (uni > eps).to(tl.float32)
+        inv_u = 1.0 / tl.maximum(uni, eps)
+        iou = inter * inv_u
+        if LOG:
+            ic = tl.maximum(iou, eps)
+            loss = -tl.log(ic)
+            g_iou = tl.where(iou > eps, -1.0 / ic, 0.0)
+        else:
+            loss = 1.0 - iou
+            g_iou = tl.full(iou.shape, -1.0, tl.float32)
+
+        zero = tl.zeros(iou.shape, tl.float32)
+        g_union_extra = zero
+        g_cw = zero
+        g_ch = zero
+        g_dx = zero
+        g_dy = zero
+        g_gx = zero
+        g_gy = zero
+        g_pw_c = zero
+        g_ph_c = zero
+        g_tw_c = zero
+        g_th_c = zero
+        if KIND == 4:
+            ac = cw * ch
+            c_ok = (ac > eps).to(tl.float32)
+            inv_c = 1.0 / tl.maximum(ac, eps)
+            loss = loss + (ac - uni) * inv_c
+            g_c = uni * inv_c * inv_c * c_ok
+            g_union_extra = -inv_c * c_ok
+            g_cw = g_c * ch
+            g_ch = g_c * cw
+        if (KIND == 5) or (KIND == 6):
+            dx = px1 + px2 - tx1 - tx2
+            dy = py1 + py2 - ty1 - ty2
+            rho2 = (dx * dx + dy * dy) * 0.25
+            c2 = cw * cw + ch * ch
+            den = tl.maximum(c2, rho2)
+            den_ok = (den > eps).to(tl.float32)
+            inv_den = 1.0 / tl.maximum(den, eps)
+            loss = loss + rho2 * inv_den
+            s = _sel(c2, rho2)
+            q = rho2 * inv_den * inv_den * den_ok
+            g_rho2 = inv_den * den_ok - q * (1.0 - s)
+            g_c2 = -q * s
+            g_dx = g_rho2 * 0.5 * dx
+            g_dy = g_rho2 * 0.5 * dy
+            g_cw = g_c2 * 2.0 * cw
+            g_ch = g_c2 * 2.0 * ch
+            if KIND == 6:
+                okp = (pw + ph) > eps
+                okt = (tw + th) > eps
+                both = okp & okt
+                # θt − θp in one call: atan a − atan b = atan((a − b) / (1 + ab)) for a, b ≥ 0
+                d_both = _atan2_xpos(tw * ph - pw * th, th * ph + tw * pw, USE_LIBDEVICE)
+                th_t = tl.where(okt, _atan2_xpos(tw, tl.where(okt, th, 1.0), USE_LIBDEVICE), 0.0)
+                th_p = tl.where(okp, _atan2_xpos(pw, tl.where(okp, ph, 1.0), USE_LIBDEVICE), 0.0)
+                diff = tl.where(both, d_both, th_t - th_p)
+                four_pi2 = 0.40528473456935109
+                v = four_pi2 * diff * diff
+                alpha = v / (1.0 - iou + v + eps)
+                loss = loss + alpha * v
+                gtp = tl.where(okp, -(alpha * four_pi2 * 2.0) * diff, 0.0)
+                gtt = tl.where(okt, (alpha * four_pi2 * 2.0) * diff, 0.0)
+                rp = tl.where(okp, 1.0 / tl.where(okp, pw * pw + ph * ph, 1.0), 1.0)
+                rt = tl.where(okt, 1.0 / tl.where(okt, tw * tw + th * th, 1.0), 1.0)
+                g_pw_c = gtp * ph * rp
+                g_ph_c = -gtp * pw * rp
+                g_tw_c = gtt * th * rt
+                g_th_c = -gtt * tw * rt
+        if DIST:
+            gx = tl.maximum(-ir_x, 0.0)
+            gy = tl.maximum(-ir_y, 0.0)
+            g2 = gx * gx + gy * gy
+            gap = tl.where(g2 > 0, tl.sqrt(tl.where(g2 > 0, g2, 1.0)), 0.0)
+            cd2 = cw * cw + ch * ch
+            cdiag = tl.where(cd2 > 0, tl.sqrt(tl.where(cd2 > 0, cd2, 1.0)), 0.0)
+            den = tl.maximum(cdiag, gap)
+            den_ok = (den > eps).to(tl.float32)
+            inv_den = 1.0 / tl.maximum(den, eps)
+            loss = loss + gap * inv_den
+            s = _sel(cdiag, gap)
+            q = gap * inv_den * inv_den * den_ok
+            g_gap = tl.where(gap > 0, inv_den * den_ok - q * (1.0 - s), 0.0)
+            g_cd = tl.where(cdiag > 0, -q * s, 0.0)
+            inv_gap = 1.0 / tl.where(gap > 0, gap, 1.0)
+            inv_cd = 1.0 / tl.where(cdiag > 0, cdiag, 1.0)
+            g_gx = tl.where(-ir_x > 0, g_gap * inv_gap * gx, 0.0)
+            g_gy = tl.where(-ir_y > 0, g_gap * inv_gap * gy, 0.0)
+            g_cw = g_cd * inv_cd * cw
+            g_ch = g_cd * inv_cd * ch
+        tl.store(L + offs, loss, mask=m)
+        if NEED_P or NEED_T:
+            g_inter = g_iou * inv_u * u_ok
+            g_union = -(g_iou * iou * inv_u) * u_ok + g_union_extra
+            g_inter = g_inter - g_union
+            gi_x = tl.where(ir_x > 0, g_inter * ih, 0.0) - g_gx
+            gi_y = tl.where(ir_y > 0, g_inter * iw, 0.0) - g_gy
+            gpw = tl.where(pwr_x > 0, g_union * ph + g_pw_c, 0.0)
+            gph = tl.where(pwr_y > 0, g_union * pw + g_ph_c, 0.0)
+            gtw = tl.where(twr_x > 0, g_union * th + g_tw_c, 0.0)
+            gth = tl.where(twr_y > 0, g_union * tw + g_th_c, 0.0)
+            gc_x = tl.where(cr_x > 0, g_cw, 0.0)
+            gc_y = tl.where(cr_y > 0, g_ch, 0.0)
+            # shares: max(p_lo, t_lo), min(p_hi, t_hi), min(p_lo, t_lo), max(p_hi, t_hi) going to p
+            slo_x = _sel(px1, tx1)
+            slo_y = _sel(py1, ty1)
+            shi_x = _sel(tx2, px2)
+            shi_y = _sel(ty2, py2)
+            sclo_x = _sel(tx1, px1)
+            sclo_y = _sel(ty1, py1)
+            schi_x = _sel(px2, tx2)
+            schi_y = _sel(py2, ty2)
+            if NEED_P:
+                tl.store(GP + base + 0, -gi_x * slo_x - gpw - gc_x * sclo_x + g_dx, mask=m)
+                tl.store(GP + base + 1, -gi_y * slo_y - gph - gc_y * sclo_y + g_dy, mask=m)
+                tl.store(GP + base + 2, gi_x * shi_x + gpw + gc_x * schi_x + g_dx, mask=m)
+                tl.store(GP + base + 3, gi_y * shi_y + gph + gc_y * schi_y + g_dy, mask=m)
+            if NEED_T:
+                tl.store(GT + base + 0, -gi_x * (1.0 - slo_x) - gtw - gc_x * (1.0 - sclo_x) - g_dx, mask=m)
+                tl.store(GT + base + 1, -gi_y * (1.0 - slo_y) - gth - gc_y * (1.0 - sclo_y) - g_dy, mask=m)
+                tl.store(GT + base + 2, gi_x * (1.0 - shi_x) + gtw + gc_x * (1.0 - schi_x) - g_dx, mask=m)
+                tl.store(GT + base + 3, gi_y * (1.0 - shi_y) + gth + gc_y * (1.0 - schi_y) - g_dy, mask=m)
+
+    @triton.jit
+    def _pairwise_kernel(A, B, OUT, n, m, eps, KIND: tl.constexpr, USE_LIBDEVICE: tl.constexpr,
+                         BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr):
+        bid = tl.program_id(2)
+        rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        cols = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+        rm = rows < n
+        cm = cols < m
+        ab = (bid.to(tl.int64) * n + rows) * 4
+        bb = (bid.to(tl.int64) * m + cols) * 4
+        ax1 = tl.load(A + ab + 0, mask=rm, other=0.0).to(tl.float32)[:, None]
+        ay1 = tl.load(A + ab + 1, mask=rm, other=0.0).to(tl.float32)[:, None]
+        ax2 = tl.load(A + ab + 2, mask=rm, other=0.0).to(tl.float32)[:, None]
+        ay2 = tl.load(A + ab + 3, mask=rm, other=0.0).to(tl.float32)[:, None]
+        bx1 = tl.load(B + bb + 0, mask=cm, other=0.0).to(tl.float32)[None, :]
+        by1 = tl.load(B + bb + 1, mask=cm, other=0.0).to(tl.float32)[None, :]
+        bx2 = tl.load(B + bb + 2, mask=cm, other=0.0).to(tl.float32)[None, :]
+        by2 = tl.load(B + bb + 3, mask=cm, other=0.0).to(tl.float32)[None, :]
+        aw = tl.maximum(ax2 - ax1, 0.0)
+        ah = tl.maximum(ay2 - ay1, 0.0)
+        bw = tl.maximum(bx2 - bx1, 0.0)
+        bh = tl.maximum(by2 - by1, 0.0)
+        iw = tl.maximum(tl.minimum(ax2, bx2) - tl.maximum(ax1, bx1), 0.0)
+        ih = tl.maximum(tl.minimum(ay2, by2) - tl.maximum(ay1, by1), 0.0)
+        inter = iw * ih
+        uni = aw * ah + bw * bh - inter
+        score = inter / tl.maximum(uni, eps)
+        if KIND != 0:
+            cw = tl.maximum(tl.maximum(ax2, bx2) - tl.minimum(ax1, bx1), 0.0)
+            ch = tl.maximum(tl.maximum(ay2, by2) - tl.minimum(ay1, by1), 0.0)
+            if KIND == 4:
+                ac = cw * ch
+                score = score - (ac - uni) / tl.maximum(ac, eps)
+            else:
+                dx = ax1 + ax2 - bx1 - bx2
+                dy = ay1 + ay2 - by1 - by2
+                rho2 = (dx * dx + dy * dy) * 0.25
+                c2 = cw * cw + ch * ch
+                iou = score
+                score = score - rho2 / tl.maximum(tl.maximum(c2, rho2), eps)
+                if KIND == 6:
+                    oka = (aw + ah) > eps
+                    okb = (bw + bh) > eps
+                    tha = tl.where(oka, _atan2_xpos(aw, tl.where(oka, ah, 1.0), USE_LIBDEVICE), 0.0)
+                    thb = tl.where(okb, _atan2_xpos(bw, tl.where(okb, bh, 1.0), USE_LIBDEVICE), 0.0)
+                    diff = thb - tha
+                    v = 0.40528473456935109 * diff * diff
+                    score = score - v / (1.0 - iou + v + eps) * v
+        out = OUT + (bid.to(tl.int64) * n + rows[:, None]) * m + cols[None, :]
+        tl.store(out, score, mask=rm[:, None] & cm[None, :])
+
+
+def aligned_loss_and_grad(kind: str, p: Tensor, t: Tensor, eps: float, need_p: bool, need_t: bool,
+                          block: int = 512):
+    """Loss ``(n,)`` float32 and local gradients ``(n, 4)`` float32 (or ``None``) for contiguous ``(n, 4)``."""
+    n = p.shape[0]
+    loss = torch.empty(n, device=p.device, dtype=torch.float32)
+    grad_p = torch.empty(n, 4, device=p.device, dtype=torch.float32) if need_p else None
+    grad_t = torch.empty(n, 4, device=p.device, dtype=torch.float32) if need_t else None
+    if n:
+        dummy = loss  # never written when the NEED flag is off
+        _aligned_kernel[(triton.cdiv(n, block),)](
+            p, t, loss, grad_p if need_p else dummy, grad_t if need_t else dummy, n, float(eps),
+            KIND=KIND_CODES[kind], NEED_P=need_p, NEED_T=need_t, USE_LIBDEVICE=not _INTERPRET, BLOCK=block)
+    return loss, grad_p, grad_t
+
+
+def pairwise(kind: str, a: Tensor, b: Tensor, eps: float, block_n: int = 32, block_m: int = 64) -> Tensor:
+    """Scores ``(batch, n, m)`` float32 for contiguous ``a`` ``(batch, n, 4)`` and ``b`` ``(batch, m, 4)``."""
+    batch, n, m = a.shape[0], a.shape[1], b.shape[1]
+    out = torch.empty(batch, n, m, device=a.device, dtype=torch.float32)
+    if out.numel():
+        grid = (triton.cdiv(n, block_n), triton.cdiv(m, block_m), batch)
+        _pairwise_kernel[grid](a, b, out, n, m, float(eps), KIND=KIND_CODES[kind], USE_LIBDEVICE=not _INTERPRET,
+                               BLOCK_N=block_n, BLOCK_M=block_m)
+    return out

@@ -1,0 +1,257 @@
+"""Speed and peak extra memory of boxloss against torchvision.ops (and torch.compile), measured side by side.
+
+Every timing interleaves the implementations repetition by repetition (so that machine noise hits them
+alike) and reports the median and the interquartile range; ratios are torchvision's median over boxloss'.
+Peak extra memory: on CUDA, ``torch.cuda.max_memory_allocated`` above what the inputs take; on the CPU, the
+process's peak resident set above its level before the call (Linux: ``/proc/self/clear_refs`` resets the
+peak). Only the public API is used.
+
+    python benchmarks/bench_speed.py                       # CPU: the issue's sizes, scaling 1e3…1e7, plot
+    python benchmarks/bench_speed.py --device cuda         # adds torch.compile and the GPU sizes
+    python benchmarks/bench_speed.py --mode speed --sizes 10000,1000000 --repeats 20
+
+Writes bench_<device>.json and scaling_<device>.png to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import torch
+import torchvision
+import torchvision.ops as tvops
+
+import boxloss
+
+TV_LOSSES = {"giou": tvops.generalized_box_iou_loss, "diou": tvops.distance_box_iou_loss,
+             "ciou": tvops.complete_box_iou_loss}
+BL_LOSSES = {"giou": boxloss.giou_loss, "diou": boxloss.diou_loss, "ciou": boxloss.ciou_loss}
+PAIRWISE = {"box_iou": (boxloss.box_iou, tvops.box_iou),
+            "generalized_box_iou": (boxloss.generalized_box_iou, tvops.generalized_box_iou)}
+
+
+def random_boxes(n: int, device, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(n, 2, generator=g) * 1000
+    wh = torch.rand(n, 2, generator=g) * 200 + 1
+    return torch.cat([xy, xy + wh], 1).to(device=device, dtype=dtype)
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_interleaved(fns: dict, device, repeats: int, warmup: int = 2) -> dict:
+    """{name: (median s, iqr s)} with the implementations interleaved repetition by repetition."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    _sync(device)
+    samples = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            if device.type == "cuda":
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                end.synchronize()
+                samples[name].append(start.elapsed_time(end) / 1000)
+            else:
+                t0 = time.perf_counter()
+                fn()
+                samples[name].append(time.perf_counter() - t0)
+    out = {}
+    for name, s in samples.items():
+        q = statistics.quantiles(s, n=4) if len(s) > 1 else [s[0], s[0], s[0]]
+        out[name] = (statistics.median(s), q[2] - q[0])
+    return out
+
+
+def _read_status(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(field)
+
+
+def peak_extra_memory(fn, device) -> int:
+    """Bytes above the level before the call that ``fn`` needed at its peak."""
+    fn()  # warm-up: kernel builds and caches are not part of the call
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - before
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak resident set to the current one
+    before = _read_status("VmRSS")
+    fn()
+    return _read_status("VmHWM") - before
+
+
+def loss_step(fn, p, t):
+    def step():
+        p.grad = None
+        fn(p, t, reduction="sum").backward()
+    return step
+
+
+def aligned_impls(kind: str, p, t, with_compile: bool) -> dict:
+    impls = {"boxloss": loss_step(BL_LOSSES[kind], p, t), "torchvision": loss_step(TV_LOSSES[kind], p, t)}
+    if with_compile:
+        # torch.compile of the plain formula: boxloss' reference path, which is what runs under compile
+        compiled = torch.compile(lambda a, b: BL_LOSSES[kind](a, b, reduction="sum"))
+        impls["torch.compile"] = loss_step(lambda a, b, reduction: compiled(a, b), p, t)
+    return impls
+
+
+def bench_aligned(kinds, sizes, device, repeats, with_compile, memory: bool) -> list:
+    rows = []
+    for n in sizes:
+        p = random_boxes(n, device, seed=1).requires_grad_()
+        t = random_boxes(n, device, seed=2)
+        floor = {"floor": lambda: (p * 1.0).sum().backward()}
+        for kind in kinds:
+            impls = aligned_impls(kind, p, t, with_compile)
+            times = time_interleaved({**impls, **floor}, device, repeats)
+            row = {"op": f"{kind}_loss fwd+bwd", "n": n, "times": times}
+            if memory:
+                row["peak_extra_bytes"] = {name: peak_extra_memory(fn, device) for name, fn in impls.items()}
+            rows.append(row)
+            print(_row_text(row), file=sys.stderr)
+        del p, t
+    return rows
+
+
+def bench_pairwise(n: int, m: int, device, repeats, memory: bool) -> list:
+    a, b = random_boxes(n, device, seed=3), random_boxes(m, device, seed=4)
+    rows = []
+    for name, (ours, theirs) in PAIRWISE.items():
+        impls = {"boxloss": lambda: ours(a, b), "torchvision": lambda: theirs(a, b)}
+        row = {"op": f"{name} pairwise", "n": f"{n}x{m}", "times": time_interleaved(impls, device, repeats),
+               "output_bytes": n * m * 4}
+        if memory:
+            row["peak_extra_bytes"] = {k: peak_extra_memory(fn, device) for k, fn in impls.items()}
+        rows.append(row)
+        print(_row_text(row), file=sys.stderr)
+    return rows
+
+
+def _row_text(row) -> str:
+    t = row["times"]
+    return f"{row['op']} n={row['n']}: " + ", ".join(f"{k} {v[0] * 1e3:.3f} ms" for k, v in t.items())
+
+
+def table(rows) -> str:
+    lines = ["| op | n | boxloss ms | torchvision ms | speed-up | other | peak extra MB boxloss / torchvision | "
+             "memory ratio |", "|---|---|---:|---:|---:|---|---:|---:|"]
+    for r in rows:
+        t = r["times"]
+        b, tv = t["boxloss"][0], t["torchvision"][0]
+        other = ", ".join(f"{k} {v[0] * 1e3:.3f} ms ({v[0] / b:.2f}× boxloss)" for k, v in t.items()
+                          if k not in ("boxloss", "torchvision"))
+        mem = r.get("peak_extra_bytes")
+        mem_txt = f"{mem['boxloss'] / 2**20:.1f} / {mem['torchvision'] / 2**20:.1f}" if mem else "–"
+        ratio = f"{mem['boxloss'] / max(mem['torchvision'], 1):.2f}" if mem else "–"
+        lines.append(f"| {r['op']} | {r['n']} | {b * 1e3:.3f} (±{t['boxloss'][1] * 1e3:.3f}) | "
+                     f"{tv * 1e3:.3f} (±{t['torchvision'][1] * 1e3:.3f}) | {tv / b:.2f}× | {other or '–'} | "
+                     f"{mem_txt} | {ratio} |")
+    return "\n".join(lines)
+
+
+def plot_scaling(rows, path: str, device_name: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    by_impl = {}
+    for r in rows:
+        for impl, (median, _) in r["times"].items():
+            by_impl.setdefault(impl, []).append((r["n"], median * 1e3))
+    for impl, pts in by_impl.items():
+        xs, ys = zip(*pts)
+        ax.plot(xs, ys, marker="o", label=impl)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("boxes N")
+    ax.set_ylabel("giou_loss forward + backward (ms, median)")
+    ax.set_title(f"scaling on {device_name}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _reexec_with_fixed_mmap_threshold() -> None:
+    """glibc raises its mmap threshold after large frees and then serves big blocks from a resident heap, which
+    would hide them from the resident-set peak; a fixed threshold keeps every block over 128 KiB mmapped, so
+    the peak resident set follows the live tensors. Set before the process starts, hence the re-exec."""
+    if sys.platform.startswith("linux") and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--mode", choices=["all", "speed", "pairwise", "scaling"], default="all")
+    parser.add_argument("--sizes", help="comma-separated N for the aligned losses (default: the issue's)")
+    parser.add_argument("--repeats", type=int, default=None, help="default 7 on CPU, 50 on CUDA")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
+    parser.add_argument("--compile", action="store_true", help="also torch.compile the plain formula (on CPU)")
+    parser.add_argument("--out", default="benchmarks/results")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda asked for, but CUDA is not available")
+    cuda = device.type == "cuda"
+    repeats = args.repeats or (50 if cuda else 7)
+    with_compile = cuda or args.compile
+    memory = not args.no_memory
+    device_name = torch.cuda.get_device_name(device) if cuda else (platform.processor() or platform.machine())
+    rows = {}
+    if args.mode in ("all", "speed"):
+        sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else ([10_000, 10_000_000] if cuda
+                                                                             else [1_000_000])
+        rows["aligned"] = bench_aligned(list(BL_LOSSES), sizes, device, repeats, with_compile, memory)
+    if args.mode in ("all", "pairwise"):
+        n, m = (200_000, 1_000) if cuda else (20_000, 1_000)
+        rows["pairwise"] = bench_pairwise(n, m, device, repeats, memory)
+    if args.mode in ("all", "scaling"):
+        sizes = [1_000, 10_000, 100_000, 1_000_000, 10_000_000]
+        rows["scaling"] = bench_aligned(["giou"], sizes, device, max(3, repeats // 2), with_compile, False)
+    os.makedirs(args.out, exist_ok=True)
+    tag = device.type
+    payload = {"device": device_name, "device_type": device.type, "threads": torch.get_num_threads(),
+               "torch": torch.__version__, "torchvision": torchvision.__version__, "boxloss": boxloss.__version__,
+               "python": platform.python_version(), "repeats": repeats, "results": rows}
+    with open(os.path.join(args.out, f"bench_{tag}.json"), "w") as f:
+        json.dump(payload, f, indent=1)
+    if "scaling" in rows:
+        plot_scaling(rows["scaling"], os.path.join(args.out, f"scaling_{tag}.png"), device_name)
+    print(f"device: {device_name}, torch {torch.__version__}, torchvision {torchvision.__version__}, "
+          f"{torch.get_num_threads()} threads, median of {repeats} interleaved repeats")
+    for section, r in rows.items():
+        print(f"\n### {section}\n")
+        print(table(r))
+    return payload
+
+
+if __name__ == "__main__":
+    if "--no-memory" not in sys.argv and "cuda" not in sys.argv:
+        _reexec_with_fixed_mmap_threshold()
+    main()
