@@ -16,6 +16,7 @@ Writes results.json, error_curves.png and final_error_map.png to --out and print
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -173,6 +174,8 @@ def parse_args(argv=None):
     parser.add_argument("--param", choices=list(PARAMETRISATIONS), default="xywh",
                         help="parameters moved by gradient descent: (x, y, w, h) as in the issue (default), or the "
                              "four edges as in the authors' MATLAB code")
+    parser.add_argument("--reference", action="store_true",
+                        help="run boxloss' plain-PyTorch reference path instead of its fast path")
     parser.add_argument("--out", default="runs/regression_simulation")
     parser.add_argument("--quick", action="store_true", help="300 points (103,000 cases per loss)")
     args = parser.parse_args(argv)
@@ -200,6 +203,15 @@ def main(argv=None) -> dict:
     print(f"{anchors.shape[0]:,} regression cases ({args.points} points × {per_point}), "
           f"{args.iterations} iterations on ({args.param}), {args.device}, {args.dtype}", file=sys.stderr)
     results, maps = {}, {}
+    path = boxloss._fast.reference_path() if args.reference else contextlib.nullcontext()
+    with path:
+        _run_all(args, anchors, targets, results, maps, tqdm)
+    _write(args, anchors, centres, results, maps)
+    return _payload(args, anchors, results)
+
+
+def _run_all(args, anchors, targets, results, maps, tqdm) -> None:
+    per_point = anchors.shape[0] // args.points
     for name in args.losses:
         start = time.perf_counter()
         with tqdm(total=args.iterations, desc=name, file=sys.stderr) as bar:
@@ -208,20 +220,24 @@ def main(argv=None) -> dict:
         results[name] = {"error": errors, "final_error": errors[-1], "seconds": seconds}
         maps[name] = final.reshape(args.points, per_point).sum(-1).cpu().double()
 
-    os.makedirs(args.out, exist_ok=True)
-    plot(results, maps, centres, args.out)
+
+def _payload(args, anchors, results) -> dict:
     config = {k: v for k, v in vars(args).items()}
     config.update(cases=anchors.shape[0], torch=torch.__version__, python=platform.python_version(),
                   device_name=(torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor()
                                or platform.machine()))
-    payload = {"config": config, "losses": results}
+    return {"config": config, "losses": results}
+
+
+def _write(args, anchors, centres, results, maps) -> None:
+    os.makedirs(args.out, exist_ok=True)
+    plot(results, maps, centres, args.out)
     tmp = os.path.join(args.out, "results.json.tmp")
     with open(tmp, "w") as f:
-        json.dump(payload, f, indent=1)
+        json.dump(_payload(args, anchors, results), f, indent=1)
     os.replace(tmp, os.path.join(args.out, "results.json"))
     print(error_table(results, args.iterations))
     print(f"wrote {args.out}/results.json, error_curves.png, final_error_map.png", file=sys.stderr)
-    return payload
 
 
 if __name__ == "__main__":
