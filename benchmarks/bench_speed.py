@@ -121,7 +121,7 @@ def bench_aligned(kinds, sizes, device, repeats, with_compile, memory: bool) -> 
     for n in sizes:
         p = random_boxes(n, device, seed=1).requires_grad_()
         t = random_boxes(n, device, seed=2)
-        floor = {"floor": lambda: (p * 1.0).sum().backward()}
+        floor = {"floor": lambda p=p: (p * 1.0).sum().backward()}
         for kind in kinds:
             impls = aligned_impls(kind, p, t, with_compile)
             times = time_interleaved({**impls, **floor}, device, repeats)
@@ -138,7 +138,7 @@ def bench_pairwise(n: int, m: int, device, repeats, memory: bool) -> list:
     a, b = random_boxes(n, device, seed=3), random_boxes(m, device, seed=4)
     rows = []
     for name, (ours, theirs) in PAIRWISE.items():
-        impls = {"boxloss": lambda: ours(a, b), "torchvision": lambda: theirs(a, b)}
+        impls = {"boxloss": lambda f=ours: f(a, b), "torchvision": lambda f=theirs: f(a, b)}
         row = {"op": f"{name} pairwise", "n": f"{n}x{m}", "times": time_interleaved(impls, device, repeats),
                "output_bytes": n * m * 4}
         if memory:

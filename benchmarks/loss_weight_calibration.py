@@ -69,7 +69,7 @@ def main(argv=None):
     print("| head | " + " | ".join(LOSS_NAMES) + " |")
     print("|---|" + "---:|" * len(LOSS_NAMES))
     for head, row in ratios.items():
-        print(f"| {head} | " + " | ".join(f"{row[l]:.2f}" for l in LOSS_NAMES) + " |")
+        print(f"| {head} | " + " | ".join(f"{row[name]:.2f}" for name in LOSS_NAMES) + " |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(ratios, f, indent=1)

@@ -33,8 +33,16 @@ import torch
 import torch.nn as nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from coco_data import (CocoDetectionData, DataError, image_ids, load_coco_json, select_categories,  # noqa: E402
-                       split_image_ids, subset_coco, write_synthetic_coco)
+from coco_data import (  # noqa: E402
+    CocoDetectionData,
+    DataError,
+    image_ids,
+    load_coco_json,
+    select_categories,
+    split_image_ids,
+    subset_coco,
+    write_synthetic_coco,
+)
 
 from boxloss.detection import DEFAULT_LOSS_WEIGHTS, LOSS_NAMES, replace_box_loss  # noqa: E402
 
@@ -234,7 +242,7 @@ def plot(results: dict, curves: dict, out_dir: str) -> None:
         total = torch.tensor([sum(c.values()) for c in curve])
         box = torch.tensor([c["loss_box_reg"] + c["loss_rpn_box_reg"] for c in curve])
         k = max(1, len(total) // 50)  # a running mean, so that curves can be told apart
-        smooth = lambda x: torch.nn.functional.avg_pool1d(x[None, None], k, 1)[0, 0]  # noqa: E731
+        smooth = lambda x, k=k: torch.nn.functional.avg_pool1d(x[None, None], k, 1)[0, 0]  # noqa: E731
         axes[0].plot(smooth(total), label=name)
         axes[1].plot(smooth(box), label=name)
     axes[0].set_title("training loss (all terms)")
@@ -252,7 +260,7 @@ def plot(results: dict, curves: dict, out_dir: str) -> None:
 def table(results: dict) -> str:
     lines = ["| loss | AP | AP50 | AP75 | train s | final loss |", "|---|---:|---:|---:|---:|---:|"]
     for name, r in results.items():
-        cell = lambda k: f"{r[k]:.3f}" + (f" ± {r[k + '_std']:.3f}" if k + "_std" in r else "")  # noqa: E731
+        cell = lambda k, r=r: f"{r[k]:.3f}" + (f" ± {r[k + '_std']:.3f}" if k + "_std" in r else "")  # noqa: E731
         lines.append(f"| {name} | {cell('AP')} | {cell('AP50')} | {cell('AP75')} | {r['train_seconds']:.0f} | "
                      f"{r['final_loss']:.3f} |")
     return "\n".join(lines)

@@ -185,7 +185,7 @@ def main(argv=None) -> dict:
         args.epochs, args.train_images, args.test_images = 16, 512, 128
     choices = ("smooth_l1",) + LOSS_NAMES
     losses = [args.box_loss] if args.box_loss else ["smooth_l1", "giou"]
-    if any(l not in choices for l in losses):
+    if any(name not in choices for name in losses):
         parser.error(f"--box-loss must be one of {', '.join(choices)}; got {args.box_loss!r}")
     if args.size % STRIDE or args.size < 32:
         parser.error(f"--size must be a multiple of {STRIDE}, at least 32")

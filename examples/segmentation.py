@@ -147,7 +147,7 @@ def plot_predictions(test, preds: dict, path: str, count: int = 4) -> None:
     for r in range(count):
         axes[r, 0].imshow(test[0][r].permute(1, 2, 0).numpy())
         axes[r, 1].imshow(test[1][r].numpy(), vmin=0, vmax=NUM_CLASSES - 1, cmap="tab10", interpolation="nearest")
-        for c, (name, p) in enumerate(preds.items()):
+        for c, p in enumerate(preds.values()):
             axes[r, 2 + c].imshow(p[r].numpy(), vmin=0, vmax=NUM_CLASSES - 1, cmap="tab10", interpolation="nearest")
         for c, title in enumerate(["image", "target", *preds]):
             if r == 0:

@@ -17,8 +17,14 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from torchvision.ops import MultiScaleRoIAlign
 
 import boxloss
-from boxloss.detection import (DEFAULT_LOSS_WEIGHTS, LOSS_NAMES, decode_boxes, decoded_box_loss, encode_boxes,
-                               replace_box_loss)
+from boxloss.detection import (
+    DEFAULT_LOSS_WEIGHTS,
+    LOSS_NAMES,
+    decode_boxes,
+    decoded_box_loss,
+    encode_boxes,
+    replace_box_loss,
+)
 
 SIZE = 64
 KW = dict(weights=None, weights_backbone=None, num_classes=3, min_size=SIZE, max_size=SIZE)

@@ -67,9 +67,8 @@ def test_custom_detector_switches_box_loss_by_one_argument():
 
 
 def test_custom_detector_losses_agree_on_what_a_perfect_box_is():
-    import torch
-
     import custom_detector as cd
+    import torch
 
     anchors = cd.make_anchors(32)
     boxes = torch.tensor([[4.0, 4, 20, 22]])

@@ -97,7 +97,7 @@ def test_pairwise_matches_the_reference(backend, kind):
 
 def test_aligned_box_functions_use_the_fast_path_and_match(backend):
     a, b = overlapping_pairs(100, seed=8)
-    for name, fn in PAIRWISE.items():
+    for fn in PAIRWISE.values():
         with _fast.reference_path():
             expected = fn(a, b, aligned=True)
         torch.testing.assert_close(fn(a, b, aligned=True), expected, rtol=1e-12, atol=1e-12)

@@ -8,8 +8,18 @@ import torchvision.ops as tvops
 from conftest import DEVICES, assert_close, disjoint_pairs, overlapping_pairs, random_boxes, requires_cuda
 
 import boxloss
-from boxloss import (CIoULoss, DIoULoss, GIoULoss, IoULoss, LogIoULoss, ciou_loss, diou_loss, giou_loss, iou_loss,
-                     log_iou_loss)
+from boxloss import (
+    CIoULoss,
+    DIoULoss,
+    GIoULoss,
+    IoULoss,
+    LogIoULoss,
+    ciou_loss,
+    diou_loss,
+    giou_loss,
+    iou_loss,
+    log_iou_loss,
+)
 
 
 def _reference_gap_term(p, t):

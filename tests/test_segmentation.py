@@ -5,8 +5,14 @@ import itertools
 import pytest
 import torch
 
-from boxloss.segmentation import (LovaszHingeLoss, LovaszSoftmaxLoss, SoftIoULoss, lovasz_hinge_loss,
-                                  lovasz_softmax_loss, soft_iou_loss)
+from boxloss.segmentation import (
+    LovaszHingeLoss,
+    LovaszSoftmaxLoss,
+    SoftIoULoss,
+    lovasz_hinge_loss,
+    lovasz_softmax_loss,
+    soft_iou_loss,
+)
 
 
 def _reference_soft_iou(probs, onehot, smooth=0.0, log=False, valid=None):
@@ -118,7 +124,7 @@ class TestSoftIoU:
         logits.requires_grad_()
         for log in (False, True):
             assert torch.autograd.gradcheck(
-                lambda x: soft_iou_loss(x, target, mode="multiclass", log=log, reduction="none"), (logits,))
+                lambda x, log=log: soft_iou_loss(x, target, mode="multiclass", log=log, reduction="none"), (logits,))
         b_logits = torch.randn(2, 1, 3, 3, dtype=torch.float64, requires_grad=True)
         b_target = (torch.rand(2, 1, 3, 3) > 0.5).double()
         assert torch.autograd.gradcheck(lambda x: soft_iou_loss(x, b_target, class_weights=[1.0, 2.0]), (b_logits,))

@@ -64,7 +64,7 @@ def _build() -> Optional[ctypes.CDLL]:
             return None
         os.replace(tmp, target)
     lib = ctypes.CDLL(target)
-    for name, ctype in (("boxloss_aligned_f32", ctypes.c_float), ("boxloss_aligned_f64", ctypes.c_double)):
+    for name in ("boxloss_aligned_f32", "boxloss_aligned_f64"):
         fn = getattr(lib, name)
         fn.restype = None
         fn.argtypes = [ctypes.c_int] + [ctypes.c_void_p] * 5 + [ctypes.c_long, ctypes.c_double, ctypes.c_int]

@@ -9,7 +9,6 @@ Triton's CPU interpreter (``TRITON_INTERPRET=1``), where libdevice is not availa
 from __future__ import annotations
 
 import functools
-import math
 import os
 
 import torch

@@ -22,7 +22,7 @@ the head's class is swapped for a subclass that adds a mixin below, and the opti
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Union
+from typing import Dict, Union
 
 import torch
 import torch.nn.functional as F

@@ -6,8 +6,8 @@ from typing import Optional, Union
 
 from torch import Tensor
 
-from .._utils import _fill_loss_doc, _prepare_loss_inputs, _reduce
 from .._fast import aligned_loss
+from .._utils import _fill_loss_doc, _prepare_loss_inputs, _reduce
 from ..boxes import _ciou_kernel
 
 __all__ = ["ciou_loss"]

@@ -11,8 +11,8 @@ from typing import Optional, Union
 
 from torch import Tensor
 
-from .._utils import _check_choice, _fill_loss_doc, _prepare_loss_inputs, _reduce
 from .._fast import aligned_loss
+from .._utils import _check_choice, _fill_loss_doc, _prepare_loss_inputs, _reduce
 from ..boxes import _gap_term, _iou_kernel
 
 __all__ = ["iou_loss", "log_iou_loss"]
