@@ -22,6 +22,13 @@ def _check_weights(weights: Sequence[float]) -> tuple:
     return tuple(float(w) for w in weights)
 
 
+def _centre_size(boxes: Tensor):
+    """(cx, cy, w, h) of xyxy boxes, as torchvision's BoxCoder computes them (no +1)."""
+    w = boxes[..., 2] - boxes[..., 0]
+    h = boxes[..., 3] - boxes[..., 1]
+    return boxes[..., 0] + 0.5 * w, boxes[..., 1] + 0.5 * h, w, h
+
+
 def encode_boxes(boxes: Tensor, anchors: Tensor, weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0)) -> Tensor:
     r"""Encode ``boxes`` as deltas relative to ``anchors`` (the inverse of :func:`decode_boxes`).
 
@@ -49,15 +56,8 @@ def encode_boxes(boxes: Tensor, anchors: Tensor, weights: Sequence[float] = (1.0
     _check_boxes("boxes", boxes)
     _check_boxes("anchors", anchors)
     wx, wy, ww, wh = _check_weights(weights)
-    anchors = anchors.to(boxes.dtype)
-    aw = anchors[..., 2] - anchors[..., 0]
-    ah = anchors[..., 3] - anchors[..., 1]
-    ax = anchors[..., 0] + 0.5 * aw
-    ay = anchors[..., 1] + 0.5 * ah
-    bw = boxes[..., 2] - boxes[..., 0]
-    bh = boxes[..., 3] - boxes[..., 1]
-    bx = boxes[..., 0] + 0.5 * bw
-    by = boxes[..., 1] + 0.5 * bh
+    ax, ay, aw, ah = _centre_size(anchors.to(boxes.dtype))
+    bx, by, bw, bh = _centre_size(boxes)
     return torch.stack((wx * (bx - ax) / aw, wy * (by - ay) / ah, ww * torch.log(bw / aw), wh * torch.log(bh / ah)),
                        dim=-1)
 
@@ -90,11 +90,7 @@ def decode_boxes(deltas: Tensor, anchors: Tensor, weights: Sequence[float] = (1.
     _check_boxes("deltas", deltas)
     _check_boxes("anchors", anchors)
     wx, wy, ww, wh = _check_weights(weights)
-    anchors = anchors.to(deltas.dtype)
-    aw = anchors[..., 2] - anchors[..., 0]
-    ah = anchors[..., 3] - anchors[..., 1]
-    ax = anchors[..., 0] + 0.5 * aw
-    ay = anchors[..., 1] + 0.5 * ah
+    ax, ay, aw, ah = _centre_size(anchors.to(deltas.dtype))
     dx, dy, dw, dh = deltas.unbind(-1)
     cx = dx / wx * aw + ax
     cy = dy / wy * ah + ay
