@@ -84,8 +84,8 @@ def decode_boxes(deltas: Tensor, anchors: Tensor, weights: Sequence[float] = (1.
     Example:
         >>> import torch
         >>> from boxloss.detection import decode_boxes
-        >>> decode_boxes(torch.tensor([[1.0, 0.0, 0.6931, 0.0]]), torch.tensor([[0., 0., 2., 2.]]))
-        tensor([[1.0000, 0.0000, 5.0000, 2.0000]])
+        >>> decode_boxes(torch.tensor([[1.0, 0.0, 0.0, 0.0]]), torch.tensor([[0., 0., 2., 2.]]))  # one width right
+        tensor([[2., 0., 4., 2.]])
     """
     _check_boxes("deltas", deltas)
     _check_boxes("anchors", anchors)
