@@ -220,3 +220,15 @@ def test_triton_kernels_match_the_reference_under_the_interpreter():
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count(" ok") == 7 * 3 + 4
+
+
+def test_double_backward_fails_loudly_on_the_fast_path_and_works_on_the_reference():
+    pred, target = overlapping_pairs(8, seed=15)
+    pred.requires_grad_()
+    (g,) = torch.autograd.grad(boxloss.giou_loss(pred, target), pred, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|does not require grad|double backward"):
+        torch.autograd.grad(g.sum(), pred)
+    with _fast.reference_path():
+        (g,) = torch.autograd.grad(boxloss.giou_loss(pred, target), pred, create_graph=True)
+        (gg,) = torch.autograd.grad(g.sum(), pred)
+    assert torch.isfinite(gg).all()

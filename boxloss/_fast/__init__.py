@@ -22,6 +22,7 @@ from typing import Iterator, Optional
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from . import cpu
 from .fused import KINDS, fused_loss_and_grad  # noqa: F401  (re-exported for tests)
@@ -104,6 +105,7 @@ class _FusedAlignedLoss(torch.autograd.Function):
         return loss
 
     @staticmethod
+    @once_differentiable  # the saved local gradient is a constant: a second derivative must fail loudly
     def backward(ctx, grad_loss: Tensor):
         grad_p, grad_t = ctx.saved_tensors
         g = grad_loss.unsqueeze(-1)
