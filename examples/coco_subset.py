@@ -344,6 +344,7 @@ def main(argv=None) -> dict:
     fd, tmp = tempfile.mkstemp(dir=args.out, suffix=".json.tmp")
     with os.fdopen(fd, "w") as f:
         json.dump(payload, f, indent=1)
+    os.chmod(tmp, 0o644)  # mkstemp makes it private
     os.replace(tmp, os.path.join(args.out, "results.json"))
     print(table(results))
     print(f"wrote {args.out}/results.json, ap.png, loss_curves.png", file=sys.stderr)
