@@ -206,8 +206,9 @@ def main(argv=None) -> dict:
     path = boxloss._fast.reference_path() if args.reference else contextlib.nullcontext()
     with path:
         _run_all(args, anchors, targets, results, maps, tqdm)
-    _write(args, anchors, centres, results, maps)
-    return _payload(args, anchors, results)
+    payload = _payload(args, anchors, results)
+    _write(args, payload, centres, maps)
+    return payload
 
 
 def _run_all(args, anchors, targets, results, maps, tqdm) -> None:
@@ -229,14 +230,14 @@ def _payload(args, anchors, results) -> dict:
     return {"config": config, "losses": results}
 
 
-def _write(args, anchors, centres, results, maps) -> None:
+def _write(args, payload: dict, centres, maps) -> None:
     os.makedirs(args.out, exist_ok=True)
-    plot(results, maps, centres, args.out)
+    plot(payload["losses"], maps, centres, args.out)
     tmp = os.path.join(args.out, "results.json.tmp")
     with open(tmp, "w") as f:
-        json.dump(_payload(args, anchors, results), f, indent=1)
+        json.dump(payload, f, indent=1)
     os.replace(tmp, os.path.join(args.out, "results.json"))
-    print(error_table(results, args.iterations))
+    print(error_table(payload["losses"], args.iterations))
     print(f"wrote {args.out}/results.json, error_curves.png, final_error_map.png", file=sys.stderr)
 
 

@@ -163,19 +163,17 @@ def _arrange(b1: Tensor, b2: Tensor, aligned: bool) -> Tuple[Tensor, Tensor]:
 
 def _box_function(kind: str, kernel, boxes1: Tensor, boxes2: Tensor, aligned: bool, fmt: str, eps: float) -> Tensor:
     b1, b2 = _prepare_pair(boxes1, boxes2, fmt, eps)
+    v1, v2 = _arrange(b1, b2, aligned)  # checks the shapes; the views the reference kernel broadcasts
     if aligned:
-        b1, b2 = _arrange(b1, b2, aligned)
-        shape = torch.broadcast_shapes(b1.shape, b2.shape)
-        loss = _fast.aligned_loss(kind, b1.expand(shape), b2.expand(shape), eps)
+        shape = torch.broadcast_shapes(v1.shape, v2.shape)
+        loss = _fast.aligned_loss(kind, v1.expand(shape), v2.expand(shape), eps)
         if loss is not None:
             return 1 - loss  # every aligned loss of the family is 1 − score
     else:
-        _arrange(b1, b2, aligned)  # the shape checks
         out = _fast.pairwise(kind, b1, b2, eps, kernel)
         if out is not None:
             return out
-        b1, b2 = _arrange(b1, b2, aligned)
-    return kernel(b1, b2, eps)[0]
+    return kernel(v1, v2, eps)[0]
 
 
 _SHAPES_DOC = """

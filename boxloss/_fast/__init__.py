@@ -70,37 +70,36 @@ def _is_compiling() -> bool:
     return False
 
 
+def _loss_and_local_grads(kind: str, p: Tensor, t: Tensor, eps: float, need_p: bool, need_t: bool):
+    """Per-box loss and d loss / d p, d loss / d t (or None) from the fastest backend for ``p``'s device."""
+    if p.device.type == "cuda" and p.dtype == torch.float32 and _triton_available(p.device):
+        from . import triton_kernels
+
+        return triton_kernels.aligned_loss_and_grad(kind, p.contiguous(), t.contiguous(), eps, need_p, need_t)
+    if p.device.type == "cpu" and _use_compiled_cpu:
+        lib = cpu.load()
+        if lib is not None:
+            return cpu.run(lib, kind, p.contiguous(), t.contiguous(), eps, need_p, need_t)
+    n = p.shape[0]
+    loss = p.new_empty(n)
+    grad_p = p.new_empty(n, 4) if need_p else None
+    grad_t = p.new_empty(n, 4) if need_t else None
+    chunk = CPU_CHUNK if p.device.type == "cpu" else max(n, 1)
+    for s in range(0, n, chunk):
+        e = min(s + chunk, n)
+        value, gp, gt = fused_loss_and_grad(kind, p[s:e], t[s:e], eps, need_p or need_t)
+        loss[s:e] = value
+        if need_p:
+            grad_p[s:e] = gp
+        if need_t:
+            grad_t[s:e] = gt
+    return loss, grad_p, grad_t
+
+
 class _FusedAlignedLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, p: Tensor, t: Tensor, kind: str, eps: float) -> Tensor:
-        need_p, need_t = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        need = need_p or need_t
-        if p.device.type == "cuda" and p.dtype == torch.float32 and _triton_available(p.device):
-            from . import triton_kernels
-
-            loss, grad_p, grad_t = triton_kernels.aligned_loss_and_grad(kind, p.contiguous(), t.contiguous(), eps,
-                                                                        need_p, need_t)
-            ctx.save_for_backward(grad_p, grad_t)
-            return loss
-        if p.device.type == "cpu" and _use_compiled_cpu:
-            lib = cpu.load()
-            if lib is not None:
-                loss, grad_p, grad_t = cpu.run(lib, kind, p.contiguous(), t.contiguous(), eps, need_p, need_t)
-                ctx.save_for_backward(grad_p, grad_t)
-                return loss
-        n = p.shape[0]
-        loss = p.new_empty(n)
-        grad_p = p.new_empty(n, 4) if need_p else None
-        grad_t = p.new_empty(n, 4) if need_t else None
-        chunk = CPU_CHUNK if p.device.type == "cpu" else max(n, 1)
-        for s in range(0, n, chunk):
-            e = min(s + chunk, n)
-            value, gp, gt = fused_loss_and_grad(kind, p[s:e], t[s:e], eps, need)
-            loss[s:e] = value
-            if need_p:
-                grad_p[s:e] = gp
-            if need_t:
-                grad_t[s:e] = gt
+        loss, grad_p, grad_t = _loss_and_local_grads(kind, p, t, eps, *ctx.needs_input_grad[:2])
         ctx.save_for_backward(grad_p, grad_t)
         return loss
 

@@ -25,6 +25,24 @@ def _sel(a: Tensor, b: Tensor) -> Tensor:
     return (a > b).to(a.dtype) + 0.5 * (a == b).to(a.dtype)
 
 
+def _over_max(num: Tensor, other: Tensor, eps: float, need_grad: bool):
+    """num / max(other, num) with the reference's conventions, and its derivatives in num and in other.
+
+    Both DIoU's ρ²/c² and the zero-overlap gap/c take this form (the maximum keeps the ratio ≤ 1 for inverted
+    boxes): the maximum's share s goes to ``other`` and 1 − s back to ``num``; no gradient where the
+    denominator is at or under eps.
+    """
+    den = torch.maximum(other, num)
+    den_ok = den > eps
+    inv_den = 1 / den.clamp_min(eps)
+    value = num * inv_den
+    if not need_grad:
+        return value, None, None
+    s = _sel(other, num)
+    q = num * inv_den * inv_den * den_ok
+    return value, inv_den * den_ok - q * (1 - s), -q * s
+
+
 def _safe_sqrt(x: Tensor) -> Tensor:
     return torch.where(x > 0, x, torch.ones_like(x)).sqrt() * (x > 0)
 
@@ -85,16 +103,9 @@ def fused_loss_and_grad(kind: str, p: Tensor, t: Tensor, eps: float, need_grad: 
         d = (p_lo + p_hi) - (t_lo + t_hi)              # twice the centre offsets, (2, c)
         rho2 = (d * d).sum(0) * 0.25
         c2 = (cwh * cwh).sum(0)
-        den = torch.maximum(c2, rho2)
-        den_ok = den > eps
-        inv_den = 1 / den.clamp_min(eps)
-        loss = loss + rho2 * inv_den
+        term, g_rho2, g_c2 = _over_max(rho2, c2, eps, need_grad)
+        loss = loss + term
         if need_grad:
-            # rho2 / max(c2, rho2): the maximum's share s goes to c2, 1 − s back to rho2
-            s = _sel(c2, rho2)
-            q = rho2 * inv_den * inv_den * den_ok
-            g_rho2 = inv_den * den_ok - q * (1 - s)
-            g_c2 = -q * s
             g_d = g_rho2 * 0.5 * d                      # d rho2 / d d = d / 2
         if kind == "ciou":
             wp, hp, wt, ht = p_wh[0], p_wh[1], t_wh[0], t_wh[1]
@@ -120,15 +131,11 @@ def fused_loss_and_grad(kind: str, p: Tensor, t: Tensor, eps: float, need_grad: 
         g2 = (gap_xy * gap_xy).sum(0)
         gap = _safe_sqrt(g2)
         cdiag = _safe_sqrt((cwh * cwh).sum(0))
-        den = torch.maximum(cdiag, gap)
-        den_ok = den > eps
-        inv_den = 1 / den.clamp_min(eps)
-        loss = loss + gap * inv_den
+        term, g_gap, g_cdiag = _over_max(gap, cdiag, eps, need_grad)
+        loss = loss + term
         if need_grad:
-            s = _sel(cdiag, gap)
-            q = gap * inv_den * inv_den * den_ok
-            g_gap = (inv_den * den_ok - q * (1 - s)) * (gap > 0)
-            g_cdiag = -q * s * (cdiag > 0)
+            g_gap = g_gap * (gap > 0)
+            g_cdiag = g_cdiag * (cdiag > 0)
             inv_gap = 1 / torch.where(gap > 0, gap, torch.ones_like(gap))
             inv_cdiag = 1 / torch.where(cdiag > 0, cdiag, torch.ones_like(cdiag))
             g_gap_xy = (g_gap * inv_gap) * gap_xy * (gap_raw > 0)

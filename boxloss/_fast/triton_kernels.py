@@ -67,6 +67,16 @@ if _HAVE_TRITON:
         return tl.where(a > b, 1.0, tl.where(a == b, 0.5, 0.0))
 
     @triton.jit
+    def _over_max(num, other, eps):
+        """num / max(other, num) and its derivatives in num and other (see fused._over_max)."""
+        den = tl.maximum(other, num)
+        den_ok = (den > eps).to(tl.float32)
+        inv_den = 1.0 / tl.maximum(den, eps)
+        s = _sel(other, num)
+        q = num * inv_den * inv_den * den_ok
+        return num * inv_den, inv_den * den_ok - q * (1.0 - s), -q * s
+
+    @triton.jit
     def _aligned_kernel(P, T, L, GP, GT, n, eps, KIND: tl.constexpr, NEED_P: tl.constexpr,
                         NEED_T: tl.constexpr, USE_LIBDEVICE: tl.constexpr, BLOCK: tl.constexpr):
         offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
@@ -139,14 +149,8 @@ if _HAVE_TRITON:
             dy = py1 + py2 - ty1 - ty2
             rho2 = (dx * dx + dy * dy) * 0.25
             c2 = cw * cw + ch * ch
-            den = tl.maximum(c2, rho2)
-            den_ok = (den > eps).to(tl.float32)
-            inv_den = 1.0 / tl.maximum(den, eps)
-            loss = loss + rho2 * inv_den
-            s = _sel(c2, rho2)
-            q = rho2 * inv_den * inv_den * den_ok
-            g_rho2 = inv_den * den_ok - q * (1.0 - s)
-            g_c2 = -q * s
+            term, g_rho2, g_c2 = _over_max(rho2, c2, eps)
+            loss = loss + term
             g_dx = g_rho2 * 0.5 * dx
             g_dy = g_rho2 * 0.5 * dy
             g_cw = g_c2 * 2.0 * cw
@@ -179,14 +183,10 @@ if _HAVE_TRITON:
             gap = tl.where(g2 > 0, tl.sqrt(tl.where(g2 > 0, g2, 1.0)), 0.0)
             cd2 = cw * cw + ch * ch
             cdiag = tl.where(cd2 > 0, tl.sqrt(tl.where(cd2 > 0, cd2, 1.0)), 0.0)
-            den = tl.maximum(cdiag, gap)
-            den_ok = (den > eps).to(tl.float32)
-            inv_den = 1.0 / tl.maximum(den, eps)
-            loss = loss + gap * inv_den
-            s = _sel(cdiag, gap)
-            q = gap * inv_den * inv_den * den_ok
-            g_gap = tl.where(gap > 0, inv_den * den_ok - q * (1.0 - s), 0.0)
-            g_cd = tl.where(cdiag > 0, -q * s, 0.0)
+            term, g_gap, g_cd = _over_max(gap, cdiag, eps)
+            loss = loss + term
+            g_gap = tl.where(gap > 0, g_gap, 0.0)
+            g_cd = tl.where(cdiag > 0, g_cd, 0.0)
             inv_gap = 1.0 / tl.where(gap > 0, gap, 1.0)
             inv_cd = 1.0 / tl.where(cdiag > 0, cdiag, 1.0)
             g_gx = tl.where(-ir_x > 0, g_gap * inv_gap * gx, 0.0)
