@@ -84,7 +84,8 @@ def _to_xyxy(boxes: Tensor, fmt: str) -> Tensor:
 
 
 def _prepare_pair(boxes1: Tensor, boxes2: Tensor, fmt: str, eps: float, names=("boxes1", "boxes2")):
-    """Check two box tensors and return them upcast and in xyxy format."""
+    """Check two box tensors and return them in xyxy format and one floating dtype: as given when they already
+    are (float16/bfloat16 included), else upcast to the compute dtype (see :func:`_compute_dtype`)."""
     _check_boxes(names[0], boxes1)
     _check_boxes(names[1], boxes2)
     _check_choice("fmt", fmt, BOX_FORMATS)
@@ -92,6 +93,10 @@ def _prepare_pair(boxes1: Tensor, boxes2: Tensor, fmt: str, eps: float, names=("
     if boxes1.device != boxes2.device:
         raise ValueError(f"{names[0]} and {names[1]} must be on the same device; "
                          f"got {boxes1.device} and {boxes2.device}")
+    if fmt == "xyxy" and boxes1.dtype == boxes2.dtype and boxes1.is_floating_point():
+        # as they are: the fast paths read float16/bfloat16 natively and compute in float32 (the reference path
+        # upcasts with _upcast), which saves a converted copy of both inputs
+        return boxes1, boxes2
     dtype = _compute_dtype(boxes1, boxes2)
     return _to_xyxy(_upcast(boxes1, dtype), fmt), _to_xyxy(_upcast(boxes2, dtype), fmt)
 

@@ -136,6 +136,23 @@ def _gap_term(b1: Tensor, b2: Tensor, eps: float) -> Tensor:
     return _safe_div(gap, torch.maximum(_safe_sqrt(cw * cw + ch * ch), gap), eps)
 
 
+def _reference_loss(kind: str, p: Tensor, t: Tensor, eps: float) -> Tensor:
+    """Per-box loss of each kind the fast paths implement, from the kernels above: what every fast path is
+    tested against, what runs when they are off, and what second derivatives differentiate."""
+    if kind in ("iou", "iou_distance"):
+        loss = 1 - _iou_kernel(p, t, eps)[0]
+    elif kind in ("log_iou", "log_iou_distance"):
+        loss = -_iou_kernel(p, t, eps)[0].clamp_min(eps).log()
+    else:
+        loss = 1 - _SCORE_KERNELS[kind](p, t, eps)[0]
+    if kind.endswith("_distance"):
+        loss = loss + _gap_term(p, t, eps)
+    return loss
+
+
+_SCORE_KERNELS = {"iou": _iou_kernel, "giou": _giou_kernel, "diou": _diou_kernel, "ciou": _ciou_kernel}
+
+
 # ----------------------------------------------------------------------------------------------------------
 # public functions
 # ----------------------------------------------------------------------------------------------------------
@@ -161,19 +178,13 @@ def _arrange(b1: Tensor, b2: Tensor, aligned: bool) -> Tuple[Tensor, Tensor]:
     return b1.unsqueeze(-2), b2.unsqueeze(-3)
 
 
-def _box_function(kind: str, kernel, boxes1: Tensor, boxes2: Tensor, aligned: bool, fmt: str, eps: float) -> Tensor:
+def _box_function(kind: str, boxes1: Tensor, boxes2: Tensor, aligned: bool, fmt: str, eps: float) -> Tensor:
     b1, b2 = _prepare_pair(boxes1, boxes2, fmt, eps)
-    v1, v2 = _arrange(b1, b2, aligned)  # checks the shapes; the views the reference kernel broadcasts
+    v1, v2 = _arrange(b1, b2, aligned)  # checks the shapes
     if aligned:
         shape = torch.broadcast_shapes(v1.shape, v2.shape)
-        loss = _fast.aligned_loss(kind, v1.expand(shape), v2.expand(shape), eps)
-        if loss is not None:
-            return 1 - loss  # every aligned loss of the family is 1 − score
-    else:
-        out = _fast.pairwise(kind, b1, b2, eps, kernel)
-        if out is not None:
-            return out
-    return kernel(v1, v2, eps)[0]
+        return 1 - _fast.aligned_loss(kind, v1.expand(shape), v2.expand(shape), eps)  # every score is 1 − loss
+    return _fast.pairwise(kind, b1, b2, eps)
 
 
 _SHAPES_DOC = """
@@ -224,7 +235,7 @@ def box_iou(boxes1: Tensor, boxes2: Tensor, *, aligned: bool = False, fmt: str =
         >>> box_iou(a, b[:1], aligned=True)
         tensor([0.1429])
     """
-    return _box_function("iou", _iou_kernel, boxes1, boxes2, aligned, fmt, eps)
+    return _box_function("iou", boxes1, boxes2, aligned, fmt, eps)
 
 
 def generalized_box_iou(boxes1: Tensor, boxes2: Tensor, *, aligned: bool = False, fmt: str = "xyxy",
@@ -250,7 +261,7 @@ def generalized_box_iou(boxes1: Tensor, boxes2: Tensor, *, aligned: bool = False
         >>> generalized_box_iou(a, b)  # 0 - (3 - 2) / 3
         tensor([[-0.3333]])
     """
-    return _box_function("giou", _giou_kernel, boxes1, boxes2, aligned, fmt, eps)
+    return _box_function("giou", boxes1, boxes2, aligned, fmt, eps)
 
 
 def distance_box_iou(boxes1: Tensor, boxes2: Tensor, *, aligned: bool = False, fmt: str = "xyxy",
@@ -276,7 +287,7 @@ def distance_box_iou(boxes1: Tensor, boxes2: Tensor, *, aligned: bool = False, f
         >>> distance_box_iou(a, b)  # 0 - 2² / (3² + 1²)
         tensor([[-0.4000]])
     """
-    return _box_function("diou", _diou_kernel, boxes1, boxes2, aligned, fmt, eps)
+    return _box_function("diou", boxes1, boxes2, aligned, fmt, eps)
 
 
 def complete_box_iou(boxes1: Tensor, boxes2: Tensor, *, aligned: bool = False, fmt: str = "xyxy",
@@ -304,7 +315,7 @@ def complete_box_iou(boxes1: Tensor, boxes2: Tensor, *, aligned: bool = False, f
         >>> complete_box_iou(a, a)  # a box against itself
         tensor([[1.]])
     """
-    return _box_function("ciou", _ciou_kernel, boxes1, boxes2, aligned, fmt, eps)
+    return _box_function("ciou", boxes1, boxes2, aligned, fmt, eps)
 
 
 for _fn in (box_iou, generalized_box_iou, distance_box_iou, complete_box_iou):

@@ -11,7 +11,7 @@ from test_edges import _all_pairs
 
 import boxloss
 from boxloss import _fast
-from boxloss._fast import cpu
+from boxloss._fast import cpu, ops
 
 LOSSES = {
     "iou": lambda p, t: boxloss.iou_loss(p, t, reduction="none", zero_overlap="none"),
@@ -32,10 +32,10 @@ def backend(request, monkeypatch):
     if request.param == "compiled_c":
         if cpu.load() is None:
             pytest.skip("no C compiler here: the compiled kernel cannot be built")
-        monkeypatch.setattr(_fast, "_use_compiled_cpu", True)
+        monkeypatch.setattr(ops, "USE_COMPILED_CPU", True)
     else:
-        monkeypatch.setattr(_fast, "_use_compiled_cpu", False)
-        monkeypatch.setattr(_fast, "CPU_CHUNK", 257)  # several chunks, one of them ragged
+        monkeypatch.setattr(ops, "USE_COMPILED_CPU", False)
+        monkeypatch.setattr(ops, "CPU_CHUNK", 257)  # several chunks, one of them ragged
     return request.param
 
 

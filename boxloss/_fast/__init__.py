@@ -1,41 +1,40 @@
 """Fast paths behind one dispatch point.
 
-* :func:`aligned_loss`: the aligned losses as one autograd node with a closed-form local gradient computed in
-  the same pass as the value, saving one ``(n, 4)`` gradient per input that needs one instead of a graph of
-  intermediates. On the CPU the compiled C kernel (:mod:`boxloss._fast.cpu`, ``aligned.c``), else the PyTorch
-  closed form (:mod:`boxloss._fast.fused`) in cache-sized chunks; on CUDA (float32) one Triton kernel
-  (:mod:`boxloss._fast.triton_kernels`), else the PyTorch closed form.
-* :func:`pairwise`: pairwise scores without gradient (matching, evaluation) written straight into the output,
-  never materialising ``N×M×2`` temporaries: the compiled C kernel on the CPU, Triton on CUDA, else the
-  reference in row chunks of bounded size.
-* The reference (plain PyTorch, :mod:`boxloss.boxes`) is used when the fast path is switched off
-  (``BOXLOSS_FAST=0`` in the environment, or :func:`set_fast_path`), and under ``torch.compile``, where
-  Inductor fuses the plain formula itself.
+Every box function and loss calls :func:`aligned_loss` or :func:`pairwise` here; this module picks the backend
+for the tensors' device and calls the matching ``boxloss`` operator (:mod:`boxloss._fast.ops`):
+
+* CPU: the compiled C kernel (:mod:`boxloss._fast.cpu`); without a working C compiler, the PyTorch closed form
+  of :mod:`boxloss._fast.fused` in cache-sized chunks (reported once with a :class:`FastPathWarning`).
+* CUDA: the Triton kernels (:mod:`boxloss._fast.triton_kernels`) on a GPU Triton supports; else, or when a
+  kernel fails to compile or launch, the PyTorch closed form (reported once per cause).
+* Any other device: the PyTorch closed form.
+
+Every backend is an implementation of the same operator, so ``torch.compile``, ``torch.export``,
+``torch.jit.trace`` and ``torch.func`` see one ``boxloss::`` operator whatever runs underneath. The
+plain-PyTorch reference (:mod:`boxloss.boxes`) runs instead when the fast paths are switched off
+(``BOXLOSS_FAST=0`` in the environment, :func:`set_fast_path`, :func:`reference_path`). ``python -m
+boxloss.info`` prints which backend each device uses and why.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import os
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Union
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
-from . import cpu
+from . import cpu, ops
+from ._warn import FastPathWarning, warn_once
 from .fused import KINDS, fused_loss_and_grad  # noqa: F401  (re-exported for tests)
 
-__all__ = ["aligned_loss", "pairwise", "set_fast_path", "fast_path_enabled", "reference_path"]
+__all__ = ["aligned_loss", "pairwise", "set_fast_path", "fast_path_enabled", "reference_path", "FastPathWarning",
+           "backend_for"]
 
-_enabled = os.environ.get("BOXLOSS_FAST", "1").strip().lower() not in ("0", "false", "off", "no")
-
-# Boxes per chunk of the CPU path: ~40 live (2, c) temporaries of 4–8 bytes stay within a few MiB of cache,
-# and each op still spans two 32K-element grains for the intra-op thread pool.
-CPU_CHUNK = 1 << 16
-# the compiled C kernel on the CPU (BOXLOSS_CPU_KERNEL=0 keeps the chunked PyTorch closed form instead)
-_use_compiled_cpu = os.environ.get("BOXLOSS_CPU_KERNEL", "1").strip().lower() not in ("0", "false", "off", "no")
+_OFF = ("0", "false", "off", "no")
+_enabled = os.environ.get("BOXLOSS_FAST", "1").strip().lower() not in _OFF
+_broken_triton: set = set()  # CUDA device indices whose Triton kernels failed to compile or launch
 
 
 def set_fast_path(enabled: bool) -> None:
@@ -63,102 +62,141 @@ def reference_path() -> Iterator[None]:
         _enabled = previous
 
 
-def _is_compiling() -> bool:
-    compiler = getattr(torch, "compiler", None)
-    if compiler is not None and hasattr(compiler, "is_compiling"):
-        return compiler.is_compiling()
-    return False
-
-
-def _loss_and_local_grads(kind: str, p: Tensor, t: Tensor, eps: float, need_p: bool, need_t: bool):
-    """Per-box loss and d loss / d p, d loss / d t (or None) from the fastest backend for ``p``'s device."""
-    if p.device.type == "cuda" and p.dtype == torch.float32 and _triton_available(p.device):
-        from . import triton_kernels
-
-        return triton_kernels.aligned_loss_and_grad(kind, p.contiguous(), t.contiguous(), eps, need_p, need_t)
-    if p.device.type == "cpu" and _use_compiled_cpu:
-        lib = cpu.load()
-        if lib is not None:
-            return cpu.run(lib, kind, p.contiguous(), t.contiguous(), eps, need_p, need_t)
-    n = p.shape[0]
-    loss = p.new_empty(n)
-    grad_p = p.new_empty(n, 4) if need_p else None
-    grad_t = p.new_empty(n, 4) if need_t else None
-    chunk = CPU_CHUNK if p.device.type == "cpu" else max(n, 1)
-    for s in range(0, n, chunk):
-        e = min(s + chunk, n)
-        value, gp, gt = fused_loss_and_grad(kind, p[s:e], t[s:e], eps, need_p or need_t)
-        loss[s:e] = value
-        if need_p:
-            grad_p[s:e] = gp
-        if need_t:
-            grad_t[s:e] = gt
-    return loss, grad_p, grad_t
-
-
-class _FusedAlignedLoss(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, p: Tensor, t: Tensor, kind: str, eps: float) -> Tensor:
-        loss, grad_p, grad_t = _loss_and_local_grads(kind, p, t, eps, *ctx.needs_input_grad[:2])
-        ctx.save_for_backward(grad_p, grad_t)
-        return loss
-
-    @staticmethod
-    @once_differentiable  # the saved local gradient is a constant: a second derivative must fail loudly
-    def backward(ctx, grad_loss: Tensor):
-        grad_p, grad_t = ctx.saved_tensors
-        g = grad_loss.unsqueeze(-1)
-        return (g * grad_p if grad_p is not None else None, g * grad_t if grad_t is not None else None, None, None)
-
-
-def _triton_available(device: torch.device) -> bool:
-    if device.type != "cuda":
-        return False
+def _triton_reason(device: torch.device) -> Optional[str]:
+    """None when the Triton kernels can run on ``device``, else why not (for the warning and ``info``)."""
     from . import triton_kernels
 
-    return triton_kernels.available()
+    return triton_kernels.unavailable_reason(device)
 
 
-def aligned_loss(kind: str, p: Tensor, t: Tensor, eps: float) -> Optional[Tensor]:
-    """Per-box loss of ``kind`` for xyxy ``p`` and ``t`` of one shape ``(..., 4)``, or ``None`` when the
-    reference path must run (fast path off, or under ``torch.compile``)."""
-    if not _enabled or _is_compiling():
-        return None
-    if kind not in KINDS:
-        raise ValueError(f"unknown loss kind {kind!r}")
-    shape = p.shape[:-1]
-    p2 = p.reshape(-1, 4)
-    t2 = t.reshape(-1, 4)
-    return _FusedAlignedLoss.apply(p2, t2, kind, eps).reshape(shape)
+def backend_for(device: torch.device) -> tuple:
+    """(backend name, reason) that the aligned losses use on ``device`` now (see ``python -m boxloss.info``)."""
+    device = torch.device(device)
+    if not _enabled:
+        return "reference (plain PyTorch)", "fast paths switched off (BOXLOSS_FAST=0 or set_fast_path(False))"
+    if device.type == "cpu":
+        if ops.cpu_library() is not None:
+            st = cpu.status()
+            return "compiled C kernel", f"{st.get('reason')}: {st.get('cache_file')}"
+        return "PyTorch closed form", cpu.status().get("reason", "compiled kernel switched off")
+    if device.type == "cuda":
+        reason = _triton_reason(device)
+        if reason is None and (device.index or 0) in _broken_triton:
+            reason = "a Triton kernel failed to compile or launch on this device earlier in this process"
+        if reason is None:
+            return "Triton", "GPU supported by the installed Triton"
+        return "PyTorch closed form", reason
+    return "PyTorch closed form", f"no compiled kernel for device type {device.type!r}"
 
 
-# Bytes of temporaries per row chunk of the chunked pairwise fallback (the reference kernels keep ~12 live
-# N×M tensors).
-PAIRWISE_CHUNK_BYTES = 1 << 24
+def _use_triton(x: Tensor) -> bool:
+    if x.device.type != "cuda":
+        return False
+    index = x.device.index if x.device.index is not None else torch.cuda.current_device()
+    if index in _broken_triton:
+        return False
+    reason = _triton_reason(x.device)
+    if reason is not None:
+        warn_once(f"triton:{reason}", f"boxloss: the Triton kernels cannot run on {x.device}: {reason}. The box "
+                                      f"losses use the slower PyTorch closed form there (set BOXLOSS_TRITON=0 to "
+                                      f"choose that without this warning).")
+        return False
+    return True
 
 
-def pairwise(kind: str, b1: Tensor, b2: Tensor, eps: float, kernel) -> Optional[Tensor]:
-    """Scores ``(..., N, M)`` of xyxy ``b1`` ``(..., N, 4)`` against ``b2`` ``(..., M, 4)`` when no gradient is
-    needed, or ``None`` (the caller runs the reference). ``kernel`` is the reference kernel, for the fallback."""
-    if not _enabled or _is_compiling():
-        return None
-    if torch.is_grad_enabled() and (b1.requires_grad or b2.requires_grad):
-        return None
-    batch_shape = torch.broadcast_shapes(b1.shape[:-2], b2.shape[:-2])
-    n, m = b1.shape[-2], b2.shape[-2]
-    size = math.prod(batch_shape)
-    a = b1.expand(*batch_shape, n, 4).reshape(size, n, 4)
-    b = b2.expand(*batch_shape, m, 4).reshape(size, m, 4)
-    if a.device.type == "cpu" and _use_compiled_cpu:
-        lib = cpu.load()
-        if lib is not None:
-            return cpu.run_pairwise(lib, kind, a.contiguous(), b.contiguous(), eps).reshape(*batch_shape, n, m)
-    if a.dtype == torch.float32 and _triton_available(a.device):
+def _ops_for(x: Tensor):
+    """(aligned op, pairwise op) for the device of ``x``."""
+    if _use_triton(x):
         from . import triton_kernels
 
-        return triton_kernels.pairwise(kind, a.contiguous(), b.contiguous(), eps).reshape(*batch_shape, n, m)
-    out = a.new_empty(a.shape[0], n, m)
-    rows = max(1, PAIRWISE_CHUNK_BYTES // max(1, 12 * m * a.element_size()))
-    for s in range(0, n, rows):
-        out[:, s:s + rows] = kernel(a[:, s:s + rows, None, :], b[:, None, :, :], eps)[0]
+        return triton_kernels.aligned_loss_triton, triton_kernels.pairwise_score_triton
+    if x.device.type == "cpu":
+        ops.cpu_library()  # builds on first use; warns once if it cannot
+    return ops.aligned_loss_op, ops.pairwise_score_op
+
+
+def _run_guarded(x: Tensor, call, triton_op, fallback_op, *args):
+    """Run ``call(op, *args)`` on the Triton op, falling back (once reported) if the kernel fails in eager."""
+    if triton_op is fallback_op or ops.tracing():
+        return call(triton_op, *args)
+    try:
+        with torch.cuda.device(x.device):  # Triton launches on the current device: make it the tensor's
+            return call(triton_op, *args)
+    except Exception as exc:  # a compile or launch error: report it once, use the PyTorch closed form
+        index = x.device.index if x.device.index is not None else torch.cuda.current_device()
+        _broken_triton.add(index)
+        warn_once(f"triton-failed:{index}", f"boxloss: a Triton kernel failed on {x.device} "
+                                            f"({type(exc).__name__}: {exc}); using the PyTorch closed form on this "
+                                            f"device from now on. Please report this with `python -m boxloss.info`.")
+        return call(fallback_op, *args)
+
+
+def _needs_grad(x: Tensor) -> bool:
+    return (torch.is_grad_enabled() and x.requires_grad) or ops.functorch_or_forward_ad_active()
+
+
+def aligned_loss(kind: str, p: Tensor, t: Tensor, eps: float, reduction: str = "none",
+                 weight: Optional[Tensor] = None, avg_factor: Union[None, float, Tensor] = None) -> Tensor:
+    """The loss of ``kind`` for checked xyxy ``p`` and ``t`` of one shape ``(..., 4)`` and one floating dtype,
+    reduced as :func:`boxloss._utils._reduce` reduces it (the weighted mean or sum computed in the kernel pass).
+    """
+    from .._utils import _reduce, _upcast
+
+    if kind not in KINDS:
+        raise ValueError(f"unknown loss kind {kind!r}")
+    if not _enabled:
+        cd = ops.compute_dtype(p.dtype)
+        loss = ops.reference_aligned(kind, _upcast(p, cd), _upcast(t, cd), None, None, eps, False, 1.0)
+        return _reduce(loss, reduction, weight, avg_factor, eps)
+    shape = p.shape[:-1]
+    p2, t2 = p.reshape(-1, 4), t.reshape(-1, 4)
+    if p2.dtype == torch.bfloat16 and p2.device.type == "cuda" and not _bf16_native(p2.device):
+        p2, t2 = _upcast(p2, torch.float32), _upcast(t2, torch.float32)
+    op, _ = _ops_for(p2)
+    need_p, need_t = _needs_grad(p2), _needs_grad(t2)
+    fuse = (reduction != "none" and not (weight is not None and weight.requires_grad)
+            and not (isinstance(avg_factor, Tensor) and avg_factor.requires_grad))
+    if fuse:
+        n = p2.shape[0]
+        w = None if weight is None else weight.expand(shape).reshape(-1)
+        scale, divisor = 1.0, None
+        if reduction == "mean":
+            if avg_factor is None:
+                scale = 1.0 / max(n, 1)
+            elif isinstance(avg_factor, Tensor):
+                divisor = avg_factor.reshape(())
+            else:
+                scale = 1.0 / max(float(avg_factor), eps)
+        return _run_guarded(p2, ops.call_aligned, op, ops.aligned_loss_op, p2, t2, w, divisor, kind, eps, True,
+                            scale, need_p, need_t)[0]
+    loss = _run_guarded(p2, ops.call_aligned, op, ops.aligned_loss_op, p2, t2, None, None, kind, eps, False, 1.0,
+                        need_p, need_t)[0]
+    return _reduce(loss.reshape(shape), reduction, weight, avg_factor, eps)
+
+
+def _bf16_native(device: torch.device) -> bool:
+    return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
+def pairwise(kind: str, b1: Tensor, b2: Tensor, eps: float) -> Tensor:
+    """Scores ``(..., N, M)`` of checked xyxy ``b1`` ``(..., N, 4)`` against ``b2`` ``(..., M, 4)`` (batch
+    dimensions broadcast)."""
+    from .._utils import _upcast
+
+    if not _enabled:
+        cd = ops.compute_dtype(b1.dtype)
+        from ..boxes import _SCORE_KERNELS
+
+        return _SCORE_KERNELS[kind](_upcast(b1, cd).unsqueeze(-2), _upcast(b2, cd).unsqueeze(-3), eps)[0]
+    batch_shape = torch.broadcast_shapes(b1.shape[:-2], b2.shape[:-2])
+    n, m = b1.shape[-2], b2.shape[-2]
+    size = 1
+    for s in batch_shape:
+        size *= s
+    a = b1.expand(*batch_shape, n, 4).reshape(size, n, 4)
+    b = b2.expand(*batch_shape, m, 4).reshape(size, m, 4)
+    if a.dtype == torch.bfloat16 and a.device.type == "cuda" and not _bf16_native(a.device):
+        a, b = _upcast(a, torch.float32), _upcast(b, torch.float32)
+    _, op = _ops_for(a)
+    out = _run_guarded(a, ops.call_pairwise, op, ops.pairwise_score_op, a, b, kind, eps)
     return out.reshape(*batch_shape, n, m)

@@ -4,6 +4,14 @@
  * reference's conventions at the kinks: clamp_min passes no gradient at its bound, max/min split it evenly on
  * ties, a denominator at or under eps passes none. Compiled at first use by boxloss/_fast/cpu.py, for float
  * and double (REAL), parallel over boxes with OpenMP.
+ *
+ * NaN: every max, min and clamp propagates NaN as torch.maximum/minimum/clamp_min do (a plain `a > b ? a : b`
+ * silently drops it), so a NaN coordinate gives a NaN loss exactly where the reference gives one, and a box
+ * whose loss is NaN gets NaN gradients: a diverging run shows up instead of training on a plausible number.
+ *
+ * Reduction: with `total` set, the kernel also returns scale * sum_i w_i * loss_i (w_i = W[i], or 1 without W)
+ * accumulated in double, and scales each box's gradients by scale * w_i, so that a weighted mean or sum costs
+ * no second pass over the boxes.
  */
 #include <math.h>
 #include <stddef.h>
@@ -15,16 +23,19 @@ enum { K_IOU = 0, K_IOU_DIST = 1, K_LOG = 2, K_LOG_DIST = 3, K_GIOU = 4, K_DIOU 
 
 #define DEFINE_KERNEL(REAL, NAME, SQRT, ATAN2, LOG)                                                           \
 static inline REAL NAME##_sel(REAL a, REAL b) { return a > b ? (REAL)1 : (a == b ? (REAL)0.5 : (REAL)0); }     \
-static inline REAL NAME##_pos(REAL a) { return a > 0 ? a : (REAL)0; }                                          \
-void NAME(int kind, const REAL *P, const REAL *T, REAL *L, REAL *GP, REAL *GT, long n, double eps_d,          \
-          int threads) {                                                                                      \
+static inline REAL NAME##_pos(REAL a) { return (a > 0 || a != a) ? a : (REAL)0; }                              \
+static inline REAL NAME##_max(REAL a, REAL b) { return (a > b || a != a) ? a : b; }                            \
+static inline REAL NAME##_min(REAL a, REAL b) { return (a < b || a != a) ? a : b; }                            \
+void NAME(int kind, const REAL *P, const REAL *T, const REAL *W, REAL *L, REAL *GP, REAL *GT, long n,          \
+          double eps_d, double scale, double *total, int threads) {                                           \
     const REAL eps = (REAL)eps_d;                                                                            \
     const REAL four_pi2 = (REAL)(4.0 / (M_PI * M_PI));                                                         \
     const int need = (GP != NULL) || (GT != NULL);                                                           \
     const int dist = (kind == K_IOU_DIST || kind == K_LOG_DIST);                                             \
     const int encl = dist || kind == K_GIOU || kind == K_DIOU || kind == K_CIOU;                              \
+    double acc = 0;                                                                                          \
     (void)threads;                                                                                           \
-    _Pragma("omp parallel for schedule(static) num_threads(threads)")                                       \
+    _Pragma("omp parallel for schedule(static) num_threads(threads) reduction(+:acc)")                      \
     for (long i = 0; i < n; ++i) {                                                                           \
         const REAL *p = P + 4 * i, *t = T + 4 * i;                                                           \
         REAL plo[2] = {p[0], p[1]}, phi[2] = {p[2], p[3]}, tlo[2] = {t[0], t[1]}, thi[2] = {t[2], t[3]};      \
@@ -33,14 +44,14 @@ void NAME(int kind, const REAL *P, const REAL *T, REAL *L, REAL *GP, REAL *GT, l
         for (int k = 0; k < 2; ++k) {                                                                        \
             pwr[k] = phi[k] - plo[k]; twr[k] = thi[k] - tlo[k];                                              \
             pwh[k] = NAME##_pos(pwr[k]); twh[k] = NAME##_pos(twr[k]);                                         \
-            REAL lo = plo[k] > tlo[k] ? plo[k] : tlo[k];                                                     \
-            REAL hi = phi[k] < thi[k] ? phi[k] : thi[k];                                                     \
+            REAL lo = NAME##_max(plo[k], tlo[k]);                                                            \
+            REAL hi = NAME##_min(phi[k], thi[k]);                                                            \
             slo[k] = NAME##_sel(plo[k], tlo[k]);  /* share of d max(p_lo, t_lo) going to p */                \
             shi[k] = NAME##_sel(thi[k], phi[k]);  /* share of d min(p_hi, t_hi) going to p */                \
             ir[k] = hi - lo; iwh[k] = NAME##_pos(ir[k]);                                                     \
             if (encl) {                                                                                      \
-                REAL clo = plo[k] < tlo[k] ? plo[k] : tlo[k];                                                \
-                REAL chi = phi[k] > thi[k] ? phi[k] : thi[k];                                                \
+                REAL clo = NAME##_min(plo[k], tlo[k]);                                                       \
+                REAL chi = NAME##_max(phi[k], thi[k]);                                                       \
                 sclo[k] = NAME##_sel(tlo[k], plo[k]);                                                        \
                 schi[k] = NAME##_sel(phi[k], thi[k]);                                                        \
                 cr[k] = chi - clo; cwh[k] = NAME##_pos(cr[k]);                                               \
@@ -48,17 +59,17 @@ void NAME(int kind, const REAL *P, const REAL *T, REAL *L, REAL *GP, REAL *GT, l
         }                                                                                                    \
         REAL inter = iwh[0] * iwh[1];                                                                        \
         REAL uni = pwh[0] * pwh[1] + twh[0] * twh[1] - inter;                                                \
-        REAL u_ok = uni > eps, inv_u = (REAL)1 / (uni > eps ? uni : eps);                                    \
+        REAL u_ok = uni > eps, inv_u = (REAL)1 / NAME##_max(uni, eps);                                        \
         REAL iou = inter * inv_u;                                                                            \
         REAL loss, g_iou;                                                                                    \
         if (kind == K_LOG || kind == K_LOG_DIST) {                                                           \
-            REAL ic = iou > eps ? iou : eps;                                                                 \
+            REAL ic = NAME##_max(iou, eps);                                                                  \
             loss = -LOG(ic); g_iou = iou > eps ? -(REAL)1 / ic : (REAL)0;                                    \
         } else { loss = 1 - iou; g_iou = -1; }                                                               \
         REAL g_union_extra = 0, g_cwh[2] = {0, 0}, g_d[2] = {0, 0}, g_gapxy[2] = {0, 0};                      \
         REAL g_pwh_c[2] = {0, 0}, g_twh_c[2] = {0, 0};                                                        \
         if (kind == K_GIOU) {                                                                                \
-            REAL ac = cwh[0] * cwh[1], c_ok = ac > eps, inv_c = (REAL)1 / (ac > eps ? ac : eps);             \
+            REAL ac = cwh[0] * cwh[1], c_ok = ac > eps, inv_c = (REAL)1 / NAME##_max(ac, eps);                 \
             loss += (ac - uni) * inv_c;                                                                      \
             REAL g_c = uni * inv_c * inv_c * c_ok;                                                           \
             g_union_extra = -inv_c * c_ok;                                                                   \
@@ -67,7 +78,7 @@ void NAME(int kind, const REAL *P, const REAL *T, REAL *L, REAL *GP, REAL *GT, l
             REAL d[2] = {plo[0] + phi[0] - tlo[0] - thi[0], plo[1] + phi[1] - tlo[1] - thi[1]};               \
             REAL rho2 = (d[0] * d[0] + d[1] * d[1]) * (REAL)0.25;                                            \
             REAL c2 = cwh[0] * cwh[0] + cwh[1] * cwh[1];                                                     \
-            REAL den = c2 > rho2 ? c2 : rho2, den_ok = den > eps, inv_den = (REAL)1 / (den > eps ? den : eps); \
+            REAL den = NAME##_max(c2, rho2), den_ok = den > eps, inv_den = (REAL)1 / NAME##_max(den, eps);  \
             loss += rho2 * inv_den;                                                                          \
             REAL s = NAME##_sel(c2, rho2), q = rho2 * inv_den * inv_den * den_ok;                             \
             REAL g_rho2 = inv_den * den_ok - q * (1 - s), g_c2 = -q * s;                                     \
@@ -91,9 +102,9 @@ void NAME(int kind, const REAL *P, const REAL *T, REAL *L, REAL *GP, REAL *GT, l
         }                                                                                                    \
         if (dist) {                                                                                          \
             REAL gx = NAME##_pos(-ir[0]), gy = NAME##_pos(-ir[1]);                                           \
-            REAL g2 = gx * gx + gy * gy, gap = g2 > 0 ? SQRT(g2) : (REAL)0;                                  \
-            REAL cd2 = cwh[0] * cwh[0] + cwh[1] * cwh[1], cdiag = cd2 > 0 ? SQRT(cd2) : (REAL)0;             \
-            REAL den = cdiag > gap ? cdiag : gap, den_ok = den > eps, inv_den = (REAL)1 / (den > eps ? den : eps); \
+            REAL g2 = gx * gx + gy * gy, gap = (g2 > 0 || g2 != g2) ? SQRT(g2) : (REAL)0;                   \
+            REAL cd2 = cwh[0] * cwh[0] + cwh[1] * cwh[1], cdiag = (cd2 > 0 || cd2 != cd2) ? SQRT(cd2) : (REAL)0; \
+            REAL den = NAME##_max(cdiag, gap), den_ok = den > eps, inv_den = (REAL)1 / NAME##_max(den, eps);  \
             loss += gap * inv_den;                                                                           \
             REAL s = NAME##_sel(cdiag, gap), q = gap * inv_den * inv_den * den_ok;                            \
             REAL g_gap = (inv_den * den_ok - q * (1 - s)) * (gap > 0);                                       \
@@ -102,7 +113,9 @@ void NAME(int kind, const REAL *P, const REAL *T, REAL *L, REAL *GP, REAL *GT, l
             g_gapxy[0] = g_gap * inv_gap * gx * (-ir[0] > 0); g_gapxy[1] = g_gap * inv_gap * gy * (-ir[1] > 0); \
             g_cwh[0] = g_cd * inv_cd * cwh[0]; g_cwh[1] = g_cd * inv_cd * cwh[1];                             \
         }                                                                                                    \
-        L[i] = loss;                                                                                         \
+        const REAL f = (W ? W[i] : (REAL)1) * (REAL)scale;  /* this box's share of the reduced loss */     \
+        if (L) L[i] = loss;                                                                                  \
+        if (total) acc += (double)f * (double)loss;                                                          \
         if (!need) continue;                                                                                 \
         REAL g_inter = g_iou * inv_u * u_ok;                                                                 \
         REAL g_union = -(g_iou * iou * inv_u) * u_ok + g_union_extra;                                        \
@@ -124,9 +137,11 @@ void NAME(int kind, const REAL *P, const REAL *T, REAL *L, REAL *GP, REAL *GT, l
             gplo += g_d[k]; gphi += g_d[k]; gtlo -= g_d[k]; gthi -= g_d[k];                                  \
             gp[k] = gplo; gp[k + 2] = gphi; gt[k] = gtlo; gt[k + 2] = gthi;                                  \
         }                                                                                                    \
-        if (GP) for (int k = 0; k < 4; ++k) GP[4 * i + k] = gp[k];                                           \
-        if (GT) for (int k = 0; k < 4; ++k) GT[4 * i + k] = gt[k];                                           \
+        if (loss != loss) for (int k = 0; k < 4; ++k) { gp[k] = loss; gt[k] = loss; }  /* NaN out */          \
+        if (GP) for (int k = 0; k < 4; ++k) GP[4 * i + k] = f * gp[k];                                       \
+        if (GT) for (int k = 0; k < 4; ++k) GT[4 * i + k] = f * gt[k];                                       \
     }                                                                                                        \
+    if (total) *total = acc;                                                                                 \
 }
 
 DEFINE_KERNEL(float, boxloss_aligned_f32, sqrtf, atan2f, logf)
@@ -135,7 +150,7 @@ DEFINE_KERNEL(double, boxloss_aligned_f64, sqrt, atan2, log)
 /* Pairwise scores (no gradient): out[b, i, j] = score(A[b, i], B[b, j]) for kind 0 IoU, 4 GIoU, 5 DIoU,
  * 6 CIoU (values of boxes.py's kernels: clamped widths, denominators clamped at eps). One pass, written
  * straight into the output: no N×M temporaries. */
-#define DEFINE_PAIRWISE(REAL, NAME, SQRT, ATAN2)                                                              \
+#define DEFINE_PAIRWISE(REAL, NAME, SQRT, ATAN2, K)                                                           \
 void NAME(int kind, const REAL *A, const REAL *B, REAL *OUT, long batch, long n, long m, double eps_d,        \
           int threads) {                                                                                      \
     const REAL eps = (REAL)eps_d;                                                                            \
@@ -146,7 +161,7 @@ void NAME(int kind, const REAL *A, const REAL *B, REAL *OUT, long batch, long n,
         for (long i = 0; i < n; ++i) {                                                                       \
             const REAL *a = A + 4 * (b * n + i);                                                             \
             REAL ax1 = a[0], ay1 = a[1], ax2 = a[2], ay2 = a[3];                                             \
-            REAL aw = ax2 - ax1 > 0 ? ax2 - ax1 : 0, ah = ay2 - ay1 > 0 ? ay2 - ay1 : 0;                       \
+            REAL aw = K##_pos(ax2 - ax1), ah = K##_pos(ay2 - ay1);                                             \
             REAL aa = aw * ah;                                                                               \
             REAL tha = 0;                                                                                    \
             if (kind == 6 && aw + ah > eps) tha = ATAN2(aw, ah);                                             \
@@ -154,21 +169,21 @@ void NAME(int kind, const REAL *A, const REAL *B, REAL *OUT, long batch, long n,
             const REAL *Bb = B + 4 * b * m;                                                                  \
             for (long j = 0; j < m; ++j) {                                                                   \
                 const REAL *c = Bb + 4 * j;                                                                  \
-                REAL bw = c[2] - c[0] > 0 ? c[2] - c[0] : 0, bh = c[3] - c[1] > 0 ? c[3] - c[1] : 0;           \
-                REAL iw = (ax2 < c[2] ? ax2 : c[2]) - (ax1 > c[0] ? ax1 : c[0]);                              \
-                REAL ih = (ay2 < c[3] ? ay2 : c[3]) - (ay1 > c[1] ? ay1 : c[1]);                              \
-                iw = iw > 0 ? iw : 0; ih = ih > 0 ? ih : 0;                                                  \
+                REAL bw = K##_pos(c[2] - c[0]), bh = K##_pos(c[3] - c[1]);                                     \
+                REAL iw = K##_min(ax2, c[2]) - K##_max(ax1, c[0]);                                              \
+                REAL ih = K##_min(ay2, c[3]) - K##_max(ay1, c[1]);                                              \
+                iw = K##_pos(iw); ih = K##_pos(ih);                                                          \
                 REAL inter = iw * ih, uni = aa + bw * bh - inter;                                            \
-                REAL iou = inter / (uni > eps ? uni : eps);                                                  \
+                REAL iou = inter / K##_max(uni, eps);                                                        \
                 if (kind == 0) { o[j] = iou; continue; }                                                     \
-                REAL cw = (ax2 > c[2] ? ax2 : c[2]) - (ax1 < c[0] ? ax1 : c[0]);                              \
-                REAL ch = (ay2 > c[3] ? ay2 : c[3]) - (ay1 < c[1] ? ay1 : c[1]);                              \
-                cw = cw > 0 ? cw : 0; ch = ch > 0 ? ch : 0;                                                  \
-                if (kind == 4) { REAL ac = cw * ch; o[j] = iou - (ac - uni) / (ac > eps ? ac : eps); continue; } \
+                REAL cw = K##_max(ax2, c[2]) - K##_min(ax1, c[0]);                                              \
+                REAL ch = K##_max(ay2, c[3]) - K##_min(ay1, c[1]);                                              \
+                cw = K##_pos(cw); ch = K##_pos(ch);                                                          \
+                if (kind == 4) { REAL ac = cw * ch; o[j] = iou - (ac - uni) / K##_max(ac, eps); continue; }      \
                 REAL dx = ax1 + ax2 - c[0] - c[2], dy = ay1 + ay2 - c[1] - c[3];                              \
                 REAL rho2 = (dx * dx + dy * dy) * (REAL)0.25, c2 = cw * cw + ch * ch;                         \
-                REAL den = c2 > rho2 ? c2 : rho2;                                                            \
-                REAL score = iou - rho2 / (den > eps ? den : eps);                                           \
+                REAL den = K##_max(c2, rho2);                                                                \
+                REAL score = iou - rho2 / K##_max(den, eps);                                                 \
                 if (kind == 6) {                                                                             \
                     REAL thb = bw + bh > eps ? ATAN2(bw, bh) : (REAL)0;                                       \
                     REAL diff = thb - tha, v = four_pi2 * diff * diff;                                       \
@@ -180,5 +195,5 @@ void NAME(int kind, const REAL *A, const REAL *B, REAL *OUT, long batch, long n,
     }                                                                                                        \
 }
 
-DEFINE_PAIRWISE(float, boxloss_pairwise_f32, sqrtf, atan2f)
-DEFINE_PAIRWISE(double, boxloss_pairwise_f64, sqrt, atan2)
+DEFINE_PAIRWISE(float, boxloss_pairwise_f32, sqrtf, atan2f, boxloss_aligned_f32)
+DEFINE_PAIRWISE(double, boxloss_pairwise_f64, sqrt, atan2, boxloss_aligned_f64)

@@ -7,8 +7,7 @@ from typing import Optional, Union
 from torch import Tensor
 
 from .._fast import aligned_loss
-from .._utils import _fill_loss_doc, _prepare_loss_inputs, _reduce
-from ..boxes import _ciou_kernel
+from .._utils import _fill_loss_doc, _prepare_loss_inputs
 
 __all__ = ["ciou_loss"]
 
@@ -44,7 +43,4 @@ def ciou_loss(pred: Tensor, target: Tensor, *, reduction: str = "mean", weight: 
         tensor(0.)
     """
     p, t = _prepare_loss_inputs(pred, target, reduction, weight, avg_factor, eps, fmt)
-    loss = aligned_loss("ciou", p, t, eps)
-    if loss is None:  # the reference
-        loss = 1 - _ciou_kernel(p, t, eps)[0]
-    return _reduce(loss, reduction, weight, avg_factor, eps)
+    return aligned_loss("ciou", p, t, eps, reduction, weight, avg_factor)  # 1 − CIOU: boxes._reference_loss

@@ -7,8 +7,7 @@ from typing import Optional, Union
 from torch import Tensor
 
 from .._fast import aligned_loss
-from .._utils import _fill_loss_doc, _prepare_loss_inputs, _reduce
-from ..boxes import _diou_kernel
+from .._utils import _fill_loss_doc, _prepare_loss_inputs
 
 __all__ = ["diou_loss"]
 
@@ -41,7 +40,4 @@ def diou_loss(pred: Tensor, target: Tensor, *, reduction: str = "mean", weight: 
         tensor(1.4000)
     """
     p, t = _prepare_loss_inputs(pred, target, reduction, weight, avg_factor, eps, fmt)
-    loss = aligned_loss("diou", p, t, eps)
-    if loss is None:  # the reference
-        loss = 1 - _diou_kernel(p, t, eps)[0]
-    return _reduce(loss, reduction, weight, avg_factor, eps)
+    return aligned_loss("diou", p, t, eps, reduction, weight, avg_factor)  # 1 − DIOU: boxes._reference_loss

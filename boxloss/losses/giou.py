@@ -7,8 +7,7 @@ from typing import Optional, Union
 from torch import Tensor
 
 from .._fast import aligned_loss
-from .._utils import _fill_loss_doc, _prepare_loss_inputs, _reduce
-from ..boxes import _giou_kernel
+from .._utils import _fill_loss_doc, _prepare_loss_inputs
 
 __all__ = ["giou_loss"]
 
@@ -42,7 +41,4 @@ def giou_loss(pred: Tensor, target: Tensor, *, reduction: str = "mean", weight: 
         tensor(1.3333)
     """
     p, t = _prepare_loss_inputs(pred, target, reduction, weight, avg_factor, eps, fmt)
-    loss = aligned_loss("giou", p, t, eps)
-    if loss is None:  # the reference
-        loss = 1 - _giou_kernel(p, t, eps)[0]
-    return _reduce(loss, reduction, weight, avg_factor, eps)
+    return aligned_loss("giou", p, t, eps, reduction, weight, avg_factor)  # 1 − GIoU: boxes._reference_loss

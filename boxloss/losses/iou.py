@@ -12,8 +12,7 @@ from typing import Optional, Union
 from torch import Tensor
 
 from .._fast import aligned_loss
-from .._utils import _check_choice, _fill_loss_doc, _prepare_loss_inputs, _reduce
-from ..boxes import _gap_term, _iou_kernel
+from .._utils import _check_choice, _fill_loss_doc, _prepare_loss_inputs
 
 __all__ = ["iou_loss", "log_iou_loss"]
 
@@ -68,13 +67,8 @@ def iou_loss(pred: Tensor, target: Tensor, *, reduction: str = "mean", weight: O
     """
     _check_choice("zero_overlap", zero_overlap, ZERO_OVERLAP)
     p, t = _prepare_loss_inputs(pred, target, reduction, weight, avg_factor, eps, fmt)
-    loss = aligned_loss("iou_distance" if zero_overlap == "distance" else "iou", p, t, eps)
-    if loss is None:  # the reference
-        iou, _ = _iou_kernel(p, t, eps)
-        loss = 1 - iou
-        if zero_overlap == "distance":
-            loss = loss + _gap_term(p, t, eps)
-    return _reduce(loss, reduction, weight, avg_factor, eps)
+    kind = "iou_distance" if zero_overlap == "distance" else "iou"  # the formulas: boxes._reference_loss
+    return aligned_loss(kind, p, t, eps, reduction, weight, avg_factor)
 
 
 @_fill_loss_doc
@@ -114,11 +108,6 @@ def log_iou_loss(pred: Tensor, target: Tensor, *, reduction: str = "mean", weigh
     """
     _check_choice("zero_overlap", zero_overlap, ZERO_OVERLAP)
     p, t = _prepare_loss_inputs(pred, target, reduction, weight, avg_factor, eps, fmt)
-    loss = aligned_loss("log_iou_distance" if zero_overlap == "distance" else "log_iou", p, t, eps)
-    if loss is None:  # the reference
-        iou, _ = _iou_kernel(p, t, eps)
-        loss = -iou.clamp_min(eps).log()
-        if zero_overlap == "distance":
-            loss = loss + _gap_term(p, t, eps)
-    return _reduce(loss, reduction, weight, avg_factor, eps)
+    kind = "log_iou_distance" if zero_overlap == "distance" else "log_iou"  # the formulas: boxes._reference_loss
+    return aligned_loss(kind, p, t, eps, reduction, weight, avg_factor)
 
