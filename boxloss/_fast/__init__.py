@@ -89,15 +89,16 @@ def backend_for(device: torch.device) -> tuple:
     return "PyTorch closed form", f"no compiled kernel for device type {device.type!r}"
 
 
-def _use_triton(x: Tensor) -> bool:
-    if x.device.type != "cuda":
+@torch.compiler.assume_constant_result
+def _triton_ok(index: int) -> bool:
+    """Whether the Triton kernels run on CUDA device ``index`` (-1: the current one); warns once when not.
+    A constant for ``torch.compile``: decided once at trace time, baked into the graph."""
+    device = torch.device("cuda", torch.cuda.current_device() if index < 0 else index)
+    if device.index in _broken_triton:
         return False
-    index = x.device.index if x.device.index is not None else torch.cuda.current_device()
-    if index in _broken_triton:
-        return False
-    reason = _triton_reason(x.device)
+    reason = _triton_reason(device)
     if reason is not None:
-        warn_once(f"triton:{reason}", f"boxloss: the Triton kernels cannot run on {x.device}: {reason}. The box "
+        warn_once(f"triton:{reason}", f"boxloss: the Triton kernels cannot run on {device}: {reason}. The box "
                                       f"losses use the slower PyTorch closed form there (set BOXLOSS_TRITON=0 to "
                                       f"choose that without this warning).")
         return False
@@ -105,13 +106,12 @@ def _use_triton(x: Tensor) -> bool:
 
 
 def _ops_for(x: Tensor):
-    """(aligned op, pairwise op) for the device of ``x``."""
-    if _use_triton(x):
+    """(aligned op, pairwise op) for the device of ``x``; on the CPU the operator itself picks the C kernel or
+    the PyTorch closed form when it runs."""
+    if x.device.type == "cuda" and _triton_ok(-1 if x.device.index is None else x.device.index):
         from . import triton_kernels
 
         return triton_kernels.aligned_loss_triton, triton_kernels.pairwise_score_triton
-    if x.device.type == "cpu":
-        ops.cpu_library()  # builds on first use; warns once if it cannot
     return ops.aligned_loss_op, ops.pairwise_score_op
 
 
@@ -132,7 +132,9 @@ def _run_guarded(x: Tensor, call, triton_op, fallback_op, *args):
 
 
 def _needs_grad(x: Tensor) -> bool:
-    return (torch.is_grad_enabled() and x.requires_grad) or ops.functorch_or_forward_ad_active()
+    if torch.is_grad_enabled() and x.requires_grad:
+        return True
+    return not ops.tracing() and ops.functorch_or_forward_ad_active()  # forward-mode AD needs them too
 
 
 def aligned_loss(kind: str, p: Tensor, t: Tensor, eps: float, reduction: str = "none",
@@ -154,8 +156,11 @@ def aligned_loss(kind: str, p: Tensor, t: Tensor, eps: float, reduction: str = "
         p2, t2 = _upcast(p2, torch.float32), _upcast(t2, torch.float32)
     op, _ = _ops_for(p2)
     need_p, need_t = _needs_grad(p2), _needs_grad(t2)
+    # the weighted reduction runs in the kernel pass unless weight or avg_factor need gradients, or inside a
+    # torch.func transform / forward-mode AD (there the reduction stays visible to it)
     fuse = (reduction != "none" and not (weight is not None and weight.requires_grad)
-            and not (isinstance(avg_factor, Tensor) and avg_factor.requires_grad))
+            and not (isinstance(avg_factor, Tensor) and avg_factor.requires_grad)
+            and (ops.tracing() or not ops.functorch_or_forward_ad_active()))
     if fuse:
         n = p2.shape[0]
         w = None if weight is None else weight.expand(shape).reshape(-1)
@@ -183,7 +188,8 @@ def pairwise(kind: str, b1: Tensor, b2: Tensor, eps: float) -> Tensor:
     dimensions broadcast)."""
     from .._utils import _upcast
 
-    if not _enabled:
+    if not _enabled or (not ops.tracing() and ops.plain_forward_ad_active()):
+        # (plain forward-mode AD: the reference is differentiated forward as it is)
         cd = ops.compute_dtype(b1.dtype)
         from ..boxes import _SCORE_KERNELS
 

@@ -165,8 +165,10 @@ def _aligned_backward(ctx, g, _g_gp, _g_gt):
     pred, target, weight, divisor, gp, gt = ctx.saved_tensors
     kind, eps, reduce, scale, need_pred, need_target = ctx.args
     needs = ctx.needs_input_grad
-    if torch.is_grad_enabled() or needs[2] or needs[3]:
-        # the backward is itself differentiated (or weight/divisor need gradients): the reference's VJP at the
+    if (torch.is_grad_enabled() or needs[2] or needs[3] or (needs[0] and not need_pred)
+            or (needs[1] and not need_target)):
+        # the backward is itself differentiated, weight/divisor need gradients, or a local gradient was not
+        # computed in the forward (a jit.trace recorded without requires_grad): the reference's VJP at the
         # saved inputs, exact to every order
         grads = _reference_vjp(lambda p, t, w, d: reference_aligned(kind, p, t, w, d, eps, reduce, scale),
                                (pred, target, weight, divisor), needs[:4], g)
@@ -376,6 +378,16 @@ def functorch_or_forward_ad_active() -> bool:
         return forward_ad._current_level >= 0
     except AttributeError:  # a torch without these internals: be safe
         return True
+
+
+def plain_forward_ad_active() -> bool:
+    """Inside a ``torch.autograd.forward_ad.dual_level`` and no ``torch.func`` transform."""
+    try:
+        from torch.autograd import forward_ad
+
+        return forward_ad._current_level >= 0 and torch._C._functorch.peek_interpreter_stack() is None
+    except AttributeError:
+        return False
 
 
 def tracing() -> bool:

@@ -1,15 +1,22 @@
-"""Triton kernels for CUDA: the aligned losses with their local gradients in one kernel, and pairwise scores.
+"""Triton kernels for CUDA: the aligned losses with their local gradients (and, optionally, the weighted sum)
+in one pass, and pairwise scores; registered as ``boxloss::aligned_loss_triton`` and
+``boxloss::pairwise_score_triton`` with ``torch.library.triton_op``, so that ``torch.compile`` sees the kernels.
 
 The math is the scalar closed form of ``aligned.c`` (and so of the reference in :mod:`boxloss.boxes`), one box
-(or one pair) per lane, computed in float32 whatever the input dtype. ``atan2`` comes from libdevice on the GPU;
-``USE_LIBDEVICE=False`` swaps in a Cephes-style polynomial (error ~1e-7), which is what the tests run under
-Triton's CPU interpreter (``TRITON_INTERPRET=1``), where libdevice is not available.
+(or one pair) per lane, computed in float32: float16 and bfloat16 boxes are read as they are and converted in
+registers. Every maximum and minimum propagates NaN (``propagate_nan=ALL``) as ``torch.maximum`` does, and a box
+whose loss is NaN gets NaN gradients. The reduction writes one partial sum per block (deterministic, no atomics)
+that a single small sum adds up; the weights and the ``avg_factor`` tensor are read on the device, so nothing
+synchronises with the host. ``atan2`` comes from libdevice on the GPU; ``USE_LIBDEVICE=False`` swaps in a
+Cephes-style polynomial (error ~1e-7), which is what the tests run under Triton's CPU interpreter
+(``TRITON_INTERPRET=1``), where libdevice is not available.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -23,13 +30,41 @@ except ImportError:  # pragma: no cover - triton ships with CUDA builds of torch
     _HAVE_TRITON = False
 
 KIND_CODES = {"iou": 0, "iou_distance": 1, "log_iou": 2, "log_iou_distance": 3, "giou": 4, "diou": 5, "ciou": 6}
+PAIRWISE_CODES = {"iou": 0, "giou": 4, "diou": 5, "ciou": 6}
+MIN_CAPABILITY = (7, 5)  # Turing: the oldest NVIDIA architecture the installed Triton generations still support
+BLOCK = 512
+PAIRWISE_BLOCKS = (32, 64)
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def unavailable_reason(device: torch.device) -> Optional[str]:
+    """None when the kernels can run on ``device``, else why not (shown by the warning and ``boxloss.info``)."""
+    if os.environ.get("BOXLOSS_TRITON", "1").strip().lower() in ("0", "false", "off", "no"):
+        return "switched off by BOXLOSS_TRITON=0"
+    if not _HAVE_TRITON:
+        return "Triton is not installed (pip install triton)"
+    if _INTERPRET:
+        return "TRITON_INTERPRET=1 is set (Triton's interpreter runs kernels on the CPU)"
+    if not torch.cuda.is_available():
+        return "CUDA is not available"
+    if getattr(torch.version, "hip", None):
+        return "a ROCm GPU: boxloss' Triton kernels are built and tested for NVIDIA GPUs only"
+    return _capability_reason(torch.device("cuda", device.index if device.index is not None
+                                           else torch.cuda.current_device()).index)
+
+
 @functools.lru_cache(maxsize=None)
+def _capability_reason(index: int) -> Optional[str]:
+    cap = torch.cuda.get_device_capability(index)
+    if cap < MIN_CAPABILITY:
+        return (f"{torch.cuda.get_device_name(index)} has compute capability {cap[0]}.{cap[1]}; the Triton kernels "
+                f"need {MIN_CAPABILITY[0]}.{MIN_CAPABILITY[1]} or newer")
+    return None
+
+
 def available() -> bool:
-    """Triton can run the kernels here: it imports and CUDA is present (not the CPU interpreter)."""
-    return _HAVE_TRITON and torch.cuda.is_available() and not _INTERPRET
+    """Triton can run the kernels on the current CUDA device."""
+    return torch.cuda.is_available() and unavailable_reason(torch.device("cuda")) is None
 
 
 if _HAVE_TRITON:
@@ -63,23 +98,35 @@ if _HAVE_TRITON:
             return tl.where(y < 0, -a, a)
 
     @triton.jit
+    def _max(a, b):
+        return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
+
+    @triton.jit
+    def _min(a, b):
+        return tl.minimum(a, b, propagate_nan=tl.PropagateNan.ALL)
+
+    @triton.jit
     def _sel(a, b):
         return tl.where(a > b, 1.0, tl.where(a == b, 0.5, 0.0))
 
     @triton.jit
     def _over_max(num, other, eps):
         """num / max(other, num) and its derivatives in num and other (see fused._over_max)."""
-        den = tl.maximum(other, num)
+        den = _max(other, num)
         den_ok = (den > eps).to(tl.float32)
-        inv_den = 1.0 / tl.maximum(den, eps)
+        inv_den = 1.0 / _max(den, eps)
         s = _sel(other, num)
         q = num * inv_den * inv_den * den_ok
         return num * inv_den, inv_den * den_ok - q * (1.0 - s), -q * s
 
     @triton.jit
-    def _aligned_kernel(P, T, L, GP, GT, n, eps, KIND: tl.constexpr, NEED_P: tl.constexpr,
-                        NEED_T: tl.constexpr, USE_LIBDEVICE: tl.constexpr, BLOCK: tl.constexpr):
-        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    def _aligned_kernel(P, T, W, DIV, L, GP, GT, n, eps, scale, has_w, has_div, need_p, need_t,
+                        KIND: tl.constexpr, NEED_GRAD: tl.constexpr, REDUCE: tl.constexpr,
+                        USE_LIBDEVICE: tl.constexpr, BLOCK: tl.constexpr):
+        """Per box: loss and local gradients. REDUCE: L[program] = sum of f_i * loss_i over the block, and the
+        gradients scaled by f_i = scale * w_i / max(divisor, eps); else L[i] = loss_i and f_i = 1."""
+        pid = tl.program_id(0)
+        offs = pid * BLOCK + tl.arange(0, BLOCK)
         m = offs < n
         base = offs.to(tl.int64) * 4
         px1 = tl.load(P + base + 0, mask=m, other=0.0).to(tl.float32)
@@ -97,26 +144,26 @@ if _HAVE_TRITON:
         pwr_y = py2 - py1
         twr_x = tx2 - tx1
         twr_y = ty2 - ty1
-        pw = tl.maximum(pwr_x, 0.0)
-        ph = tl.maximum(pwr_y, 0.0)
-        tw = tl.maximum(twr_x, 0.0)
-        th = tl.maximum(twr_y, 0.0)
-        ir_x = tl.minimum(px2, tx2) - tl.maximum(px1, tx1)
-        ir_y = tl.minimum(py2, ty2) - tl.maximum(py1, ty1)
-        iw = tl.maximum(ir_x, 0.0)
-        ih = tl.maximum(ir_y, 0.0)
-        cr_x = tl.maximum(px2, tx2) - tl.minimum(px1, tx1)
-        cr_y = tl.maximum(py2, ty2) - tl.minimum(py1, ty1)
-        cw = tl.maximum(cr_x, 0.0)
-        ch = tl.maximum(cr_y, 0.0)
+        pw = _max(pwr_x, 0.0)
+        ph = _max(pwr_y, 0.0)
+        tw = _max(twr_x, 0.0)
+        th = _max(twr_y, 0.0)
+        ir_x = _min(px2, tx2) - _max(px1, tx1)
+        ir_y = _min(py2, ty2) - _max(py1, ty1)
+        iw = _max(ir_x, 0.0)
+        ih = _max(ir_y, 0.0)
+        cr_x = _max(px2, tx2) - _min(px1, tx1)
+        cr_y = _max(py2, ty2) - _min(py1, ty1)
+        cw = _max(cr_x, 0.0)
+        ch = _max(cr_y, 0.0)
 
         inter = iw * ih
         uni = pw * ph + tw * th - inter
         u_ok = (uni > eps).to(tl.float32)
-        inv_u = 1.0 / tl.maximum(uni, eps)
+        inv_u = 1.0 / _max(uni, eps)
         iou = inter * inv_u
         if LOG:
-            ic = tl.maximum(iou, eps)
+            ic = _max(iou, eps)
             loss = -tl.log(ic)
             g_iou = tl.where(iou > eps, -1.0 / ic, 0.0)
         else:
@@ -138,7 +185,7 @@ if _HAVE_TRITON:
         if KIND == 4:
             ac = cw * ch
             c_ok = (ac > eps).to(tl.float32)
-            inv_c = 1.0 / tl.maximum(ac, eps)
+            inv_c = 1.0 / _max(ac, eps)
             loss = loss + (ac - uni) * inv_c
             g_c = uni * inv_c * inv_c * c_ok
             g_union_extra = -inv_c * c_ok
@@ -177,8 +224,8 @@ if _HAVE_TRITON:
                 g_tw_c = gtt * th * rt
                 g_th_c = -gtt * tw * rt
         if DIST:
-            gx = tl.maximum(-ir_x, 0.0)
-            gy = tl.maximum(-ir_y, 0.0)
+            gx = _max(-ir_x, 0.0)
+            gy = _max(-ir_y, 0.0)
             g2 = gx * gx + gy * gy
             gap = tl.where(g2 > 0, tl.sqrt(tl.where(g2 > 0, g2, 1.0)), 0.0)
             cd2 = cw * cw + ch * ch
@@ -193,8 +240,17 @@ if _HAVE_TRITON:
             g_gy = tl.where(-ir_y > 0, g_gap * inv_gap * gy, 0.0)
             g_cw = g_cd * inv_cd * cw
             g_ch = g_cd * inv_cd * ch
-        tl.store(L + offs, loss, mask=m)
-        if NEED_P or NEED_T:
+        if REDUCE:
+            w = tl.load(W + offs, mask=m & (has_w != 0), other=1.0).to(tl.float32)
+            div = tl.load(DIV, mask=has_div != 0, other=1.0).to(tl.float32)
+            f = w * (scale / _max(div, eps))
+            tl.store(L + pid, tl.sum(tl.where(m, f * loss, 0.0), axis=0))
+        else:
+            f = tl.full(loss.shape, 1.0, tl.float32)
+            tl.store(L + offs, loss, mask=m)
+        # a NaN loss gets NaN gradients (NaN in, NaN out); f carries the weighted reduction's factor
+        f = tl.where(loss != loss, loss, f)
+        if NEED_GRAD:
             g_inter = g_iou * inv_u * u_ok
             g_union = -(g_iou * iou * inv_u) * u_ok + g_union_extra
             g_inter = g_inter - g_union
@@ -215,16 +271,16 @@ if _HAVE_TRITON:
             sclo_y = _sel(ty1, py1)
             schi_x = _sel(px2, tx2)
             schi_y = _sel(py2, ty2)
-            if NEED_P:
-                tl.store(GP + base + 0, -gi_x * slo_x - gpw - gc_x * sclo_x + g_dx, mask=m)
-                tl.store(GP + base + 1, -gi_y * slo_y - gph - gc_y * sclo_y + g_dy, mask=m)
-                tl.store(GP + base + 2, gi_x * shi_x + gpw + gc_x * schi_x + g_dx, mask=m)
-                tl.store(GP + base + 3, gi_y * shi_y + gph + gc_y * schi_y + g_dy, mask=m)
-            if NEED_T:
-                tl.store(GT + base + 0, -gi_x * (1.0 - slo_x) - gtw - gc_x * (1.0 - sclo_x) - g_dx, mask=m)
-                tl.store(GT + base + 1, -gi_y * (1.0 - slo_y) - gth - gc_y * (1.0 - sclo_y) - g_dy, mask=m)
-                tl.store(GT + base + 2, gi_x * (1.0 - shi_x) + gtw + gc_x * (1.0 - schi_x) - g_dx, mask=m)
-                tl.store(GT + base + 3, gi_y * (1.0 - shi_y) + gth + gc_y * (1.0 - schi_y) - g_dy, mask=m)
+            mp = m & (need_p != 0)
+            mt = m & (need_t != 0)
+            tl.store(GP + base + 0, f * (-gi_x * slo_x - gpw - gc_x * sclo_x + g_dx), mask=mp)
+            tl.store(GP + base + 1, f * (-gi_y * slo_y - gph - gc_y * sclo_y + g_dy), mask=mp)
+            tl.store(GP + base + 2, f * (gi_x * shi_x + gpw + gc_x * schi_x + g_dx), mask=mp)
+            tl.store(GP + base + 3, f * (gi_y * shi_y + gph + gc_y * schi_y + g_dy), mask=mp)
+            tl.store(GT + base + 0, f * (-gi_x * (1.0 - slo_x) - gtw - gc_x * (1.0 - sclo_x) - g_dx), mask=mt)
+            tl.store(GT + base + 1, f * (-gi_y * (1.0 - slo_y) - gth - gc_y * (1.0 - sclo_y) - g_dy), mask=mt)
+            tl.store(GT + base + 2, f * (gi_x * (1.0 - shi_x) + gtw + gc_x * (1.0 - schi_x) - g_dx), mask=mt)
+            tl.store(GT + base + 3, f * (gi_y * (1.0 - shi_y) + gth + gc_y * (1.0 - schi_y) - g_dy), mask=mt)
 
     @triton.jit
     def _pairwise_kernel(A, B, OUT, n, m, eps, KIND: tl.constexpr, USE_LIBDEVICE: tl.constexpr,
@@ -244,28 +300,28 @@ if _HAVE_TRITON:
         by1 = tl.load(B + bb + 1, mask=cm, other=0.0).to(tl.float32)[None, :]
         bx2 = tl.load(B + bb + 2, mask=cm, other=0.0).to(tl.float32)[None, :]
         by2 = tl.load(B + bb + 3, mask=cm, other=0.0).to(tl.float32)[None, :]
-        aw = tl.maximum(ax2 - ax1, 0.0)
-        ah = tl.maximum(ay2 - ay1, 0.0)
-        bw = tl.maximum(bx2 - bx1, 0.0)
-        bh = tl.maximum(by2 - by1, 0.0)
-        iw = tl.maximum(tl.minimum(ax2, bx2) - tl.maximum(ax1, bx1), 0.0)
-        ih = tl.maximum(tl.minimum(ay2, by2) - tl.maximum(ay1, by1), 0.0)
+        aw = _max(ax2 - ax1, 0.0)
+        ah = _max(ay2 - ay1, 0.0)
+        bw = _max(bx2 - bx1, 0.0)
+        bh = _max(by2 - by1, 0.0)
+        iw = _max(_min(ax2, bx2) - _max(ax1, bx1), 0.0)
+        ih = _max(_min(ay2, by2) - _max(ay1, by1), 0.0)
         inter = iw * ih
         uni = aw * ah + bw * bh - inter
-        score = inter / tl.maximum(uni, eps)
+        score = inter / _max(uni, eps)
         if KIND != 0:
-            cw = tl.maximum(tl.maximum(ax2, bx2) - tl.minimum(ax1, bx1), 0.0)
-            ch = tl.maximum(tl.maximum(ay2, by2) - tl.minimum(ay1, by1), 0.0)
+            cw = _max(_max(ax2, bx2) - _min(ax1, bx1), 0.0)
+            ch = _max(_max(ay2, by2) - _min(ay1, by1), 0.0)
             if KIND == 4:
                 ac = cw * ch
-                score = score - (ac - uni) / tl.maximum(ac, eps)
+                score = score - (ac - uni) / _max(ac, eps)
             else:
                 dx = ax1 + ax2 - bx1 - bx2
                 dy = ay1 + ay2 - by1 - by2
                 rho2 = (dx * dx + dy * dy) * 0.25
                 c2 = cw * cw + ch * ch
                 iou = score
-                score = score - rho2 / tl.maximum(tl.maximum(c2, rho2), eps)
+                score = score - rho2 / _max(_max(c2, rho2), eps)
                 if KIND == 6:
                     oka = (aw + ah) > eps
                     okb = (bw + bh) > eps
@@ -278,27 +334,94 @@ if _HAVE_TRITON:
         tl.store(out, score, mask=rm[:, None] & cm[None, :])
 
 
-def aligned_loss_and_grad(kind: str, p: Tensor, t: Tensor, eps: float, need_p: bool, need_t: bool,
-                          block: int = 512):
-    """Loss ``(n,)`` float32 and local gradients ``(n, 4)`` float32 (or ``None``) for contiguous ``(n, 4)``."""
+def _dummy(device) -> Tensor:
+    return torch.empty(1, device=device, dtype=torch.float32)
+
+
+def launch_aligned(kind: str, p: Tensor, t: Tensor, weight: Optional[Tensor], divisor: Optional[Tensor], eps: float,
+                   reduce: bool, scale: float, need_p: bool, need_t: bool, use_libdevice: bool = True,
+                   wrap=lambda kernel: kernel):
+    """Run the aligned kernel on contiguous ``(n, 4)`` boxes (float32, float16 or bfloat16): the outputs of
+    ``boxloss::aligned_loss`` (float32)."""
     n = p.shape[0]
-    loss = torch.empty(n, device=p.device, dtype=torch.float32)
-    grad_p = torch.empty(n, 4, device=p.device, dtype=torch.float32) if need_p else None
-    grad_t = torch.empty(n, 4, device=p.device, dtype=torch.float32) if need_t else None
+    device = p.device
+    blocks = triton.cdiv(n, BLOCK)
+    loss = torch.empty(blocks if reduce else n, device=device, dtype=torch.float32)
+    grad_p = torch.empty(n, 4, device=device, dtype=torch.float32) if need_p else torch.empty(0, device=device)
+    grad_t = torch.empty(n, 4, device=device, dtype=torch.float32) if need_t else torch.empty(0, device=device)
     if n:
-        dummy = loss  # never written when the NEED flag is off
-        _aligned_kernel[(triton.cdiv(n, block),)](
-            p, t, loss, grad_p if need_p else dummy, grad_t if need_t else dummy, n, float(eps),
-            KIND=KIND_CODES[kind], NEED_P=need_p, NEED_T=need_t, USE_LIBDEVICE=not _INTERPRET, BLOCK=block)
+        dummy = _dummy(device)
+        w = dummy if weight is None else weight.to(torch.float32).contiguous()
+        d = dummy if divisor is None else divisor.to(torch.float32).reshape(1)
+        wrap(_aligned_kernel)[(blocks,)](
+            p, t, w, d, loss, grad_p if need_p else dummy, grad_t if need_t else dummy, n, float(eps),
+            float(scale), int(weight is not None), int(divisor is not None), int(need_p), int(need_t),
+            KIND=KIND_CODES[kind], NEED_GRAD=need_p or need_t, REDUCE=reduce, USE_LIBDEVICE=use_libdevice,
+            BLOCK=BLOCK)
+    if reduce:
+        loss = loss.sum()
     return loss, grad_p, grad_t
 
 
-def pairwise(kind: str, a: Tensor, b: Tensor, eps: float, block_n: int = 32, block_m: int = 64) -> Tensor:
+def launch_pairwise(kind: str, a: Tensor, b: Tensor, eps: float, use_libdevice: bool = True,
+                    blocks=PAIRWISE_BLOCKS, wrap=lambda kernel: kernel) -> Tensor:
     """Scores ``(batch, n, m)`` float32 for contiguous ``a`` ``(batch, n, 4)`` and ``b`` ``(batch, m, 4)``."""
     batch, n, m = a.shape[0], a.shape[1], b.shape[1]
     out = torch.empty(batch, n, m, device=a.device, dtype=torch.float32)
     if out.numel():
-        grid = (triton.cdiv(n, block_n), triton.cdiv(m, block_m), batch)
-        _pairwise_kernel[grid](a, b, out, n, m, float(eps), KIND=KIND_CODES[kind], USE_LIBDEVICE=not _INTERPRET,
-                               BLOCK_N=block_n, BLOCK_M=block_m)
+        grid = (triton.cdiv(n, blocks[0]), triton.cdiv(m, blocks[1]), batch)
+        wrap(_pairwise_kernel)[grid](a, b, out, n, m, float(eps), KIND=PAIRWISE_CODES[kind],
+                                     USE_LIBDEVICE=use_libdevice, BLOCK_N=blocks[0], BLOCK_M=blocks[1])
     return out
+
+
+if _HAVE_TRITON:
+    from . import ops as _ops
+
+    @torch.library.triton_op("boxloss::aligned_loss_triton", mutates_args=())
+    def aligned_loss_triton(pred: Tensor, target: Tensor, weight: Optional[Tensor], divisor: Optional[Tensor],
+                            kind: str, eps: float, reduce: bool, scale: float, need_pred: bool,
+                            need_target: bool) -> Tuple[Tensor, Tensor, Tensor]:
+        return launch_aligned(kind, pred.contiguous(), target.contiguous(), weight, divisor, eps, reduce, scale,
+                              need_pred, need_target, use_libdevice=not _INTERPRET,
+                              wrap=torch.library.wrap_triton)
+
+    aligned_loss_triton.register_autograd(_ops._aligned_backward, setup_context=_ops._aligned_setup_context)
+    aligned_loss_triton.register_vmap(_ops.make_aligned_vmap(aligned_loss_triton))
+
+    @torch.library.triton_op("boxloss::pairwise_score_triton", mutates_args=())
+    def pairwise_score_triton(boxes1: Tensor, boxes2: Tensor, kind: str, eps: float) -> Tensor:
+        return launch_pairwise(kind, boxes1.contiguous(), boxes2.contiguous(), eps, use_libdevice=not _INTERPRET,
+                               wrap=torch.library.wrap_triton)
+
+    pairwise_score_triton.register_autograd(_ops._pairwise_backward, setup_context=_ops._pairwise_setup_context)
+    pairwise_score_triton.register_vmap(_ops.make_pairwise_vmap(pairwise_score_triton))
+
+
+_POINTER_TYPES = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16"}
+
+
+def launch_specialisations():
+    """Every (kernel, signature, constexprs) that :func:`launch_aligned` and :func:`launch_pairwise` can launch on
+    a GPU, for ahead-of-time compilation (``tests/test_triton_compile.py``): each input dtype the dispatcher
+    passes (float32, float16, bfloat16), each kind, with and without gradients, reduced or not."""
+    specs = []
+    for dtype, ptr in _POINTER_TYPES.items():
+        aligned_sig = {"P": ptr, "T": ptr, "W": "*fp32", "DIV": "*fp32", "L": "*fp32", "GP": "*fp32", "GT": "*fp32",
+                       "n": "i32", "eps": "fp32", "scale": "fp32", "has_w": "i32", "has_div": "i32", "need_p": "i32",
+                       "need_t": "i32", "KIND": "constexpr", "NEED_GRAD": "constexpr", "REDUCE": "constexpr",
+                       "USE_LIBDEVICE": "constexpr", "BLOCK": "constexpr"}
+        for code in sorted(set(KIND_CODES.values())):
+            for need_grad in (False, True):
+                for reduce in (False, True):
+                    specs.append(("_aligned_kernel", aligned_sig,
+                                  {"KIND": code, "NEED_GRAD": need_grad, "REDUCE": reduce, "USE_LIBDEVICE": True,
+                                   "BLOCK": BLOCK}))
+        pairwise_sig = {"A": ptr, "B": ptr, "OUT": "*fp32", "n": "i32", "m": "i32", "eps": "fp32",
+                        "KIND": "constexpr", "USE_LIBDEVICE": "constexpr", "BLOCK_N": "constexpr",
+                        "BLOCK_M": "constexpr"}
+        for code in sorted(set(PAIRWISE_CODES.values())):
+            specs.append(("_pairwise_kernel", pairwise_sig,
+                          {"KIND": code, "USE_LIBDEVICE": True, "BLOCK_N": PAIRWISE_BLOCKS[0],
+                           "BLOCK_M": PAIRWISE_BLOCKS[1]}))
+    return specs
