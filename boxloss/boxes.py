@@ -113,9 +113,9 @@ def _ciou_kernel(b1: Tensor, b2: Tensor, eps: float) -> Tuple[Tensor, Tensor]:
     diou, iou = _diou_kernel(b1, b2, eps)
     v = _aspect_term(b1, b2, eps)
     # α is a trade-off weight, not part of the objective: the CIoU paper (eq. 11) and torchvision
-    # treat it as a constant in the backward pass.
-    with torch.no_grad():
-        alpha = v / (1 - iou + v + eps)
+    # treat it as a constant in the backward pass. detach (not no_grad, which forward-mode AD ignores) keeps it
+    # constant for every derivative, reverse or forward.
+    alpha = (v / (1 - iou + v + eps)).detach()
     return diou - alpha * v, iou
 
 

@@ -3,6 +3,8 @@
 import pytest
 import torch
 
+from boxloss._fast import cpu, ops
+
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 # the one dtype → (rtol, atol) table for comparisons with a float64 reference
@@ -53,3 +55,19 @@ def overlapping_pairs(n, *, seed=0, dtype=torch.float64):
     size = torch.cat([a[:, 2:] - a[:, :2]] * 2, dim=-1)
     b = a + (torch.rand(n, 4, generator=g, dtype=torch.float64) - 0.5) * 0.5 * size
     return a.to(dtype), b.to(dtype)
+
+
+BACKENDS = ["compiled_c", "torch_chunked"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request, monkeypatch):
+    """Each CPU implementation of the boxloss operators: the compiled C kernel and the PyTorch closed form."""
+    if request.param == "compiled_c":
+        if cpu.load() is None:
+            pytest.skip("no C compiler here: the compiled kernel cannot be built")
+        monkeypatch.setattr(ops, "USE_COMPILED_CPU", True)
+    else:
+        monkeypatch.setattr(ops, "USE_COMPILED_CPU", False)
+        monkeypatch.setattr(ops, "CPU_CHUNK", 257)  # several chunks, one of them ragged
+    return request.param

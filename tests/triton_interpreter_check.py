@@ -1,6 +1,6 @@
-"""Run by tests/test_fast.py in a subprocess with TRITON_INTERPRET=1: the Triton kernels on CPU tensors, through
-Triton's interpreter, against the plain-PyTorch reference. Prints one line per check and exits non-zero on a
-mismatch."""
+"""Run by tests/test_fast.py in a subprocess with TRITON_INTERPRET=1: the Triton kernels and their operators on
+CPU tensors, through Triton's interpreter, against the plain-PyTorch reference. Prints one line per check and
+exits non-zero on a mismatch."""
 
 import sys
 from pathlib import Path
@@ -11,10 +11,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import disjoint_pairs, overlapping_pairs, random_boxes  # noqa: E402
 from test_edges import _all_pairs  # noqa: E402
 
-import boxloss  # noqa: E402
-from boxloss import _fast  # noqa: E402
-from boxloss._fast import triton_kernels  # noqa: E402
+from boxloss._fast import ops, triton_kernels  # noqa: E402
 from boxloss._fast.fused import KINDS  # noqa: E402
+
+NAN = float("nan")
+
+
+def check(name, ok, err=""):
+    print(f"{name}: {err} {'ok' if ok else 'MISMATCH'}")
+    return not ok
 
 
 def main() -> int:
@@ -23,26 +28,72 @@ def main() -> int:
     e, f = _all_pairs()
     pred = torch.cat([a, c, e.double()]).float()
     target = torch.cat([b, d, f.double()]).float()
+    pred[3, 0] = NAN      # NaN in, NaN out
+    target[7, 2] = NAN
+    n = len(pred)
+    w = torch.rand(n, generator=torch.Generator().manual_seed(0))
     failures = 0
     for kind in KINDS:
-        loss, gp, gt = triton_kernels.aligned_loss_and_grad(kind, pred.contiguous(), target.contiguous(), 1e-7, True, True)
-        ref_loss, ref_gp, ref_gt = _fast.fused_loss_and_grad(kind, pred, target, 1e-7, True)
-        for name, x, y in (("loss", loss, ref_loss), ("grad_p", gp, ref_gp), ("grad_t", gt, ref_gt)):
-            err = (x - y).abs().max().item()
-            ok = torch.allclose(x, y, rtol=2e-6, atol=2e-6)
-            failures += not ok
-            print(f"aligned {kind} {name}: max abs err {err:.2e} {'ok' if ok else 'MISMATCH'}")
+        def per_box(p, t, kind=kind):
+            return ops.reference_aligned(kind, p, t, None, None, 1e-7, False, 1.0)
+
+        ref = torch.func.vmap(torch.func.grad_and_value(per_box, argnums=(0, 1)))(pred.double(), target.double())
+        (ref_gp, ref_gt), ref_loss = ref
+        loss, gp, gt = triton_kernels.launch_aligned(kind, pred, target, None, None, 1e-7, False, 1.0, True, True,
+                                                     use_libdevice=False)
+        finite = ref_loss.isfinite()  # rows with a NaN coordinate: checked below (the reference's NaN pattern
+        # in the gradients of such rows is an accident of autograd through torch.where; the kernels give all NaN)
+        for name, x, y in (("loss", loss, ref_loss), ("grad_p", gp[finite], ref_gp[finite]),
+                           ("grad_t", gt[finite], ref_gt[finite])):
+            ok = torch.allclose(x.double(), y, rtol=2e-5, atol=2e-5, equal_nan=True)
+            failures += check(f"aligned {kind} {name}", ok, f"max abs err {(x.double() - y).abs().nan_to_num().max():.2e}")
+        nan_rows = torch.tensor([3, 7])
+        failures += check(f"aligned {kind} NaN rows", bool(loss[nan_rows].isnan().all() and gp[nan_rows].isnan().all()
+                                                           and gt[nan_rows].isnan().all()))
+        # the weighted mean in the kernel pass (finite rows only), with a divisor tensor
+        keep = torch.ones(n, dtype=torch.bool)
+        keep[nan_rows] = False
+        total, tgp, _ = triton_kernels.launch_aligned(kind, pred[keep], target[keep], w[keep], torch.tensor(7.0),
+                                                      1e-7, True, 0.5, True, False, use_libdevice=False)
+        expected = (ref_loss[keep] * w[keep].double()).sum() * 0.5 / 7
+        expected_gp = ref_gp[keep] * (w[keep].double() * 0.5 / 7)[:, None]
+        ok = torch.allclose(total.double(), expected, rtol=1e-5) and torch.allclose(tgp.double(), expected_gp,
+                                                                                   rtol=2e-5, atol=2e-6)
+        failures += check(f"aligned {kind} weighted mean", ok)
+    # float16 and bfloat16 read natively: equal to float32 on the rounded boxes
+    for dtype in (torch.float16, torch.bfloat16):
+        p16, t16 = pred.clamp(-6e4, 6e4).to(dtype), target.clamp(-6e4, 6e4).to(dtype)
+        got = triton_kernels.launch_aligned("ciou", p16, t16, None, None, 1e-7, False, 1.0, True, False,
+                                            use_libdevice=False)
+        want = triton_kernels.launch_aligned("ciou", p16.float(), t16.float(), None, None, 1e-7, False, 1.0, True,
+                                             False, use_libdevice=False)
+        ok = all(torch.allclose(x, y, equal_nan=True) for x, y in zip(got[:2], want[:2]))
+        failures += check(f"native {dtype}", ok)
     boxes1 = torch.cat([random_boxes(50, seed=3), e.double()]).float().reshape(1, -1, 4)
     boxes2 = torch.cat([random_boxes(37, seed=4), f.double()[:20]]).float().reshape(1, -1, 4)
-    for kind, fn in (("iou", boxloss.box_iou), ("giou", boxloss.generalized_box_iou), ("diou", boxloss.distance_box_iou),
-                     ("ciou", boxloss.complete_box_iou)):
-        got = triton_kernels.pairwise(kind, boxes1.contiguous(), boxes2.contiguous(), 1e-7, block_n=16, block_m=32)
-        with _fast.reference_path():
-            expected = fn(boxes1, boxes2)
-        err = (got - expected).abs().max().item()
-        ok = torch.allclose(got, expected, rtol=2e-6, atol=2e-6)
-        failures += not ok
-        print(f"pairwise {kind}: max abs err {err:.2e} {'ok' if ok else 'MISMATCH'}")
+    boxes1[0, 2, 1] = NAN
+    for kind in ("iou", "giou", "diou", "ciou"):
+        got = triton_kernels.launch_pairwise(kind, boxes1, boxes2, 1e-7, use_libdevice=False, blocks=(16, 32))
+        expected = ops.reference_pairwise(kind, boxes1, boxes2, 1e-7)
+        ok = torch.allclose(got, expected, rtol=2e-6, atol=2e-6, equal_nan=True) and bool(got[0, 2].isnan().all())
+        failures += check(f"pairwise {kind}", ok, f"max abs err {(got - expected).abs().nan_to_num().max():.2e}")
+    # the registered operators: autograd (closed form and create_graph), vmap
+    p, t = overlapping_pairs(16, seed=5, dtype=torch.float32)
+    p.requires_grad_()
+    op = torch.ops.boxloss.aligned_loss_triton
+    out = op(p, t, None, None, "giou", 1e-7, True, 1 / 16, True, False)[0]
+    (g,) = torch.autograd.grad(out, p, create_graph=True)
+    (g_ref,) = torch.autograd.grad(ops.reference_aligned("giou", p, t, None, None, 1e-7, True, 1 / 16), p,
+                                   create_graph=True)
+    (h,) = torch.autograd.grad(g.sum(), p)
+    (h_ref,) = torch.autograd.grad(g_ref.sum(), p)
+    failures += check("triton op: gradient and second derivative", torch.allclose(g, g_ref, atol=1e-6)
+                      and torch.allclose(h, h_ref, atol=1e-5))
+    batched = torch.func.vmap(lambda x: op(x, t, None, None, "diou", 1e-7, False, 1.0, False, False)[0])(
+        torch.stack([p.detach(), p.detach() + 1]))
+    expected = torch.stack([ops.reference_aligned("diou", x, t, None, None, 1e-7, False, 1.0)
+                            for x in (p.detach(), p.detach() + 1)])
+    failures += check("triton op: vmap", torch.allclose(batched, expected, atol=1e-6))
     return failures
 
 

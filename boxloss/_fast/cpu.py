@@ -71,11 +71,12 @@ def _compiler() -> Optional[str]:
     return shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
 
 
-def _key(compiler: str, flags) -> str:
+def _key(flags) -> str:
+    """Names a build: this source, these flags, this CPU (not the compiler, so that a kernel prebuilt into a
+    read-only cache is found on a machine without one)."""
     with open(SOURCE, "rb") as f:
         source = f.read()
-    material = b"\0".join([source, " ".join(flags).encode(), compiler.encode(), platform.machine().encode(),
-                           _cpu_identity().encode()])
+    material = b"\0".join([source, " ".join(flags).encode(), platform.machine().encode(), _cpu_identity().encode()])
     return hashlib.sha256(material).hexdigest()[:16]
 
 
@@ -161,14 +162,7 @@ def _find_or_build() -> Optional[ctypes.CDLL]:
         warn_once("cpu-windows", f"boxloss: the compiled CPU kernel is not built on Windows; the aligned losses "
                                  f"run the slower PyTorch path ({SILENCE}).")
         return None
-    compiler = _compiler()
-    if compiler is None:
-        _status.update(backend=None, reason="no C compiler found (cc, gcc, clang; or set CC)")
-        warn_once("cpu-no-compiler", "boxloss: no C compiler found (tried $CC, cc, gcc, clang), so the compiled "
-                                     "CPU kernel cannot be built and the box losses run the 3-6x slower PyTorch "
-                                     f"path. Install gcc or clang, or point CC at one ({SILENCE}).")
-        return None
-    names = {tuple(f): f"boxloss_aligned_{_key(compiler, f)}.so" for f in FLAG_SETS}
+    names = {tuple(f): f"boxloss_aligned_{_key(f)}.so" for f in FLAG_SETS}
     corrupt = []
     for directory in cache_dirs():
         for flags in FLAG_SETS:
@@ -181,13 +175,20 @@ def _find_or_build() -> Optional[ctypes.CDLL]:
                     corrupt.append(f"{path} (cannot be loaded: {exc})")
                     continue
                 _status.update(backend="compiled C kernel", reason="loaded from the cache", cache_file=path,
-                               compiler=compiler, flags=" ".join(flags), openmp="-fopenmp" in flags)
+                               flags=" ".join(flags), openmp="-fopenmp" in flags)
                 return lib
             if ok is False:
                 corrupt.append(f"{path} (checksum mismatch: truncated or modified)")
     if corrupt:
         warn_once("cpu-corrupt-cache", "boxloss: ignoring a corrupt cached CPU kernel, " + "; ".join(corrupt)
                   + ": rebuilding it.")
+    compiler = _compiler()
+    if compiler is None:
+        _status.update(backend=None, reason="no C compiler found (cc, gcc, clang; or set CC)")
+        warn_once("cpu-no-compiler", "boxloss: no C compiler found (tried $CC, cc, gcc, clang), so the compiled "
+                                     "CPU kernel cannot be built and the box losses run the 3-6x slower PyTorch "
+                                     f"path. Install gcc or clang, or point CC at one ({SILENCE}).")
+        return None
     writable = [d for d in cache_dirs() if _writable(d)]
     if os.environ.get("BOXLOSS_CACHE") and (not writable or writable[0] != os.environ["BOXLOSS_CACHE"]):
         warn_once("cpu-cache-readonly", f"boxloss: BOXLOSS_CACHE={os.environ['BOXLOSS_CACHE']!r} holds no usable "

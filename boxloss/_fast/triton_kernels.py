@@ -406,7 +406,7 @@ def launch_specialisations():
     a GPU, for ahead-of-time compilation (``tests/test_triton_compile.py``): each input dtype the dispatcher
     passes (float32, float16, bfloat16), each kind, with and without gradients, reduced or not."""
     specs = []
-    for dtype, ptr in _POINTER_TYPES.items():
+    for ptr in _POINTER_TYPES.values():
         aligned_sig = {"P": ptr, "T": ptr, "W": "*fp32", "DIV": "*fp32", "L": "*fp32", "GP": "*fp32", "GT": "*fp32",
                        "n": "i32", "eps": "fp32", "scale": "fp32", "has_w": "i32", "has_div": "i32", "need_p": "i32",
                        "need_t": "i32", "KIND": "constexpr", "NEED_GRAD": "constexpr", "REDUCE": "constexpr",

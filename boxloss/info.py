@@ -1,0 +1,106 @@
+"""``python -m boxloss.info``: versions, and which backend each operator family uses on each device, and why.
+
+Run it when the losses are slower than expected or to attach to a bug report. It builds (or finds) the
+compiled CPU kernel, as the first loss call would, and reports every fallback that was taken.
+
+    python -m boxloss.info           # a readable report
+    python -m boxloss.info --json    # the same as JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import warnings
+
+import torch
+
+from . import __version__
+from ._fast import backend_for, cpu, ops
+from ._fast._warn import reported
+
+ENV_VARS = ("BOXLOSS_FAST", "BOXLOSS_CPU_KERNEL", "BOXLOSS_TRITON", "BOXLOSS_CACHE", "CC", "TRITON_INTERPRET")
+
+
+def report() -> dict:
+    """Versions, switches and, per device, the backend of the aligned losses/box functions and of the pairwise
+    scores with the reason for it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # gathered into "fallbacks" below instead
+        ops.cpu_library()
+        devices = [torch.device("cpu")]
+        if torch.cuda.is_available():
+            devices += [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
+        backends = {}
+        for device in devices:
+            name, why = backend_for(device)
+            entry = {"aligned losses and box functions": name, "pairwise scores": name, "reason": why}
+            if device.type == "cpu":
+                st = cpu.status()
+                entry.update({k: st[k] for k in ("compiler", "flags", "cache_file", "openmp") if k in st})
+                entry["threads"] = torch.get_num_threads()
+            else:
+                cap = torch.cuda.get_device_capability(device)
+                entry.update(gpu=torch.cuda.get_device_name(device), capability=f"{cap[0]}.{cap[1]}")
+            backends[str(device)] = entry
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    return {
+        "boxloss": __version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "torchvision": _version("torchvision"),
+        "triton": triton_version,
+        "cuda": torch.version.cuda,
+        "environment": {k: os.environ[k] for k in ENV_VARS if k in os.environ},
+        "cache_directories": cpu.cache_dirs(),
+        "backends": backends,
+        "fallbacks": reported(),
+    }
+
+
+def _version(module: str):
+    try:
+        return __import__(module).__version__
+    except ImportError:
+        return None
+
+
+def format_report(info: dict) -> str:
+    lines = [f"boxloss {info['boxloss']}  (python {info['python']}, torch {info['torch']}, "
+             f"torchvision {info['torchvision']}, triton {info['triton']}, CUDA {info['cuda']})",
+             f"platform: {info['platform']}"]
+    env = ", ".join(f"{k}={v}" for k, v in info["environment"].items()) or "none set"
+    lines.append(f"switches: {env}")
+    lines.append(f"kernel cache search order: {', '.join(info['cache_directories'])}")
+    for device, entry in info["backends"].items():
+        lines.append(f"\n[{device}]")
+        for key, value in entry.items():
+            lines.append(f"  {key}: {value}")
+    if info["fallbacks"]:
+        lines.append("\nfallbacks taken in this process:")
+        lines += [f"  - {msg}" for msg in info["fallbacks"].values()]
+    else:
+        lines.append("\nno fallback taken")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m boxloss.info", description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    args = parser.parse_args(argv)
+    info = report()
+    print(json.dumps(info, indent=1) if args.json else format_report(info))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
