@@ -1,0 +1,35 @@
+"""Smoke test of boxloss as users install it: run from outside the checkout, in a fresh virtual environment that
+has the built wheel (not an editable install). Fails unless the compiled CPU kernel is the backend in use."""
+
+import os
+import sys
+import tempfile
+import warnings
+
+import torch
+
+import boxloss
+from boxloss._fast import backend_for, cpu
+
+here = os.path.dirname(os.path.abspath(boxloss.__file__))
+assert "site-packages" in here, f"boxloss imported from {here}, not from the installed wheel"
+assert os.path.exists(os.path.join(here, "_fast", "aligned.c")), "the wheel lacks the C kernel's source"
+assert cpu.cache_dirs()[0] == os.environ["BOXLOSS_CACHE"]
+
+warnings.simplefilter("error", boxloss.FastPathWarning)  # any fallback fails the smoke test
+p = torch.tensor([[0.0, 0.0, 2.0, 2.0], [0.0, 0.0, 1.0, 1.0]], requires_grad=True)
+t = torch.tensor([[1.0, 1.0, 3.0, 3.0], [2.0, 0.0, 3.0, 1.0]])
+loss = boxloss.giou_loss(p, t, reduction="sum")
+loss.backward()
+expected = (1 - (1 / 7 - 2 / 9)) + (1 + 1 / 3)
+assert abs(loss.item() - expected) < 1e-6, loss.item()
+assert torch.isfinite(p.grad).all()
+assert boxloss.box_iou(torch.tensor([[float("nan"), 0.0, 1.0, 1.0]]), t).isnan().all()
+
+name, reason = backend_for(torch.device("cpu"))
+status = cpu.status()
+assert name == "compiled C kernel", (name, reason)
+assert status["reason"] == "built now" and status["cache_file"].startswith(os.environ["BOXLOSS_CACHE"]), status
+print(f"wheel smoke test passed: boxloss {boxloss.__version__} from {here}; CPU backend: {name} "
+      f"({status['flags']}), built into {status['cache_file']}; python {sys.version.split()[0]}, "
+      f"torch {torch.__version__}, tmp {tempfile.gettempdir()}")
