@@ -131,12 +131,6 @@ def _run_guarded(x: Tensor, call, triton_op, fallback_op, *args):
         return call(fallback_op, *args)
 
 
-def _needs_grad(x: Tensor) -> bool:
-    if torch.is_grad_enabled() and x.requires_grad:
-        return True
-    return not ops.tracing() and ops.functorch_or_forward_ad_active()  # forward-mode AD needs them too
-
-
 def aligned_loss(kind: str, p: Tensor, t: Tensor, eps: float, reduction: str = "none",
                  weight: Optional[Tensor] = None, avg_factor: Union[None, float, Tensor] = None) -> Tensor:
     """The loss of ``kind`` for checked xyxy ``p`` and ``t`` of one shape ``(..., 4)`` and one floating dtype,
@@ -155,12 +149,16 @@ def aligned_loss(kind: str, p: Tensor, t: Tensor, eps: float, reduction: str = "
     if p2.dtype == torch.bfloat16 and p2.device.type == "cuda" and not _bf16_native(p2.device):
         p2, t2 = _upcast(p2, torch.float32), _upcast(t2, torch.float32)
     op, _ = _ops_for(p2)
-    need_p, need_t = _needs_grad(p2), _needs_grad(t2)
+    tracing = ops.tracing()
+    transformed = not tracing and ops.functorch_or_forward_ad_active()  # torch.func or forward-mode AD
+    grad_mode = torch.is_grad_enabled()
+    # forward-mode AD needs the local gradients too
+    need_p = (grad_mode and p2.requires_grad) or transformed
+    need_t = (grad_mode and t2.requires_grad) or transformed
     # the weighted reduction runs in the kernel pass unless weight or avg_factor need gradients, or inside a
     # torch.func transform / forward-mode AD (there the reduction stays visible to it)
-    fuse = (reduction != "none" and not (weight is not None and weight.requires_grad)
-            and not (isinstance(avg_factor, Tensor) and avg_factor.requires_grad)
-            and (ops.tracing() or not ops.functorch_or_forward_ad_active()))
+    fuse = (reduction != "none" and not transformed and not (weight is not None and weight.requires_grad)
+            and not (isinstance(avg_factor, Tensor) and avg_factor.requires_grad))
     if fuse:
         n = p2.shape[0]
         w = None if weight is None else weight.expand(shape).reshape(-1)
@@ -172,11 +170,24 @@ def aligned_loss(kind: str, p: Tensor, t: Tensor, eps: float, reduction: str = "
                 divisor = avg_factor.reshape(())
             else:
                 scale = 1.0 / max(float(avg_factor), eps)
-        return _run_guarded(p2, ops.call_aligned, op, ops.aligned_loss_op, p2, t2, w, divisor, kind, eps, True,
-                            scale, need_p, need_t)[0]
-    loss = _run_guarded(p2, ops.call_aligned, op, ops.aligned_loss_op, p2, t2, None, None, kind, eps, False, 1.0,
-                        need_p, need_t)[0]
-    return _reduce(loss.reshape(shape), reduction, weight, avg_factor, eps)
+        args = (p2, t2, w, divisor, kind, float(eps), True, scale, need_p, need_t)
+    else:
+        args = (p2, t2, None, None, kind, float(eps), False, 1.0, need_p, need_t)
+    if transformed:
+        out = ops.AlignedLoss.apply(op, *args)[0]
+    elif tracing:
+        out = op(*args)[0]  # the operator with its registered autograd, as torch.compile/export/trace record it
+    else:
+        out = _run_guarded(p2, _eager_aligned, op, ops.aligned_loss_op, *args)[0]
+    return out if fuse else _reduce(out.reshape(shape), reduction, weight, avg_factor, eps)
+
+
+def _eager_aligned(op, *args):
+    if (args[-2] or args[-1] or (args[2] is not None and args[2].requires_grad)
+            or (isinstance(args[3], Tensor) and args[3].requires_grad)) and torch.is_grad_enabled():
+        return ops.EagerAligned.apply(op, *args)
+    with torch._C._AutoDispatchBelowAutograd():  # nothing to differentiate: the kernel alone
+        return op(*args)
 
 
 def _bf16_native(device: torch.device) -> bool:
