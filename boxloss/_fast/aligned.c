@@ -149,7 +149,43 @@ DEFINE_KERNEL(double, boxloss_aligned_f64, sqrt, atan2, log)
 
 /* Pairwise scores (no gradient): out[b, i, j] = score(A[b, i], B[b, j]) for kind 0 IoU, 4 GIoU, 5 DIoU,
  * 6 CIoU (values of boxes.py's kernels: clamped widths, denominators clamped at eps). One pass, written
- * straight into the output: no N×M temporaries. */
+ * straight into the output: no N×M temporaries.
+ *
+ * One formula (PAIR_SCORE), instantiated twice: with plain max/min (compiled to branchless maxss/minss) for
+ * pairs whose eight coordinates are finite, and with the NaN-propagating ones for the rare pairs that are not,
+ * so that NaN and Inf come out as from the reference without slowing down the finite pairs. */
+#define PAIR_SCORE(REAL, MAX, MIN, POS, ATAN2, OUT)                                                           \
+    {                                                                                                        \
+        REAL aw = POS(ax2 - ax1), ah = POS(ay2 - ay1), aa = aw * ah;                                          \
+        REAL bw = POS(c[2] - c[0]), bh = POS(c[3] - c[1]);                                                   \
+        REAL iw = POS(MIN(ax2, c[2]) - MAX(ax1, c[0]));                                                      \
+        REAL ih = POS(MIN(ay2, c[3]) - MAX(ay1, c[1]));                                                      \
+        REAL inter = iw * ih, uni = aa + bw * bh - inter;                                                    \
+        REAL iou = inter / MAX(uni, eps);                                                                    \
+        OUT = iou;                                                                                           \
+        if (kind != 0) {                                                                                     \
+            REAL cw = POS(MAX(ax2, c[2]) - MIN(ax1, c[0]));                                                  \
+            REAL ch = POS(MAX(ay2, c[3]) - MIN(ay1, c[1]));                                                  \
+            if (kind == 4) {                                                                                 \
+                REAL ac = cw * ch;                                                                           \
+                OUT = iou - (ac - uni) / MAX(ac, eps);                                                       \
+            } else {                                                                                         \
+                REAL dx = ax1 + ax2 - c[0] - c[2], dy = ay1 + ay2 - c[1] - c[3];                              \
+                REAL rho2 = (dx * dx + dy * dy) * (REAL)0.25, c2 = cw * cw + ch * ch;                         \
+                OUT = iou - rho2 / MAX(MAX(c2, rho2), eps);                                                  \
+                if (kind == 6) {                                                                             \
+                    REAL thb = bw + bh > eps ? ATAN2(bw, bh) : (REAL)0;                                       \
+                    REAL diff = thb - tha, v = four_pi2 * diff * diff;                                       \
+                    OUT -= v / (1 - iou + v + eps) * v;                                                      \
+                }                                                                                            \
+            }                                                                                                \
+        }                                                                                                    \
+    }
+
+#define FAST_MAX(a, b) ((a) > (b) ? (a) : (b))
+#define FAST_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define FAST_POS(a) ((a) > 0 ? (a) : 0)
+
 #define DEFINE_PAIRWISE(REAL, NAME, SQRT, ATAN2, K)                                                           \
 void NAME(int kind, const REAL *A, const REAL *B, REAL *OUT, long batch, long n, long m, double eps_d,        \
           int threads) {                                                                                      \
@@ -160,35 +196,19 @@ void NAME(int kind, const REAL *A, const REAL *B, REAL *OUT, long batch, long n,
     for (long b = 0; b < batch; ++b) {                                                                       \
         for (long i = 0; i < n; ++i) {                                                                       \
             const REAL *a = A + 4 * (b * n + i);                                                             \
-            REAL ax1 = a[0], ay1 = a[1], ax2 = a[2], ay2 = a[3];                                             \
-            REAL aw = K##_pos(ax2 - ax1), ah = K##_pos(ay2 - ay1);                                             \
-            REAL aa = aw * ah;                                                                               \
-            REAL tha = 0;                                                                                    \
-            if (kind == 6 && aw + ah > eps) tha = ATAN2(aw, ah);                                             \
+            const REAL ax1 = a[0], ay1 = a[1], ax2 = a[2], ay2 = a[3];                                       \
+            const int a_finite = isfinite(ax1) && isfinite(ay1) && isfinite(ax2) && isfinite(ay2);          \
+            const REAL aw0 = K##_pos(ax2 - ax1), ah0 = K##_pos(ay2 - ay1);                                  \
+            const REAL tha = (kind == 6 && aw0 + ah0 > eps) ? ATAN2(aw0, ah0) : (REAL)0;  /* hoisted */      \
             REAL *o = OUT + (b * n + i) * m;                                                                 \
             const REAL *Bb = B + 4 * b * m;                                                                  \
             for (long j = 0; j < m; ++j) {                                                                   \
                 const REAL *c = Bb + 4 * j;                                                                  \
-                REAL bw = K##_pos(c[2] - c[0]), bh = K##_pos(c[3] - c[1]);                                     \
-                REAL iw = K##_min(ax2, c[2]) - K##_max(ax1, c[0]);                                              \
-                REAL ih = K##_min(ay2, c[3]) - K##_max(ay1, c[1]);                                              \
-                iw = K##_pos(iw); ih = K##_pos(ih);                                                          \
-                REAL inter = iw * ih, uni = aa + bw * bh - inter;                                            \
-                REAL iou = inter / K##_max(uni, eps);                                                        \
-                if (kind == 0) { o[j] = iou; continue; }                                                     \
-                REAL cw = K##_max(ax2, c[2]) - K##_min(ax1, c[0]);                                              \
-                REAL ch = K##_max(ay2, c[3]) - K##_min(ay1, c[1]);                                              \
-                cw = K##_pos(cw); ch = K##_pos(ch);                                                          \
-                if (kind == 4) { REAL ac = cw * ch; o[j] = iou - (ac - uni) / K##_max(ac, eps); continue; }      \
-                REAL dx = ax1 + ax2 - c[0] - c[2], dy = ay1 + ay2 - c[1] - c[3];                              \
-                REAL rho2 = (dx * dx + dy * dy) * (REAL)0.25, c2 = cw * cw + ch * ch;                         \
-                REAL den = K##_max(c2, rho2);                                                                \
-                REAL score = iou - rho2 / K##_max(den, eps);                                                 \
-                if (kind == 6) {                                                                             \
-                    REAL thb = bw + bh > eps ? ATAN2(bw, bh) : (REAL)0;                                       \
-                    REAL diff = thb - tha, v = four_pi2 * diff * diff;                                       \
-                    score -= v / (1 - iou + v + eps) * v;                                                    \
-                }                                                                                            \
+                REAL score;                                                                                  \
+                if (a_finite && isfinite(c[0] + c[1] + c[2] + c[3]))                                         \
+                    PAIR_SCORE(REAL, FAST_MAX, FAST_MIN, FAST_POS, ATAN2, score)                             \
+                else                                                                                         \
+                    PAIR_SCORE(REAL, K##_max, K##_min, K##_pos, ATAN2, score)                                \
                 o[j] = score;                                                                                \
             }                                                                                                \
         }                                                                                                    \
