@@ -119,21 +119,39 @@ def _ciou_kernel(b1: Tensor, b2: Tensor, eps: float) -> Tuple[Tensor, Tensor]:
     return diou - alpha * v, iou
 
 
-def _gap_term(b1: Tensor, b2: Tensor, eps: float) -> Tensor:
-    """Zero-overlap term: distance between the boxes' nearest points over the enclosing diagonal.
+def _gap_term(pred: Tensor, target: Tensor, eps: float) -> Tensor:
+    """Zero-overlap term: the distance between the boxes' nearest points over the target's diagonal.
 
-    0 whenever the boxes overlap or touch, in [0, 1) otherwise, scale invariant, and its gradient shrinks the
-    gap at a rate that does not vanish as the boxes come close (unlike a squared distance), so gradient
-    descent reaches overlap in finitely many steps.
+    0 whenever the boxes overlap or touch; on disjoint pairs it grows linearly with the gap, so its gradient
+    (1 / the target's diagonal, pointing the prediction at the target) neither vanishes near contact nor fades
+    far away, and it is scale invariant. The target's diagonal, not the enclosing box's, because a normaliser
+    that involves the prediction pays the prediction for growing instead of moving (measured:
+    ``benchmarks/RESULTS.md``, "Zero-overlap normalisation"). A target with a diagonal at or under ``eps`` (a
+    point) falls back to the enclosing diagonal, which keeps the term in [0, 1].
     """
-    x1a, y1a, x2a, y2a = b1.unbind(-1)
-    x1b, y1b, x2b, y2b = b2.unbind(-1)
+    x1a, y1a, x2a, y2a = pred.unbind(-1)
+    x1b, y1b, x2b, y2b = target.unbind(-1)
     gap_x = (torch.maximum(x1a, x1b) - torch.minimum(x2a, x2b)).clamp_min(0)
     gap_y = (torch.maximum(y1a, y1b) - torch.minimum(y2a, y2b)).clamp_min(0)
-    cw, ch = _enclosing_wh(b1, b2)
     gap = _safe_sqrt(gap_x * gap_x + gap_y * gap_y)
-    # gap ≤ c for valid boxes; the maximum only bites for inverted ones, and keeps the term in [0, 1]
-    return _safe_div(gap, torch.maximum(_safe_sqrt(cw * cw + ch * ch), gap), eps)
+    tw, th = (x2b - x1b).clamp_min(0), (y2b - y1b).clamp_min(0)
+    t_diag = _safe_sqrt(tw * tw + th * th)
+    cw, ch = _enclosing_wh(pred, target)
+    # gap ≤ c for valid boxes; the maximum only bites for inverted ones, and keeps the fallback in [0, 1]
+    fallback = torch.maximum(_safe_sqrt(cw * cw + ch * ch), gap)
+    return _safe_div(gap, torch.where(t_diag > eps, t_diag, fallback), eps)
+
+
+# −ln IoU continues as its tangent below this IoU (Smooth-ln, Wang et al., "Repulsion Loss", CVPR 2018): the
+# gradient of −ln IoU grows as 1/IoU near first contact and makes gradient descent overshoot; the tangent caps
+# it at 1/0.7. 0.7 by measurement: benchmarks/RESULTS.md, "−ln IoU that converges".
+LOG_IOU_LINEAR_BELOW = 0.7
+
+
+def _smooth_neg_log(iou: Tensor, tau: float = LOG_IOU_LINEAR_BELOW) -> Tensor:
+    """−ln IoU for IoU ≥ τ, its tangent −ln τ + (τ − IoU)/τ below (continuous with a continuous gradient)."""
+    above = iou >= tau
+    return torch.where(above, -torch.where(above, iou, 1.0).log(), -math.log(tau) + (tau - iou) / tau)
 
 
 def _reference_loss(kind: str, p: Tensor, t: Tensor, eps: float) -> Tensor:
@@ -141,8 +159,10 @@ def _reference_loss(kind: str, p: Tensor, t: Tensor, eps: float) -> Tensor:
     tested against, what runs when they are off, and what second derivatives differentiate."""
     if kind in ("iou", "iou_distance"):
         loss = 1 - _iou_kernel(p, t, eps)[0]
-    elif kind in ("log_iou", "log_iou_distance"):
+    elif kind == "log_iou":  # the textbook UnitBox loss (zero_overlap="none")
         loss = -_iou_kernel(p, t, eps)[0].clamp_min(eps).log()
+    elif kind == "log_iou_distance":
+        loss = _smooth_neg_log(_iou_kernel(p, t, eps)[0])
     else:
         loss = 1 - _SCORE_KERNELS[kind](p, t, eps)[0]
     if kind.endswith("_distance"):

@@ -23,12 +23,21 @@ from boxloss import (
 
 
 def _reference_gap_term(p, t):
-    """Nearest-point distance over enclosing diagonal, one pair at a time in Python floats."""
+    """Nearest-point distance over the target's diagonal (the enclosing diagonal for a point target), one pair
+    at a time in Python floats."""
     gx = max(0.0, max(p[0], t[0]) - min(p[2], t[2]))
     gy = max(0.0, max(p[1], t[1]) - min(p[3], t[3]))
+    t_diag = math.hypot(max(0.0, t[2] - t[0]), max(0.0, t[3] - t[1]))
+    if t_diag > 1e-7:
+        return math.hypot(gx, gy) / t_diag
     cw = max(p[2], t[2]) - min(p[0], t[0])
     ch = max(p[3], t[3]) - min(p[1], t[1])
-    return math.hypot(gx, gy) / math.hypot(cw, ch)
+    return math.hypot(gx, gy) / max(math.hypot(cw, ch), math.hypot(gx, gy), 1e-7)
+
+
+def _smooth_ln(iou, tau=0.7):
+    """−ln IoU above τ, the tangent −ln τ + (τ − IoU)/τ below (Smooth-ln, Repulsion Loss)."""
+    return torch.where(iou >= tau, -torch.log(iou.clamp_min(tau)), -math.log(tau) + (tau - iou) / tau)
 
 
 def _reference_iou_loss(pred, target):
@@ -40,7 +49,7 @@ def _reference_iou_loss(pred, target):
 def _reference_log_iou_loss(pred, target):
     iou = tvops.box_iou(pred, target).diagonal()
     gap = torch.tensor([_reference_gap_term(p.tolist(), t.tolist()) for p, t in zip(pred, target)], dtype=iou.dtype)
-    return -torch.log(iou.clamp_min(1e-7)) + gap
+    return _smooth_ln(iou) + gap
 
 
 LOSSES = {
@@ -275,11 +284,23 @@ def test_ciou_alpha_is_constant_in_backward():
     assert not gc_ok, "CIoU's gradient unexpectedly equals the full derivative: α is not held constant"
 
 
-def test_log_iou_loss_is_minus_log_of_iou_where_boxes_overlap():
-    pred, target = overlapping_pairs(30, seed=16)
+def test_log_iou_loss_is_minus_log_above_the_threshold_and_its_tangent_below():
+    pred, target = overlapping_pairs(300, seed=16)
     iou = tvops.box_iou(pred, target).diagonal()
-    assert (iou > 0).all()
-    torch.testing.assert_close(log_iou_loss(pred, target, reduction="none"), -torch.log(iou))
+    assert (iou > 0).all() and (iou >= 0.7).any() and (iou < 0.7).any()
+    loss = log_iou_loss(pred, target, reduction="none")
+    above = iou >= 0.7
+    torch.testing.assert_close(loss[above], -torch.log(iou[above]))  # UnitBox's −ln IoU
+    torch.testing.assert_close(loss[~above], -math.log(0.7) + (0.7 - iou[~above]) / 0.7)  # its tangent at 0.7
+    # the textbook loss everywhere with zero_overlap="none"
+    torch.testing.assert_close(log_iou_loss(pred, target, reduction="none", zero_overlap="none"), -torch.log(iou))
+    # value and slope continuous at the threshold: d loss / d IoU = −1/0.7 on both sides
+    x = torch.tensor([0.7 - 1e-6, 0.7, 0.7 + 1e-6], dtype=torch.float64, requires_grad=True)
+    from boxloss.boxes import _smooth_neg_log
+
+    y = _smooth_neg_log(x)
+    (g,) = torch.autograd.grad(y.sum(), x)
+    assert (y.diff().abs() < 2e-6).all() and torch.allclose(g, torch.full_like(g, -1 / 0.7), atol=1e-5)
 
 
 def test_public_surface_is_declared_once():

@@ -12,26 +12,36 @@ from boxloss import box_iou, iou_loss, log_iou_loss
 EPS = 1e-7
 
 
+SMOOTH_LN_AT_ZERO = 1 - math.log(0.7)  # log_iou_loss at IoU 0: the tangent of −ln at 0.7
+
+
 @pytest.mark.parametrize("fn", [iou_loss, log_iou_loss])
-def test_textbook_value_wherever_boxes_overlap(fn):
+def test_zero_overlap_term_is_exactly_zero_wherever_boxes_overlap(fn):
     pred, target = overlapping_pairs(200, seed=1)
     iou = box_iou(pred, target, aligned=True)
     assert (iou > 0).all()
-    textbook = 1 - iou if fn is iou_loss else -torch.log(iou)
-    # exactly: the zero-overlap term is an exact 0 on overlapping pairs
-    assert torch.equal(fn(pred, target, reduction="none"), fn(pred, target, reduction="none", zero_overlap="none"))
-    torch.testing.assert_close(fn(pred, target, reduction="none"), textbook)
+    loss = fn(pred, target, reduction="none")
+    if fn is iou_loss:
+        # the textbook value, exactly: the zero-overlap term is an exact 0 on overlapping pairs
+        assert torch.equal(loss, fn(pred, target, reduction="none", zero_overlap="none"))
+        torch.testing.assert_close(loss, 1 - iou)
+    else:
+        # Smooth-ln: −ln IoU (the textbook value) above 0.7, its tangent below, nothing added
+        above = iou >= 0.7
+        assert torch.equal(loss[above], fn(pred, target, reduction="none", zero_overlap="none")[above])
+        torch.testing.assert_close(loss, torch.where(above, -torch.log(iou), -math.log(0.7) + (0.7 - iou) / 0.7))
 
 
 def test_hand_worked_disjoint_values():
-    pred = torch.tensor([[0.0, 0, 1, 1], [0.0, 0, 1, 1], [0.0, 0, 1, 1]], dtype=torch.float64)
-    # right by a gap of 1: d = 1, enclosing 3 × 1 -> c = √10
-    # diagonal: gaps (1, 2): d = √5, enclosing 3 × 5 -> c = √34
+    pred = torch.tensor([[0.0, 0, 1, 1], [0.0, 0, 1, 1], [0.0, 0, 1, 1], [0.0, 0, 1, 1]], dtype=torch.float64)
+    # right by a gap of 1, target 1 × 1: d = 1, target diagonal √2
+    # diagonal gaps (1, 2): d = √5, target 1 × 2: diagonal √5
     # touching at x = 1: d = 0 -> exactly the textbook 1
-    target = torch.tensor([[2.0, 0, 3, 1], [2.0, 3, 3, 5], [1.0, 0, 2, 1]], dtype=torch.float64)
-    expected = torch.tensor([1 + 1 / math.sqrt(10), 1 + math.sqrt(5 / 34), 1.0], dtype=torch.float64)
-    torch.testing.assert_close(iou_loss(pred, target, reduction="none"), expected)
-    torch.testing.assert_close(log_iou_loss(pred, target, reduction="none"), expected - 1 - math.log(EPS))
+    # a point target at (3, 0): gaps (2, 0), no diagonal: the enclosing one, 3 × 1 -> d/c = 2/√10
+    target = torch.tensor([[2.0, 0, 3, 1], [2.0, 3, 3, 5], [1.0, 0, 2, 1], [3.0, 0, 3, 0]], dtype=torch.float64)
+    gap = torch.tensor([1 / math.sqrt(2), 1.0, 0.0, 2 / math.sqrt(10)], dtype=torch.float64)
+    torch.testing.assert_close(iou_loss(pred, target, reduction="none"), 1 + gap)
+    torch.testing.assert_close(log_iou_loss(pred, target, reduction="none"), SMOOTH_LN_AT_ZERO + gap)
 
 
 @pytest.mark.parametrize("fn", [iou_loss, log_iou_loss])
@@ -41,12 +51,8 @@ def test_continuous_across_the_touching_boundary(fn):
     shifts = torch.linspace(1 - 1e-9, 1 + 1e-9, 21, dtype=torch.float64)
     pred = torch.stack([shifts, torch.zeros_like(shifts), shifts + 1, torch.ones_like(shifts)], -1)
     loss = fn(pred, target.expand_as(pred), reduction="none")
-    if fn is log_iou_loss:
-        # on the overlapping side IoU < eps here, so the clamp holds it at -ln(eps) up to the boundary
-        assert loss.max() - loss.min() < 1e-6
-    else:
-        assert (loss.diff().abs() < 1e-8).all()
-        assert loss[10].item() == pytest.approx(1.0, abs=1e-9)
+    assert (loss.diff().abs() < 1e-8).all()
+    assert loss[10].item() == pytest.approx(1.0 if fn is iou_loss else SMOOTH_LN_AT_ZERO, abs=1e-9)
 
 
 @pytest.mark.parametrize("fn", [iou_loss, log_iou_loss])
@@ -83,12 +89,15 @@ def test_zero_overlap_rejects_unknown_value():
         boxloss.LogIoULoss(zero_overlap=None)
 
 
-def test_disjoint_loss_grows_with_distance_and_stays_below_two():
+def test_disjoint_loss_grows_linearly_with_the_gap():
+    """The pull does not fade with distance: the term is the gap over the target's diagonal (here √2)."""
     target = torch.tensor([[0.0, 0, 1, 1]], dtype=torch.float64)
     xs = torch.tensor([1.5, 2.0, 5.0, 50.0, 1e4], dtype=torch.float64)
-    pred = torch.stack([xs, torch.zeros_like(xs), xs + 1, torch.ones_like(xs)], -1)
+    pred = torch.stack([xs, torch.zeros_like(xs), xs + 1, torch.ones_like(xs)], -1).requires_grad_()
     loss = iou_loss(pred, target.expand_as(pred), reduction="none")
-    assert (loss.diff() > 0).all() and (loss < 2).all() and (loss > 1).all()
+    torch.testing.assert_close(loss, 1 + (xs - 1) / math.sqrt(2))
+    (grad,) = torch.autograd.grad(loss.sum(), pred)
+    torch.testing.assert_close(grad[:, 0], torch.full_like(xs, 1 / math.sqrt(2)))  # same pull at every distance
 
 
 def test_inverted_prediction_gets_a_gradient_that_un_inverts_it():

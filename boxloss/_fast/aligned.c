@@ -20,6 +20,7 @@
 #endif
 
 enum { K_IOU = 0, K_IOU_DIST = 1, K_LOG = 2, K_LOG_DIST = 3, K_GIOU = 4, K_DIOU = 5, K_CIOU = 6 };
+#define LOG_TAU 0.7  /* boxloss.boxes.LOG_IOU_LINEAR_BELOW */
 
 #define DEFINE_KERNEL(REAL, NAME, SQRT, ATAN2, LOG)                                                           \
 static inline REAL NAME##_sel(REAL a, REAL b) { return a > b ? (REAL)1 : (a == b ? (REAL)0.5 : (REAL)0); }     \
@@ -62,9 +63,12 @@ void NAME(int kind, const REAL *P, const REAL *T, const REAL *W, REAL *L, REAL *
         REAL u_ok = uni > eps, inv_u = (REAL)1 / NAME##_max(uni, eps);                                        \
         REAL iou = inter * inv_u;                                                                            \
         REAL loss, g_iou;                                                                                    \
-        if (kind == K_LOG || kind == K_LOG_DIST) {                                                           \
+        if (kind == K_LOG) {                                                                                 \
             REAL ic = NAME##_max(iou, eps);                                                                  \
             loss = -LOG(ic); g_iou = iou > eps ? -(REAL)1 / ic : (REAL)0;                                    \
+        } else if (kind == K_LOG_DIST) {  /* Smooth-ln: -ln IoU above TAU, its tangent below */              \
+            if (iou >= LOG_TAU) { loss = -LOG(iou); g_iou = -(REAL)1 / iou; }                                \
+            else { loss = -LOG((REAL)LOG_TAU) + ((REAL)LOG_TAU - iou) / (REAL)LOG_TAU; g_iou = -(REAL)1 / (REAL)LOG_TAU; } \
         } else { loss = 1 - iou; g_iou = -1; }                                                               \
         REAL g_union_extra = 0, g_cwh[2] = {0, 0}, g_d[2] = {0, 0}, g_gapxy[2] = {0, 0};                      \
         REAL g_pwh_c[2] = {0, 0}, g_twh_c[2] = {0, 0};                                                        \
@@ -100,15 +104,26 @@ void NAME(int kind, const REAL *P, const REAL *T, const REAL *W, REAL *L, REAL *
                 g_twh_c[0] = gtt * twh[1] * rt; g_twh_c[1] = -gtt * twh[0] * rt;                              \
             }                                                                                                \
         }                                                                                                    \
-        if (dist) {                                                                                          \
+        REAL g_twh_gap[2] = {0, 0};                                                                          \
+        if (dist) {  /* gap / target diagonal; / max(enclosing diagonal, gap) for a point target */          \
             REAL gx = NAME##_pos(-ir[0]), gy = NAME##_pos(-ir[1]);                                           \
             REAL g2 = gx * gx + gy * gy, gap = (g2 > 0 || g2 != g2) ? SQRT(g2) : (REAL)0;                   \
             REAL cd2 = cwh[0] * cwh[0] + cwh[1] * cwh[1], cdiag = (cd2 > 0 || cd2 != cd2) ? SQRT(cd2) : (REAL)0; \
-            REAL den = NAME##_max(cdiag, gap), den_ok = den > eps, inv_den = (REAL)1 / NAME##_max(den, eps);  \
-            loss += gap * inv_den;                                                                           \
-            REAL s = NAME##_sel(cdiag, gap), q = gap * inv_den * inv_den * den_ok;                            \
-            REAL g_gap = (inv_den * den_ok - q * (1 - s)) * (gap > 0);                                       \
-            REAL g_cd = -q * s * (cdiag > 0);                                                                \
+            REAL td2 = twh[0] * twh[0] + twh[1] * twh[1], tdiag = (td2 > 0 || td2 != td2) ? SQRT(td2) : (REAL)0; \
+            REAL g_gap, g_cd = 0;                                                                            \
+            if (tdiag > eps) {                                                                               \
+                REAL inv_t = (REAL)1 / tdiag;                                                                \
+                loss += gap * inv_t;                                                                         \
+                g_gap = inv_t * (gap > 0);                                                                   \
+                REAL g_td = -gap * inv_t * inv_t;                                                            \
+                g_twh_gap[0] = g_td * inv_t * twh[0]; g_twh_gap[1] = g_td * inv_t * twh[1];                   \
+            } else {                                                                                         \
+                REAL den = NAME##_max(cdiag, gap), den_ok = den > eps, inv_den = (REAL)1 / NAME##_max(den, eps);  \
+                loss += gap * inv_den;                                                                       \
+                REAL s = NAME##_sel(cdiag, gap), q = gap * inv_den * inv_den * den_ok;                        \
+                g_gap = (inv_den * den_ok - q * (1 - s)) * (gap > 0);                                        \
+                g_cd = -q * s * (cdiag > 0);                                                                 \
+            }                                                                                                \
             REAL inv_gap = gap > 0 ? (REAL)1 / gap : (REAL)1, inv_cd = cdiag > 0 ? (REAL)1 / cdiag : (REAL)1;  \
             g_gapxy[0] = g_gap * inv_gap * gx * (-ir[0] > 0); g_gapxy[1] = g_gap * inv_gap * gy * (-ir[1] > 0); \
             g_cwh[0] = g_cd * inv_cd * cwh[0]; g_cwh[1] = g_cd * inv_cd * cwh[1];                             \
@@ -125,7 +140,7 @@ void NAME(int kind, const REAL *P, const REAL *T, const REAL *W, REAL *L, REAL *
         REAL gtw[2] = {g_union * twh[1] * (twr[0] > 0), g_union * twh[0] * (twr[1] > 0)};                    \
         REAL gp[4], gt[4];                                                                                   \
         for (int k = 0; k < 2; ++k) {                                                                        \
-            gpw[k] += g_pwh_c[k] * (pwr[k] > 0); gtw[k] += g_twh_c[k] * (twr[k] > 0);                         \
+            gpw[k] += g_pwh_c[k] * (pwr[k] > 0); gtw[k] += (g_twh_c[k] + g_twh_gap[k]) * (twr[k] > 0);        \
             REAL gir = gi[k] - g_gapxy[k];                                                                   \
             REAL gphi = gir * shi[k] + gpw[k], gthi = gir * (1 - shi[k]) + gtw[k];                            \
             REAL gplo = -gir * slo[k] - gpw[k], gtlo = -gir * (1 - slo[k]) - gtw[k];                          \

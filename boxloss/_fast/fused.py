@@ -18,6 +18,8 @@ from torch import Tensor
 
 KINDS = ("iou", "iou_distance", "log_iou", "log_iou_distance", "giou", "diou", "ciou")
 _FOUR_OVER_PI2 = 4 / math.pi**2
+_TAU = 0.7  # boxes.LOG_IOU_LINEAR_BELOW (tests pin every kernel to the reference)
+_NEG_LOG_TAU = -math.log(_TAU)
 
 
 def _sel(a: Tensor, b: Tensor) -> Tensor:
@@ -73,7 +75,6 @@ def fused_loss_and_grad(kind: str, p: Tensor, t: Tensor, eps: float, need_grad: 
     inv_u = 1 / union.clamp_min(eps)
     iou = inter * inv_u
 
-    base = kind.split("_distance")[0]
     need_enclosing = kind in ("giou", "diou", "ciou") or kind.endswith("_distance")
     if need_enclosing:
         c_lo = torch.minimum(p_lo, t_lo)
@@ -82,10 +83,14 @@ def fused_loss_and_grad(kind: str, p: Tensor, t: Tensor, eps: float, need_grad: 
         cwh = c_raw.clamp_min(0)
 
     # dL/dIoU, and the loss, for the IoU part
-    if base == "log_iou":
+    if kind == "log_iou":
         iou_ok = iou > eps
         loss = -iou.clamp_min(eps).log()
         g_iou = -(iou_ok / iou.clamp_min(eps)) if need_grad else None
+    elif kind == "log_iou_distance":  # Smooth-ln: −ln IoU above τ, its tangent below (boxes._smooth_neg_log)
+        above = iou >= _TAU
+        loss = torch.where(above, -iou.clamp_min(_TAU).log(), _NEG_LOG_TAU + (_TAU - iou) / _TAU)
+        g_iou = -torch.where(above, 1 / iou.clamp_min(_TAU), torch.full_like(iou, 1 / _TAU)) if need_grad else None
     else:
         loss = 1 - iou
         g_iou = torch.full_like(iou, -1.0) if need_grad else None
@@ -125,21 +130,28 @@ def fused_loss_and_grad(kind: str, p: Tensor, t: Tensor, eps: float, need_grad: 
                 # dθ/dw = h / (w² + h²), dθ/dh = −w / (w² + h²)
                 g_pwh_ciou = torch.stack((g_theta_p * hp * rp, -g_theta_p * wp * rp))
                 g_twh_ciou = torch.stack((g_theta_t * ht * rt, -g_theta_t * wt * rt))
+    g_twh_gap = None
     if kind.endswith("_distance"):
+        # gap / the target's diagonal; / max(enclosing diagonal, gap) for a point target (boxes._gap_term)
         gap_raw = -i_raw
         gap_xy = gap_raw.clamp_min(0)
         g2 = (gap_xy * gap_xy).sum(0)
         gap = _safe_sqrt(g2)
         cdiag = _safe_sqrt((cwh * cwh).sum(0))
-        term, g_gap, g_cdiag = _over_max(gap, cdiag, eps, need_grad)
-        loss = loss + term
+        tdiag = _safe_sqrt((t_wh * t_wh).sum(0))
+        use_t = tdiag > eps
+        inv_t = 1 / torch.where(use_t, tdiag, torch.ones_like(tdiag))
+        term_c, g_gap_c, g_cdiag_c = _over_max(gap, cdiag, eps, need_grad)
+        loss = loss + torch.where(use_t, gap * inv_t, term_c)
         if need_grad:
-            g_gap = g_gap * (gap > 0)
-            g_cdiag = g_cdiag * (cdiag > 0)
+            g_gap = torch.where(use_t, inv_t, g_gap_c) * (gap > 0)
+            g_cdiag = torch.where(use_t, torch.zeros_like(g_cdiag_c), g_cdiag_c) * (cdiag > 0)
+            g_tdiag = -gap * inv_t * inv_t * use_t
             inv_gap = 1 / torch.where(gap > 0, gap, torch.ones_like(gap))
             inv_cdiag = 1 / torch.where(cdiag > 0, cdiag, torch.ones_like(cdiag))
             g_gap_xy = (g_gap * inv_gap) * gap_xy * (gap_raw > 0)
             g_cdiag_wh = (g_cdiag * inv_cdiag) * cwh
+            g_twh_gap = (g_tdiag * inv_t) * t_wh
 
     if not need_grad:
         return loss, None, None
@@ -156,6 +168,8 @@ def fused_loss_and_grad(kind: str, p: Tensor, t: Tensor, eps: float, need_grad: 
     if kind == "ciou":
         g_pwh = g_pwh + g_pwh_ciou * (p_wh_raw > 0)
         g_twh = g_twh + g_twh_ciou * (t_wh_raw > 0)
+    if g_twh_gap is not None:
+        g_twh = g_twh + g_twh_gap * (t_wh_raw > 0)
     g_i_raw = g_iwh
     if kind.endswith("_distance"):
         g_i_raw = g_i_raw - g_gap_xy                   # gap = −i_raw

@@ -31,6 +31,8 @@ except ImportError:  # pragma: no cover - triton ships with CUDA builds of torch
 
 KIND_CODES = {"iou": 0, "iou_distance": 1, "log_iou": 2, "log_iou_distance": 3, "giou": 4, "diou": 5, "ciou": 6}
 PAIRWISE_CODES = {"iou": 0, "giou": 4, "diou": 5, "ciou": 6}
+LOG_TAU = 0.7  # boxloss.boxes.LOG_IOU_LINEAR_BELOW (the tests pin every kernel to the reference)
+NEG_LOG_TAU = 0.35667494393873245  # −ln 0.7
 MIN_CAPABILITY = (7, 5)  # Turing: the oldest NVIDIA architecture the installed Triton generations still support
 BLOCK = 512
 PAIRWISE_BLOCKS = (32, 64)
@@ -68,6 +70,9 @@ def available() -> bool:
 
 
 if _HAVE_TRITON:
+    _TAU = tl.constexpr(LOG_TAU)
+    _NEG_LOG_TAU = tl.constexpr(NEG_LOG_TAU)
+
     if not _INTERPRET:
         from triton.language.extra import libdevice
     else:  # the interpreter has no libdevice; the kernels then take the polynomial branch
@@ -138,7 +143,6 @@ if _HAVE_TRITON:
         tx2 = tl.load(T + base + 2, mask=m, other=0.0).to(tl.float32)
         ty2 = tl.load(T + base + 3, mask=m, other=0.0).to(tl.float32)
         DIST: tl.constexpr = (KIND == 1) or (KIND == 3)
-        LOG: tl.constexpr = (KIND == 2) or (KIND == 3)
 
         pwr_x = px2 - px1
         pwr_y = py2 - py1
@@ -162,10 +166,14 @@ if _HAVE_TRITON:
         u_ok = (uni > eps).to(tl.float32)
         inv_u = 1.0 / _max(uni, eps)
         iou = inter * inv_u
-        if LOG:
+        if KIND == 2:
             ic = _max(iou, eps)
             loss = -tl.log(ic)
             g_iou = tl.where(iou > eps, -1.0 / ic, 0.0)
+        elif KIND == 3:  # Smooth-ln: −ln IoU above LOG_TAU, its tangent below (boxes._smooth_neg_log)
+            above = iou >= _TAU
+            loss = tl.where(above, -tl.log(tl.maximum(iou, _TAU)), _NEG_LOG_TAU + (_TAU - iou) / _TAU)
+            g_iou = tl.where(above, -1.0 / tl.maximum(iou, _TAU), -1.0 / _TAU)
         else:
             loss = 1.0 - iou
             g_iou = tl.full(iou.shape, -1.0, tl.float32)
@@ -223,17 +231,26 @@ if _HAVE_TRITON:
                 g_ph_c = -gtp * pw * rp
                 g_tw_c = gtt * th * rt
                 g_th_c = -gtt * tw * rt
-        if DIST:
+        g_tw_gap = zero
+        g_th_gap = zero
+        if DIST:  # gap / target diagonal; / max(enclosing diagonal, gap) for a point target (boxes._gap_term)
             gx = _max(-ir_x, 0.0)
             gy = _max(-ir_y, 0.0)
             g2 = gx * gx + gy * gy
             gap = tl.where(g2 > 0, tl.sqrt(tl.where(g2 > 0, g2, 1.0)), 0.0)
             cd2 = cw * cw + ch * ch
             cdiag = tl.where(cd2 > 0, tl.sqrt(tl.where(cd2 > 0, cd2, 1.0)), 0.0)
+            td2 = tw * tw + th * th
+            tdiag = tl.where(td2 > 0, tl.sqrt(tl.where(td2 > 0, td2, 1.0)), 0.0)
+            use_t = tdiag > eps
+            inv_t = 1.0 / tl.where(use_t, tdiag, 1.0)
             term, g_gap, g_cd = _over_max(gap, cdiag, eps)
-            loss = loss + term
-            g_gap = tl.where(gap > 0, g_gap, 0.0)
-            g_cd = tl.where(cdiag > 0, g_cd, 0.0)
+            loss = loss + tl.where(use_t, gap * inv_t, term)
+            g_gap = tl.where(gap > 0, tl.where(use_t, inv_t, g_gap), 0.0)
+            g_cd = tl.where((cdiag > 0) & (~use_t), g_cd, 0.0)
+            g_td = tl.where(use_t, -gap * inv_t * inv_t, 0.0)
+            g_tw_gap = g_td * inv_t * tw
+            g_th_gap = g_td * inv_t * th
             inv_gap = 1.0 / tl.where(gap > 0, gap, 1.0)
             inv_cd = 1.0 / tl.where(cdiag > 0, cdiag, 1.0)
             g_gx = tl.where(-ir_x > 0, g_gap * inv_gap * gx, 0.0)
@@ -258,8 +275,8 @@ if _HAVE_TRITON:
             gi_y = tl.where(ir_y > 0, g_inter * iw, 0.0) - g_gy
             gpw = tl.where(pwr_x > 0, g_union * ph + g_pw_c, 0.0)
             gph = tl.where(pwr_y > 0, g_union * pw + g_ph_c, 0.0)
-            gtw = tl.where(twr_x > 0, g_union * th + g_tw_c, 0.0)
-            gth = tl.where(twr_y > 0, g_union * tw + g_th_c, 0.0)
+            gtw = tl.where(twr_x > 0, g_union * th + g_tw_c + g_tw_gap, 0.0)
+            gth = tl.where(twr_y > 0, g_union * tw + g_th_c + g_th_gap, 0.0)
             gc_x = tl.where(cr_x > 0, g_cw, 0.0)
             gc_y = tl.where(cr_y > 0, g_ch, 0.0)
             # shares: max(p_lo, t_lo), min(p_hi, t_hi), min(p_lo, t_lo), max(p_hi, t_hi) going to p
