@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Callable, Sequence, Union
+import contextlib
+import math
+from typing import Callable, Iterator, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -11,7 +13,7 @@ from ..losses import ciou_loss, diou_loss, giou_loss, iou_loss, log_iou_loss
 from ..modules import _BoxLoss
 from .coder import DEFAULT_CLAMP, decode_boxes
 
-__all__ = ["LOSS_NAMES", "resolve_box_loss", "decoded_box_loss"]
+__all__ = ["LOSS_NAMES", "resolve_box_loss", "decoded_box_loss", "box_math"]
 
 LOSS_FUNCTIONS = {"iou": iou_loss, "log_iou": log_iou_loss, "giou": giou_loss, "diou": diou_loss, "ciou": ciou_loss}
 LOSS_NAMES = tuple(LOSS_FUNCTIONS)
@@ -36,8 +38,9 @@ class _PerBoxLoss:
 def resolve_box_loss(loss: BoxLossSpec) -> Callable[[Tensor, Tensor], Tensor]:
     """A callable ``(pred_boxes, target_boxes) -> per-box loss`` from a name, a boxloss module or a callable.
 
-    A boxloss module keeps its own options (``eps``, ``fmt``, ``zero_overlap``) but is called with
-    ``reduction="none"``: the detector applies its own normalisation.
+    A boxloss module keeps its own options (``eps``, ``zero_overlap``) but is called with ``reduction="none"``
+    (the detector applies its own normalisation) and ``fmt="xyxy"``: the decoded boxes are xyxy whatever format
+    the module was made for, and reading them as another would silently give wrong values.
 
     Raises:
         ValueError: an unknown name (the message lists the valid ones).
@@ -49,11 +52,24 @@ def resolve_box_loss(loss: BoxLossSpec) -> Callable[[Tensor, Tensor], Tensor]:
                              f"or a callable; got {loss!r}")
         return _PerBoxLoss(LOSS_FUNCTIONS[loss])
     if isinstance(loss, _BoxLoss):
-        return _PerBoxLoss(type(loss)._fn, **loss._options())
+        return _PerBoxLoss(type(loss)._fn, **{**loss._options(), "fmt": "xyxy"})
     if callable(loss):
         return loss
     raise TypeError(f"loss must be one of {', '.join(repr(n) for n in LOSS_NAMES)}, a boxloss loss module or a "
                     f"callable (pred_boxes, target_boxes) -> per-box loss; got {type(loss).__name__}")
+
+
+@contextlib.contextmanager
+def box_math(like: Tensor) -> Iterator[torch.dtype]:
+    """Decode boxes and compute their loss in float32 (float64 stays float64) with autocast off.
+
+    Under ``torch.autocast`` the deltas, anchors and matched boxes reach the decoder in bfloat16/float16, whose
+    8-bit mantissa puts a floor under the loss (a perfect prediction costs GIoU 0.06 at 300 px); the dtype to
+    cast them to is yielded.
+    """
+    dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
+    with torch.autocast(device_type=like.device.type, enabled=False):
+        yield dtype
 
 
 def _per_box(loss_fn: Callable[[Tensor, Tensor], Tensor], pred: Tensor, target: Tensor) -> Tensor:
@@ -94,7 +110,8 @@ def decoded_box_loss(deltas: Tensor, anchors: Tensor, target_boxes: Tensor, posi
         loss_weight (float): :math:`\lambda`.
 
     Returns:
-        Tensor: a scalar in float32 (float64 for float64 deltas); 0, attached to the graph, without positives.
+        Tensor: a scalar in float32 (float64 for float64 deltas), computed in float32 even under
+        ``torch.autocast``; 0, attached to the graph, without positives.
 
     Example:
         >>> import torch
@@ -111,10 +128,13 @@ def decoded_box_loss(deltas: Tensor, anchors: Tensor, target_boxes: Tensor, posi
         raise ValueError(f"deltas, anchors and target_boxes must have one shape (..., 4) and positive its leading "
                          f"shape; got {tuple(deltas.shape)}, {tuple(anchors.shape)}, {tuple(target_boxes.shape)}, "
                          f"{tuple(positive.shape)}")
+    if isinstance(loss_weight, bool) or not isinstance(loss_weight, (int, float)) or not 0 <= loss_weight < math.inf:
+        raise ValueError(f"loss_weight must be a finite number >= 0; got {loss_weight!r}")
     loss_fn = resolve_box_loss(loss)
-    pred = decode_boxes(deltas[positive], anchors[positive], weights, clamp)
-    per_box = _per_box(loss_fn, pred, target_boxes[positive].to(pred.dtype))
-    total = per_box.sum()
+    with box_math(deltas) as dtype:
+        pred = decode_boxes(deltas[positive].to(dtype), anchors[positive].to(dtype), weights, clamp)
+        per_box = _per_box(loss_fn, pred, target_boxes[positive].to(dtype))
+        total = per_box.sum()
     if avg_factor is None:
         avg_factor = positive.sum().to(total.dtype)  # a tensor: no host sync
         if all_reduce and torch.distributed.is_available() and torch.distributed.is_initialized():
