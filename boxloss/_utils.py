@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Optional, Tuple, Union
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -32,9 +33,18 @@ def _check_boxes(name: str, boxes: object) -> None:
                          f"got shape {tuple(boxes.shape)}")
 
 
-def _check_eps(eps: object) -> None:
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
+_SMALLEST_NORMAL = {torch.float32: torch.finfo(torch.float32).tiny, torch.float64: torch.finfo(torch.float64).tiny}
+
+
+def _check_eps(eps: object, dtype: Optional[torch.dtype] = None) -> None:
+    """A positive number, and (when the compute dtype is known) at least its smallest normal number: a subnormal
+    or zero ``eps`` lets 1/eps overflow, which turns clamped denominators into Inf and NaN."""
+    if isinstance(eps, bool) or not isinstance(eps, (int, float, np.floating, np.integer)) or not eps > 0:
         raise ValueError(f"eps must be a positive number; got {eps!r}")
+    tiny = _SMALLEST_NORMAL.get(dtype, _SMALLEST_NORMAL[torch.float32] if dtype is not None else 0.0)
+    if eps < tiny:
+        raise ValueError(f"eps must be at least the smallest normal number of the compute dtype {dtype} "
+                         f"({tiny:.3g}); got {eps!r}")
 
 
 def _compute_dtype(*tensors: Tensor) -> torch.dtype:
@@ -89,7 +99,7 @@ def _prepare_pair(boxes1: Tensor, boxes2: Tensor, fmt: str, eps: float, names=("
     _check_boxes(names[0], boxes1)
     _check_boxes(names[1], boxes2)
     _check_choice("fmt", fmt, BOX_FORMATS)
-    _check_eps(eps)
+    _check_eps(eps, _compute_dtype(boxes1, boxes2))
     if boxes1.device != boxes2.device:
         raise ValueError(f"{names[0]} and {names[1]} must be on the same device; "
                          f"got {boxes1.device} and {boxes2.device}")
@@ -125,12 +135,16 @@ def _check_loss_inputs(pred: Tensor, target: Tensor, reduction: str, weight: Opt
         if reduction != "mean":
             raise ValueError(f"avg_factor only applies with reduction='mean'; got reduction={reduction!r}")
         if isinstance(avg_factor, Tensor):
+            # (a tensor's value is not checked: that would synchronise with the GPU; it is clamped at eps)
             if avg_factor.numel() != 1:
                 raise ValueError(f"avg_factor must be a number or a one-element tensor; "
                                  f"got a tensor of shape {tuple(avg_factor.shape)}")
-        elif isinstance(avg_factor, bool) or not isinstance(avg_factor, (int, float)):
+        elif isinstance(avg_factor, (bool, np.bool_)) or not isinstance(avg_factor, (int, float, np.integer,
+                                                                                     np.floating)):
             raise TypeError(f"avg_factor must be a number, a one-element tensor or None; "
                             f"got {type(avg_factor).__name__}")
+        elif not avg_factor >= 0:
+            raise ValueError(f"avg_factor must be >= 0 (e.g. the number of positives); got {avg_factor!r}")
 
 
 def _reduce(loss: Tensor, reduction: str, weight: Optional[Tensor] = None,
@@ -171,8 +185,10 @@ LOSS_ARGS_DOC = """
             weighted sum.
         weight (Tensor, optional): per-box weights, broadcastable to ``pred.shape[:-1]``.
         avg_factor (float or one-element Tensor, optional): with ``reduction="mean"``, the normaliser of the
-            weighted sum (e.g. the number of positive anchors); clamped below at ``eps``.
-        eps (float): lower bound of every denominator. Default: ``1e-7``.
+            weighted sum (e.g. the number of positive anchors), a Python or numpy number ≥ 0 or a tensor; clamped
+            below at ``eps``.
+        eps (float): lower bound of every denominator, at least the smallest normal number of the compute dtype
+            (1.2e-38 for float32). Default: ``1e-7``.
         fmt (str): box format, ``"xyxy"`` (default), ``"xywh"`` or ``"cxcywh"``."""
 
 LOSS_RETURNS_DOC = """
@@ -185,7 +201,8 @@ LOSS_RETURNS_DOC = """
         TypeError: ``pred``, ``target`` or ``weight`` not a tensor, or a non-real dtype.
         ValueError: a last dimension other than 4, ``pred`` and ``target`` of different shapes, an unknown
             ``reduction`` or ``fmt``, ``weight`` not broadcastable to ``pred.shape[:-1]``, ``avg_factor`` without
-            ``reduction="mean"``, a non-positive ``eps``.
+            ``reduction="mean"`` or negative, an ``eps`` that is not positive or is below the compute dtype's
+            smallest normal number (refused rather than clamped: it would make 1/eps overflow).
 
     Edge cases: no NaN or Inf for finite inputs (inverted boxes count as empty, denominators are clamped at
     ``eps``); identical boxes of positive area cost 0; an empty input gives 0 with ``"mean"`` and ``"sum"``, an

@@ -312,3 +312,26 @@ def test_public_surface_is_declared_once():
         if not name[0].isupper():
             doc = getattr(boxloss, name).__doc__
             assert "Reference" in doc and "Example" in doc and "{args}" not in doc and "{shapes}" not in doc
+
+
+def test_avg_factor_negative_is_refused_and_numpy_scalars_are_accepted():
+    import numpy as np
+
+    p, t = overlapping_pairs(6, seed=20)
+    expected = giou_loss(p, t, avg_factor=3.0)
+    for good in (np.float32(3.0), np.float64(3.0), np.int64(3)):
+        torch.testing.assert_close(giou_loss(p, t, avg_factor=good), expected)
+    for bad in (-1, -0.5, float("nan"), np.float32(-2.0)):
+        with pytest.raises(ValueError, match="avg_factor must be >= 0"):
+            giou_loss(p, t, avg_factor=bad)
+
+
+def test_eps_below_the_smallest_normal_is_refused():
+    p, t = overlapping_pairs(4, seed=21)
+    with pytest.raises(ValueError, match="smallest normal number of the compute dtype torch.float32"):
+        iou_loss(p.float(), t.float(), eps=1e-40)
+    with pytest.raises(ValueError, match="smallest normal"):
+        boxloss.box_iou(p.half(), t.half(), eps=1e-39)  # half inputs compute in float32
+    assert torch.isfinite(iou_loss(p, t, eps=1e-40))  # fine in float64
+    with pytest.raises(ValueError, match="eps must be a positive number"):
+        giou_loss(p, t, eps=0.0)

@@ -313,3 +313,41 @@ class TestLovasz:
             lovasz_softmax_loss(logits, target.double())
         with pytest.raises(ValueError, match="target must have the shape of logits"):
             lovasz_hinge_loss(logits[:, 0], binary[:, :1])
+
+
+# ---------------------------------------------------------------------------------------------- review fixes
+@pytest.mark.parametrize("label", [255, -1, 3])
+def test_out_of_range_multiclass_labels_are_an_error_like_cross_entropy(label):
+    logits = torch.randn(2, 3, 4, 4)
+    target = torch.randint(0, 3, (2, 4, 4))
+    target[1, 2, 3] = label
+    with pytest.raises((IndexError, RuntimeError)):
+        torch.nn.functional.cross_entropy(logits, target)  # the behaviour users know
+    for fn in (lambda: soft_iou_loss(logits, target, mode="multiclass"), lambda: lovasz_softmax_loss(logits, target)):
+        with pytest.raises(ValueError, match=r"target class indices must be in \[0, 2\]"):
+            fn()
+    # the same label named as ignore_index is fine, and another out-of-range one still is not
+    assert torch.isfinite(soft_iou_loss(logits, target, mode="multiclass", ignore_index=label))
+    assert torch.isfinite(lovasz_softmax_loss(logits, target, ignore_index=label))
+    target[0, 0, 0] = 7
+    with pytest.raises(ValueError, match=f"or equal ignore_index={label}"):
+        soft_iou_loss(logits, target, mode="multiclass", ignore_index=label)
+
+
+@pytest.mark.parametrize("case", ["binary", "multiclass", "multilabel", "lovasz_softmax", "lovasz_hinge"])
+def test_empty_batch_gives_a_graph_attached_zero(case):
+    c = 1 if case in ("binary", "lovasz_hinge") else 3
+    logits = torch.zeros(0, c, 5, 6, requires_grad=True)
+    if case in ("multiclass", "lovasz_softmax"):
+        target = torch.zeros(0, 5, 6, dtype=torch.long)
+    else:
+        target = torch.zeros(0, c, 5, 6)
+    if case == "lovasz_softmax":
+        loss = lovasz_softmax_loss(logits, target)
+    elif case == "lovasz_hinge":
+        loss = lovasz_hinge_loss(logits, target)
+    else:
+        loss = soft_iou_loss(logits, target, mode=case)
+    assert loss.shape == () and loss.item() == 0 and loss.requires_grad
+    loss.backward()
+    assert logits.grad.shape == logits.shape

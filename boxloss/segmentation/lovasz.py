@@ -7,7 +7,7 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from .soft_iou import _check_logits
+from .soft_iou import _check_labels, _check_logits, _prod
 
 __all__ = ["lovasz_softmax_loss", "lovasz_hinge_loss"]
 
@@ -63,11 +63,13 @@ def lovasz_softmax_loss(logits: Tensor, target: Tensor, *, classes: Union[str, S
         ignore_index (int, optional): pixels whose target equals it are left out.
 
     Returns:
-        Tensor: a float32 scalar (float64 for float64 logits). 0 when no class is selected.
+        Tensor: a float32 scalar (float64 for float64 logits). 0 when no class is selected, and for an empty
+        batch (attached to the graph).
 
     Raises:
         TypeError / ValueError: non-tensor or integer logits, a target of the wrong shape or dtype, an unknown
-        ``classes`` value or out-of-range class indices.
+        ``classes`` value, out-of-range ``classes`` indices, or target labels outside [0, C) that are not
+        ``ignore_index`` (as ``F.cross_entropy``; one synchronisation on CUDA).
 
     Reference:
         Berman, Rannen Triki, Blaschko, "The Lovász-Softmax loss: A tractable surrogate for the optimization of
@@ -90,15 +92,17 @@ def lovasz_softmax_loss(logits: Tensor, target: Tensor, *, classes: Union[str, S
     if target.is_floating_point() or target.dtype == torch.bool:
         raise TypeError(f"target must hold integer class indices; got {target.dtype}")
     n, c = logits.shape[:2]
+    _check_labels(target, c, ignore_index)
     dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
-    probs = logits.to(dtype).softmax(1).reshape(n, c, -1)
-    labels = target.reshape(n, -1)
+    size = _prod(target.shape[1:])
+    probs = logits.to(dtype).softmax(1).reshape(n, c, size)
+    labels = target.reshape(n, size)
     valid = _flatten_valid(labels, ignore_index).unsqueeze(1).to(dtype)  # (N, 1, P)
     fg = (labels.unsqueeze(1) == torch.arange(c, device=labels.device).view(1, c, 1)).to(dtype) * valid
     errors = (fg - probs).abs() * valid
     if not per_image:  # one sequence over the whole batch: (1, C, N·P)
-        fg = fg.permute(1, 0, 2).reshape(1, c, -1)
-        errors = errors.permute(1, 0, 2).reshape(1, c, -1)
+        fg = fg.permute(1, 0, 2).reshape(1, c, n * size)
+        errors = errors.permute(1, 0, 2).reshape(1, c, n * size)
     loss = _lovasz_extension(errors, fg)  # (N or 1, C)
     if classes == "present":
         selected = (fg.sum(-1) > 0).to(dtype)
@@ -132,7 +136,7 @@ def lovasz_hinge_loss(logits: Tensor, target: Tensor, *, per_image: bool = False
         ignore_index (int, optional): label value to leave out.
 
     Returns:
-        Tensor: a float32 scalar (float64 for float64 logits).
+        Tensor: a float32 scalar (float64 for float64 logits); 0, attached to the graph, for an empty batch.
 
     Reference:
         Berman, Rannen Triki, Blaschko, CVPR 2018. https://arxiv.org/abs/1705.08790
@@ -150,12 +154,13 @@ def lovasz_hinge_loss(logits: Tensor, target: Tensor, *, per_image: bool = False
                                              and target.shape == logits.shape[:1] + logits.shape[2:]):
         raise ValueError(f"target must have the shape of logits {tuple(logits.shape)}; got {tuple(target.shape)}")
     n = logits.shape[0] if logits.dim() > 0 else 1
+    size = _prod(logits.shape[1:]) if logits.dim() > 0 else 1
     dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
-    x = logits.to(dtype).reshape(n, -1)
-    labels = target.reshape(n, -1)
+    x = logits.to(dtype).reshape(n, size)
+    labels = target.reshape(n, size)
     valid = _flatten_valid(labels, ignore_index).to(dtype)
     fg = (labels == 1).to(dtype) * valid
     errors = (1 - x * (2 * fg - 1)).clamp_min(0) * valid
     if not per_image:
-        errors, fg = errors.reshape(1, -1), fg.reshape(1, -1)
+        errors, fg = errors.reshape(1, n * size), fg.reshape(1, n * size)
     return _lovasz_extension(errors, fg).mean()

@@ -22,6 +22,28 @@ def _check_logits(input: object) -> None:
         raise TypeError(f"input must be a floating tensor of logits or probabilities; got {input.dtype}")
 
 
+def _check_labels(labels: Tensor, classes: int, ignore_index: Optional[int]) -> None:
+    """Class indices in [0, classes), except ``ignore_index``: a label out of range is an error, as in
+    ``F.cross_entropy`` (255 is not silently the last class, −1 not class 0). On CUDA this reads two numbers
+    back (one synchronisation per call)."""
+    valid = labels if ignore_index is None else labels[labels != ignore_index]
+    if valid.numel() == 0:
+        return
+    lo, hi = int(valid.min()), int(valid.max())
+    if lo < 0 or hi >= classes:
+        hint = "" if ignore_index is not None else " (pass ignore_index= for a label that marks pixels to skip)"
+        raise ValueError(f"target class indices must be in [0, {classes - 1}]"
+                         + (f" or equal ignore_index={ignore_index}" if ignore_index is not None else "")
+                         + f"; got values from {lo} to {hi}{hint}")
+
+
+def _prod(values) -> int:
+    out = 1
+    for v in values:
+        out *= int(v)
+    return out
+
+
 def _probabilities_and_targets(input: Tensor, target: Tensor, mode: str, from_logits: bool,
                                ignore_index: Optional[int]) -> Tuple[Tensor, Tensor, Tensor]:
     """(p, y, valid), each ``(N, C, P)`` float32+ with P the flattened spatial size; ignored pixels are 0 in all."""
@@ -40,11 +62,12 @@ def _probabilities_and_targets(input: Tensor, target: Tensor, mode: str, from_lo
             raise TypeError(f"target must hold integer class indices in multiclass mode; got {target.dtype}")
         n, c = x.shape[:2]
         p = x.softmax(1) if from_logits else x
-        labels = target.reshape(n, 1, -1)
+        _check_labels(target, c, ignore_index)
+        labels = target.reshape(n, 1, _prod(target.shape[1:]))
         valid = torch.ones_like(labels, dtype=dtype) if ignore_index is None else (labels != ignore_index).to(dtype)
         # ignored (or out-of-range) labels one-hot to nothing: clamp them into range, then zero them with `valid`
         y = F.one_hot(labels.squeeze(1).clamp(0, c - 1), c).permute(0, 2, 1).to(dtype) * valid
-        return p.reshape(n, c, -1) * valid, y, valid
+        return p.reshape(n, c, labels.shape[-1]) * valid, y, valid
     if target.shape != input.shape:
         if not (mode == "binary" and input.dim() >= 2 and input.shape[1] == 1
                 and target.shape == input.shape[:1] + input.shape[2:]):
@@ -53,10 +76,11 @@ def _probabilities_and_targets(input: Tensor, target: Tensor, mode: str, from_lo
     if mode == "multilabel" and input.dim() < 2:
         raise ValueError(f"input must have shape (N, C, ...) in multilabel mode; got {tuple(input.shape)}")
     if mode == "binary" and not (input.dim() >= 2 and input.shape[1] == 1):
-        x = x.reshape(x.shape[0], 1, -1)  # (N, ...) without a channel dimension
+        x = x.reshape(x.shape[0], 1, _prod(x.shape[1:]))  # (N, ...) without a channel dimension
     n, c = x.shape[0], x.shape[1]
-    p = (x.sigmoid() if from_logits else x).reshape(n, c, -1)
-    t = target.reshape(n, c, -1)
+    size = _prod(x.shape[2:])
+    p = (x.sigmoid() if from_logits else x).reshape(n, c, size)
+    t = target.reshape(n, c, size)
     valid = torch.ones_like(p) if ignore_index is None else (t != ignore_index).to(dtype)
     y = t.to(dtype) * valid
     return p * valid, y, valid
@@ -103,13 +127,15 @@ def soft_iou_loss(input: Tensor, target: Tensor, *, mode: str = "binary", from_l
 
     Raises:
         TypeError: non-tensor inputs, integer logits, floating targets in multiclass mode.
-        ValueError: unknown ``mode`` or ``reduction``, a target of the wrong shape, ``class_weights`` of the
-            wrong length, a non-positive ``eps`` or a negative ``smooth``.
+        ValueError: unknown ``mode`` or ``reduction``, a target of the wrong shape, multiclass labels outside
+            [0, C) that are not ``ignore_index`` (checked as ``F.cross_entropy`` does; one synchronisation on
+            CUDA), ``class_weights`` of the wrong length, a non-positive ``eps`` or a negative ``smooth``.
 
     Edge cases: a class with no target pixels (in the summed region) has :math:`I_c = 0`, so with
     ``smooth=0`` its J is 0 whatever the prediction, with zero gradient; such classes are left out of
     ``"mean"`` and ``"sum"`` (their ``"none"`` entry is still given), as segmentation_models_pytorch does. With
-    ``smooth > 0`` use ``reduction="none"`` to weigh them yourself. An input where every class is absent gives 0.
+    ``smooth > 0`` use ``reduction="none"`` to weigh them yourself. An input where every class is absent gives 0,
+    and so does an empty batch ``(0, C, ...)`` (attached to the graph, with zero gradients).
 
     Reference:
         Rahman & Wang, "Optimizing Intersection-Over-Union in Deep Neural Networks for Image Segmentation",
