@@ -138,10 +138,17 @@ def load_coco_json(path: str) -> dict:
     return data
 
 
+def usable_box(bbox) -> bool:
+    """A COCO [x, y, w, h] box that is trained on and evaluated against: at least 1 px wide and high. Zero-area
+    boxes are dropped from both (torchvision's references drop degenerate boxes too): kept in the evaluation
+    ground truth, they are objects no detector can match (a perfect detector scored AP 0.944)."""
+    return bbox[2] >= 1 and bbox[3] >= 1
+
+
 class CocoDetectionData(torch.utils.data.Dataset):
     """Images and targets (``boxes`` xyxy float32, ``labels`` 1..K int64) from a COCO instances dict.
 
-    Crowd annotations and boxes under 1 px wide or high are left out, as torchvision's references do.
+    Crowd annotations and boxes under 1 px wide or high (see :func:`usable_box`) are left out.
     ``category_ids`` fixes the label order (label k = ``category_ids[k - 1]``).
     """
 
@@ -155,10 +162,33 @@ class CocoDetectionData(torch.utils.data.Dataset):
         self.label_of = {cid: k + 1 for k, cid in enumerate(category_ids)}
         self.anns: Dict[int, list] = {i: [] for i in self.image_ids}
         for ann in data["annotations"]:
-            if ann["image_id"] in self.anns and ann["category_id"] in self.label_of and not ann.get("iscrowd", 0):
+            if (ann["image_id"] in self.anns and ann["category_id"] in self.label_of and not ann.get("iscrowd", 0)
+                    and usable_box(ann["bbox"])):
                 x, y, w, h = ann["bbox"]
-                if w >= 1 and h >= 1:
-                    self.anns[ann["image_id"]].append(([x, y, x + w, y + h], self.label_of[ann["category_id"]]))
+                self.anns[ann["image_id"]].append(([x, y, x + w, y + h], self.label_of[ann["category_id"]]))
+
+    def path_of(self, image_id: int) -> str:
+        return os.path.join(self.image_dir, self.images[image_id]["file_name"])
+
+    def check_images(self, what: str = "images") -> None:
+        """Open the header of every image now (no decoding): a missing or unreadable file stops the run before
+        any training, with every bad file named, instead of when the loader reaches it."""
+        from PIL import Image, UnidentifiedImageError
+
+        bad = []
+        for image_id in self.image_ids:
+            path = self.path_of(image_id)
+            try:
+                with Image.open(path) as im:
+                    im.verify()
+            except FileNotFoundError:
+                bad.append(f"{path} (id {image_id}) does not exist")
+            except (UnidentifiedImageError, OSError, SyntaxError) as e:
+                bad.append(f"{path} (id {image_id}) cannot be read: {e}")
+        if bad:
+            more = f" … and {len(bad) - 5} more" if len(bad) > 5 else ""
+            raise DataError(f"{len(bad)} of the {len(self.image_ids)} {what} cannot be used: "
+                            + "; ".join(bad[:5]) + more)
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -167,7 +197,7 @@ class CocoDetectionData(torch.utils.data.Dataset):
         from PIL import Image, UnidentifiedImageError
 
         image_id = self.image_ids[index]
-        path = os.path.join(self.image_dir, self.images[image_id]["file_name"])
+        path = self.path_of(image_id)
         try:
             with Image.open(path) as im:
                 image = torch.from_numpy(__import__("numpy").asarray(im.convert("RGB"), dtype="uint8").copy())
@@ -218,11 +248,12 @@ def split_image_ids(data: dict, eval_fraction: float, seed: int, max_images: Opt
 
 
 def subset_coco(data: dict, image_ids: Sequence[int], category_ids: Sequence[int]) -> dict:
-    """The instances dict restricted to ``image_ids`` and ``category_ids`` (the ground truth for COCOeval)."""
+    """The instances dict restricted to ``image_ids``, ``category_ids`` and usable boxes (the ground truth for
+    COCOeval: the same boxes the model trains on, see :func:`usable_box`)."""
     ids, cats = set(image_ids), set(category_ids)
     anns = []
     for k, a in enumerate(data["annotations"]):
-        if a["image_id"] in ids and a["category_id"] in cats:
+        if a["image_id"] in ids and a["category_id"] in cats and usable_box(a["bbox"]):
             a = dict(a)
             a.setdefault("id", k + 1)
             a.setdefault("iscrowd", 0)

@@ -11,8 +11,10 @@ same loader as real data; or your own COCO-format subset with ``--images DIR --a
     python examples/coco_subset.py --images val2017 --ann instances_val2017.json \\
         --max-images 500 --categories person,car --model fasterrcnn_resnet50_fpn --device cuda --epochs 12
 
-Every loss gets the same seed, initial weights, data order and schedule. Output in --out: results.json,
-ap.png (AP, AP50, AP75 per loss), loss_curves.png (training loss per loss), and a markdown table.
+Every loss gets the same seed, initial weights, data order and schedule. Output in --out: results.json
+(rewritten after every finished loss, ``"complete": false`` until the last), ap.png (AP, AP50, AP75 per loss),
+loss_curves.png (training loss per loss), and a markdown table. Every image of both splits is checked before
+training starts. ``--weights``/``--weights-backbone`` load what fits of a local checkpoint and report the rest.
 """
 
 from __future__ import annotations
@@ -75,7 +77,8 @@ def small_fasterrcnn(num_classes: int, image_size: int) -> nn.Module:
         box_batch_size_per_image=128, box_detections_per_img=50)
 
 
-def build_model(name: str, num_classes: int, image_size: int, weights: str | None) -> nn.Module:
+def build_model(name: str, num_classes: int, image_size: int, weights: str | None,
+                weights_backbone: str | None = None) -> nn.Module:
     if name == "small":
         model = small_fasterrcnn(num_classes, image_size)
     else:
@@ -83,14 +86,54 @@ def build_model(name: str, num_classes: int, image_size: int, weights: str | Non
 
         model = getattr(torchvision.models.detection, name)(weights=None, weights_backbone=None,
                                                             num_classes=num_classes)
+    if weights_backbone:
+        body = getattr(model.backbone, "body", model.backbone)  # torchvision's FPN backbones wrap the CNN
+        load_fitting(body, weights_backbone, "--weights-backbone")
     if weights:
-        if not os.path.isfile(weights):
-            raise DataError(f"--weights: no file at {weights}")
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        state = state.get("model", state) if isinstance(state, dict) else state
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        print(f"loaded {weights}: {len(missing)} missing, {len(unexpected)} unexpected keys", file=sys.stderr)
+        load_fitting(model, weights, "--weights")
     return model
+
+
+def _read_state(path: str, flag: str) -> dict:
+    if not os.path.isfile(path):
+        raise DataError(f"{flag}: no file at {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a corrupt file, a pickle of something else
+        raise DataError(f"{flag}: {path} is not a PyTorch checkpoint: {e}") from None
+    for key in ("model", "state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise DataError(f"{flag}: {path} holds no state dict (a dict of tensors, or one under 'model')")
+    return state
+
+
+def load_fitting(module: nn.Module, path: str, flag: str) -> dict:
+    """Load what fits of the checkpoint at ``path`` into ``module`` and report the rest.
+
+    Keys are matched as they are, or with a leading ``module.``/``backbone.``/``body.``/``features.`` removed;
+    tensors of another shape (e.g. a box predictor for another number of classes) are skipped and listed, never
+    a ``size mismatch`` traceback. Nothing fitting at all is an error: the file is for another model.
+    """
+    state = _read_state(path, flag)
+    own = module.state_dict()
+    best = {}
+    for prefix in ("", "module.", "backbone.", "backbone.body.", "body.", "features.", "module.backbone."):
+        candidate = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        matched = {k: v for k, v in candidate.items() if k in own and own[k].shape == v.shape}
+        if len(matched) > len(best):
+            best, used = matched, candidate
+    if not best:
+        raise DataError(f"{flag}: no tensor of {path} fits this model (is it a checkpoint of another architecture?)")
+    module.load_state_dict(best, strict=False)
+    skipped = sorted(k for k in used if k not in best)
+    missing = sorted(k for k in own if k not in best)
+    report = {"loaded": len(best), "skipped_shape_or_name": skipped, "not_in_checkpoint": missing}
+    print(f"{flag}: loaded {len(best)} of {len(own)} tensors from {path}; skipped {len(skipped)} "
+          f"(another shape or name{': ' + ', '.join(skipped[:6]) + (' …' if len(skipped) > 6 else '') if skipped else ''})"
+          f"; {len(missing)} keep their initialisation", file=sys.stderr)
+    return report
 
 
 def collate(batch):
@@ -101,7 +144,7 @@ def train_one(loss_name: str, seed: int, args, train_set, num_classes: int, devi
     from tqdm import tqdm
 
     torch.manual_seed(seed)
-    model = build_model(args.model, num_classes, args.image_size, args.weights)
+    model = build_model(args.model, num_classes, args.image_size, args.weights, args.weights_backbone)
     if loss_name != "smooth_l1":
         replace_box_loss(model, loss_name, loss_weight=args.loss_weight)
     model.to(device).train()
@@ -194,7 +237,9 @@ def prepare_data(args):
         eval_source = data
     train_set = CocoDetectionData(data, image_dir, train_ids, category_ids)
     eval_set = CocoDetectionData(eval_source, image_dir, eval_ids, category_ids)
-    train_set[0]  # fail now, not an epoch later, if images cannot be read
+    # every image of both splits, now: not when the evaluation of the first loss reaches a missing one
+    train_set.check_images("training images")
+    eval_set.check_images("held-out images")
     gt = subset_coco(eval_source, eval_ids, category_ids)
     source.update(train_images=len(train_set), eval_images=len(eval_set), eval_objects=len(gt["annotations"]),
                   categories=[c["name"] for c in data["categories"] if c["id"] in category_ids])
@@ -283,7 +328,10 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help=f"only {','.join(QUICK_LOSSES)} (< 10 min on 2 CPU cores)")
     p.add_argument("--model", default="small", choices=("small",) + STOCK_MODELS,
                    help="'small': FasterRCNN on a 6-conv backbone, for CPUs; or a torchvision builder (random init)")
-    p.add_argument("--weights", help="a local checkpoint (state dict) to start from")
+    p.add_argument("--weights", help="a local checkpoint (state dict) of the detector to start from: what fits is "
+                                     "loaded, the rest (e.g. a predictor for other classes) is reported and skipped")
+    p.add_argument("--weights-backbone", help="a local checkpoint of the backbone CNN (e.g. torchvision's ImageNet "
+                                              "resnet50 or mobilenet_v3 weights file): what fits is loaded")
     p.add_argument("--loss-weight", type=float, default=None,
                    help=f"box-term multiplier for every head (default: boxloss' per-head {DEFAULT_LOSS_WEIGHTS})")
     p.add_argument("--image-size", type=int, default=128)
@@ -320,6 +368,15 @@ def main(argv=None) -> dict:
     weights = {**DEFAULT_LOSS_WEIGHTS} if args.loss_weight is None else {k: args.loss_weight for k in DEFAULT_LOSS_WEIGHTS}
     print(f"{dataset['train_images']} training / {dataset['eval_images']} held-out images, classes "
           f"{dataset['categories']}; box-loss weights {weights} (smooth_l1: torchvision's own)", file=sys.stderr)
+    for flag, path in (("--weights", args.weights), ("--weights-backbone", args.weights_backbone)):
+        if path:
+            try:
+                _read_state(path, flag)  # a bad file stops the run now, not after the first loss
+            except DataError as e:
+                sys.exit(f"error: {e}")
+    config = {k: v for k, v in vars(args).items()}
+    config.update(loss_weights=weights, torch=torch.__version__, python=platform.python_version(),
+                  device_name=torch.cuda.get_device_name() if device.type == "cuda" else platform.machine())
     results, curves = {}, {}
     try:
         for name in args.losses:
@@ -333,22 +390,26 @@ def main(argv=None) -> dict:
                 curves.setdefault(name, curve)
                 print(f"{name} seed {seed}: AP {stats[0]:.3f} AP50 {stats[1]:.3f} AP75 {stats[2]:.3f}", file=sys.stderr)
             results[name] = summarise(runs)
+            # after every finished loss: a run that fails later keeps what it measured
+            write_results(args.out, {"dataset": dataset, "config": config, "losses": results,
+                                     "complete": len(results) == len(args.losses)})
+            plot(results, curves, args.out)
     except DataError as e:
-        sys.exit(f"error: {e}")
-    plot(results, curves, args.out)
-    config = {k: v for k, v in vars(args).items()}
-    config.update(loss_weights=weights, torch=torch.__version__, python=platform.python_version(),
-                  device_name=torch.cuda.get_device_name() if device.type == "cuda" else platform.machine())
-    payload = {"dataset": dataset, "config": config, "losses": results}
-    # results.json last and atomically: nothing half-written looks like a finished result
-    fd, tmp = tempfile.mkstemp(dir=args.out, suffix=".json.tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f, indent=1)
-    os.chmod(tmp, 0o644)  # mkstemp makes it private
-    os.replace(tmp, os.path.join(args.out, "results.json"))
+        sys.exit(f"error: {e} (results.json holds the losses finished before this)" if results else f"error: {e}")
+    payload = {"dataset": dataset, "config": config, "losses": results, "complete": True}
     print(table(results))
     print(f"wrote {args.out}/results.json, ap.png, loss_curves.png", file=sys.stderr)
     return payload
+
+
+def write_results(out_dir: str, payload: dict) -> None:
+    """results.json, written atomically: nothing half-written looks like a result. ``complete`` is False while
+    losses are still to come."""
+    fd, tmp = tempfile.mkstemp(dir=out_dir, suffix=".json.tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(payload, f, indent=1)
+    os.chmod(tmp, 0o644)  # mkstemp makes it private
+    os.replace(tmp, os.path.join(out_dir, "results.json"))
 
 
 if __name__ == "__main__":

@@ -109,3 +109,108 @@ def test_tiny_run_on_a_user_coco_set_writes_results_and_plots(tmp_path):
     for png in ("ap.png", "loss_curves.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     assert not list(out.glob("*.tmp"))
+
+
+# ---------------------------------------------------------------------------------------------- review fixes
+def test_a_missing_held_out_image_stops_the_run_before_training(tmp_path):
+    ann = coco_data.write_synthetic_coco(str(tmp_path / "data"), 8, size=64, seed=6)
+    data = coco_data.load_coco_json(ann)
+    _, eval_ids = coco_data.split_image_ids(data, 0.25, seed=0)
+    name = next(im["file_name"] for im in data["images"] if im["id"] == eval_ids[-1])
+    (tmp_path / "data" / "images" / name).unlink()
+    out = tmp_path / "out"
+    started = []
+    real_train = coco_subset.train_one
+    coco_subset.train_one = lambda *a, **k: started.append(1) or real_train(*a, **k)
+    try:
+        with pytest.raises(SystemExit, match=f"1 of the 2 held-out images cannot be used: .*{name}.* does not exist"):
+            coco_subset.main(["--images", str(tmp_path / "data" / "images"), "--ann", ann, "--losses", "giou",
+                              "--epochs", "1", "--image-size", "64", "--eval-fraction", "0.25", "--out", str(out)])
+    finally:
+        coco_subset.train_one = real_train
+    assert not started  # no training was wasted
+
+
+def test_results_json_is_written_after_each_finished_loss(tmp_path, monkeypatch):
+    ann = coco_data.write_synthetic_coco(str(tmp_path / "data"), 8, size=64, seed=7)
+    out = tmp_path / "out"
+    real_evaluate = coco_subset.evaluate
+    calls = []
+
+    def evaluate_then_fail(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # the second loss dies in its evaluation
+            raise coco_data.DataError("disk full")
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(coco_subset, "evaluate", evaluate_then_fail)
+    with pytest.raises(SystemExit, match="disk full .*results.json holds the losses finished before this"):
+        coco_subset.main(["--images", str(tmp_path / "data" / "images"), "--ann", ann, "--losses", "smooth_l1,giou",
+                          "--epochs", "1", "--image-size", "64", "--batch-size", "4", "--eval-fraction", "0.25",
+                          "--out", str(out)])
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["losses"]) == ["smooth_l1"] and results["complete"] is False
+    assert (out / "ap.png").exists()
+
+
+def test_zero_area_annotations_are_dropped_from_training_and_evaluation(tmp_path):
+    ann = coco_data.write_synthetic_coco(str(tmp_path), 3, size=48, seed=8)
+    data = coco_data.load_coco_json(ann)
+    data["annotations"].append({"id": 999, "image_id": 1, "category_id": 1, "bbox": [5, 5, 0, 12], "area": 0,
+                                "iscrowd": 0})
+    ds = coco_data.CocoDetectionData(data, str(tmp_path / "images"), [1, 2, 3], [1, 2, 3, 4])
+    gt = coco_data.subset_coco(data, [1, 2, 3], [1, 2, 3, 4])
+    assert all(a["id"] != 999 for a in gt["annotations"])
+    n_train = sum(len(ds.anns[i]) for i in (1, 2, 3))
+    assert n_train == len(gt["annotations"])  # the same boxes on both sides
+    # a perfect detector scores AP 1 against that ground truth
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    coco = COCO()
+    coco.dataset = gt
+    coco.createIndex()
+    dets = coco.loadRes([{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"],
+                          "score": 1.0} for a in gt["annotations"]])
+    ev = COCOeval(coco, dets, "bbox")
+    ev.evaluate()
+    ev.accumulate()
+    ev.summarize()
+    assert ev.stats[0] == pytest.approx(1.0)
+
+
+def _checkpoint(model, path, **extra):
+    torch.save({"model": model.state_dict(), **extra}, path)
+
+
+def test_weights_of_another_head_size_load_what_fits_and_report_the_rest(tmp_path, capsys):
+    other = coco_subset.small_fasterrcnn(num_classes=7, image_size=64)  # a predictor for 6 classes + background
+    _checkpoint(other, tmp_path / "other.pt")
+    model = coco_subset.build_model("small", 5, 64, str(tmp_path / "other.pt"))
+    err = capsys.readouterr().err
+    assert "--weights: loaded" in err and "roi_heads.box_predictor.cls_score.weight" in err
+    torch.testing.assert_close(model.backbone[0].weight, other.backbone[0].weight)
+    assert model.roi_heads.box_predictor.cls_score.weight.shape[0] == 5
+
+
+def test_weights_backbone_loads_a_backbone_checkpoint(tmp_path, capsys):
+    donor = coco_subset.small_fasterrcnn(num_classes=3, image_size=64)
+    torch.save(donor.backbone.state_dict(), tmp_path / "backbone.pt")
+    model = coco_subset.build_model("small", 5, 64, None, str(tmp_path / "backbone.pt"))
+    assert "--weights-backbone: loaded 36 of 36 tensors" in capsys.readouterr().err  # 6 convs, 6 BatchNorms (5 each)
+    torch.testing.assert_close(model.backbone[3].weight, donor.backbone[3].weight)
+    # prefixed keys ("backbone.…", as inside a detector checkpoint) are found too
+    torch.save({"backbone." + k: v for k, v in donor.backbone.state_dict().items()}, tmp_path / "prefixed.pt")
+    model = coco_subset.build_model("small", 5, 64, None, str(tmp_path / "prefixed.pt"))
+    torch.testing.assert_close(model.backbone[3].weight, donor.backbone[3].weight)
+
+
+def test_bad_weight_files_give_clear_errors(tmp_path):
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    torch.save({"x": torch.zeros(3)}, tmp_path / "unrelated.pt")
+    with pytest.raises(coco_data.DataError, match="is not a PyTorch checkpoint"):
+        coco_subset.build_model("small", 3, 64, str(tmp_path / "junk.pt"))
+    with pytest.raises(coco_data.DataError, match="no tensor of .* fits this model"):
+        coco_subset.build_model("small", 3, 64, None, str(tmp_path / "unrelated.pt"))
+    with pytest.raises(coco_data.DataError, match="no file at"):
+        coco_subset.build_model("small", 3, 64, str(tmp_path / "missing.pt"))
