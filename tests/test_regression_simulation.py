@@ -62,3 +62,25 @@ def test_rejects_unknown_loss(capsys):
     with pytest.raises(SystemExit):
         sim.parse_args(["--losses", "giou,focal"])
     assert "unknown ['focal']" in capsys.readouterr().err
+
+
+def test_zero_overlap_iou_and_log_iou_converge_within_three_times_giou():
+    """Issue 12's bar at a tenth of the quick run (30 points, 10,290 cases, the full 200-iteration schedule):
+    boxloss' IoU loss ends within 3× GIoU's final error and −ln IoU converges (it diverged to 1e7 before)."""
+    anchors, targets, _ = sim.make_cases(30, 0, torch.float32)
+    final = {name: sim.regress(sim.LOSSES[name], anchors, targets, 200)[0] for name in ("iou", "log_iou", "giou")}
+    assert final["iou"][-1] <= 3 * final["giou"][-1], final["iou"][-1] / final["giou"][-1]
+    assert final["log_iou"][-1] <= 3 * final["giou"][-1]
+    start = (anchors - targets).abs().sum().item()
+    assert max(final["log_iou"]) <= start  # never blows up
+
+
+def test_ablation_script_runs_and_ranks_the_target_normaliser_first(tmp_path, monkeypatch):
+    import zero_overlap_ablation as abl
+
+    monkeypatch.setattr(abl, "TAUS", (0.7,))
+    results = abl.main(["--points", "8", "--out", str(tmp_path)])
+    sim_final = {k: v["final"] for k, v in results["simulation"].items()}
+    iou_terms = {k: v for k, v in sim_final.items() if k.startswith("iou+")}
+    assert min(iou_terms, key=iou_terms.get) == "iou+target"
+    assert (tmp_path / "ablation.json").exists()
