@@ -185,7 +185,7 @@ def aligned_loss(kind: str, p: Tensor, t: Tensor, eps: float, reduction: str = "
 def _eager_aligned(op, *args):
     if (args[-2] or args[-1] or (args[2] is not None and args[2].requires_grad)
             or (isinstance(args[3], Tensor) and args[3].requires_grad)) and torch.is_grad_enabled():
-        return ops.EagerAligned.apply(op, *args)
+        return (ops.EagerAligned.apply(op, *args),)
     with torch._C._AutoDispatchBelowAutograd():  # nothing to differentiate: the kernel alone
         return op(*args)
 
