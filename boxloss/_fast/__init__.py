@@ -27,7 +27,7 @@ from torch import Tensor
 
 from . import cpu, ops
 from ._warn import FastPathWarning, warn_once
-from .fused import KINDS, fused_loss_and_grad  # noqa: F401  (re-exported for tests)
+from .fused import KINDS
 
 __all__ = ["aligned_loss", "pairwise", "set_fast_path", "fast_path_enabled", "reference_path", "FastPathWarning",
            "backend_for"]

@@ -19,6 +19,7 @@
 #include <omp.h>
 #endif
 
+/* the kind codes: each kind's place in boxloss._fast.fused.KINDS (fused.KIND_CODES) */
 enum { K_IOU = 0, K_IOU_DIST = 1, K_LOG = 2, K_LOG_DIST = 3, K_GIOU = 4, K_DIOU = 5, K_CIOU = 6 };
 #define LOG_TAU 0.7  /* boxloss.boxes.LOG_IOU_LINEAR_BELOW */
 

@@ -37,9 +37,8 @@ import torch
 from torch import Tensor
 
 from ._warn import warn_once
+from .fused import KIND_CODES, PAIRWISE_CODES
 
-KIND_CODES = {"iou": 0, "iou_distance": 1, "log_iou": 2, "log_iou_distance": 3, "giou": 4, "diou": 5, "ciou": 6}
-PAIRWISE_CODES = {"iou": 0, "giou": 4, "diou": 5, "ciou": 6}
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "aligned.c")
 FLAG_SETS = (
     ["-O3", "-march=native", "-fno-math-errno", "-fopenmp"],

@@ -17,6 +17,9 @@ import torch
 from torch import Tensor
 
 KINDS = ("iou", "iou_distance", "log_iou", "log_iou_distance", "giou", "diou", "ciou")
+# the integer each kernel (aligned.c, the Triton kernels) knows a kind by: its place in KINDS
+KIND_CODES = {kind: code for code, kind in enumerate(KINDS)}
+PAIRWISE_CODES = {kind: KIND_CODES[kind] for kind in ("iou", "giou", "diou", "ciou")}
 _FOUR_OVER_PI2 = 4 / math.pi**2
 _TAU = 0.7  # boxes.LOG_IOU_LINEAR_BELOW (tests pin every kernel to the reference)
 _NEG_LOG_TAU = -math.log(_TAU)
@@ -30,9 +33,9 @@ def _sel(a: Tensor, b: Tensor) -> Tensor:
 def _over_max(num: Tensor, other: Tensor, eps: float, need_grad: bool):
     """num / max(other, num) with the reference's conventions, and its derivatives in num and in other.
 
-    Both DIoU's ρ²/c² and the zero-overlap gap/c take this form (the maximum keeps the ratio ≤ 1 for inverted
-    boxes): the maximum's share s goes to ``other`` and 1 − s back to ``num``; no gradient where the
-    denominator is at or under eps.
+    DIoU's ρ²/c² and the zero-overlap term of a point target (gap / enclosing diagonal) take this form (the
+    maximum keeps the ratio ≤ 1 for inverted boxes): the maximum's share s goes to ``other`` and 1 − s back to
+    ``num``; no gradient where the denominator is at or under eps.
     """
     den = torch.maximum(other, num)
     den_ok = den > eps

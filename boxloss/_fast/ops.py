@@ -41,7 +41,7 @@ from torch import Tensor
 
 from . import cpu, fused
 
-__all__ = ["aligned_loss_op", "pairwise_score_op", "call_aligned", "call_pairwise"]
+__all__ = ["aligned_loss_op", "pairwise_score_op", "call_pairwise", "EagerAligned", "AlignedLoss", "PairwiseScore"]
 
 USE_COMPILED_CPU = True  # tests switch this off to exercise the PyTorch closed form on the CPU
 CPU_CHUNK = 1 << 16  # boxes per chunk of the PyTorch closed form: its ~40 (2, c) temporaries stay in cache
@@ -413,13 +413,6 @@ def plain_forward_ad_active() -> bool:
 def tracing() -> bool:
     """Under ``torch.compile``/``torch.export`` or ``torch.jit.trace``: call the operators themselves."""
     return torch.compiler.is_compiling() or torch.jit.is_tracing()
-
-
-def call_aligned(op, pred, target, weight, divisor, kind, eps, reduce, scale, need_pred, need_target):
-    args = (pred, target, weight, divisor, kind, float(eps), reduce, float(scale), need_pred, need_target)
-    if tracing() or not functorch_or_forward_ad_active():
-        return op(*args)
-    return AlignedLoss.apply(op, *args)
 
 
 def call_pairwise(op, a, b, kind, eps):

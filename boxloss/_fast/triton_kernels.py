@@ -21,6 +21,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from .fused import KIND_CODES, PAIRWISE_CODES
+
 try:
     import triton
     import triton.language as tl
@@ -29,8 +31,6 @@ try:
 except ImportError:  # pragma: no cover - triton ships with CUDA builds of torch
     _HAVE_TRITON = False
 
-KIND_CODES = {"iou": 0, "iou_distance": 1, "log_iou": 2, "log_iou_distance": 3, "giou": 4, "diou": 5, "ciou": 6}
-PAIRWISE_CODES = {"iou": 0, "giou": 4, "diou": 5, "ciou": 6}
 LOG_TAU = 0.7  # boxloss.boxes.LOG_IOU_LINEAR_BELOW (the tests pin every kernel to the reference)
 NEG_LOG_TAU = 0.35667494393873245  # −ln 0.7
 MIN_CAPABILITY = (7, 5)  # Turing: the oldest NVIDIA architecture the installed Triton generations still support
