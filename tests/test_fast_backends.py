@@ -141,3 +141,46 @@ def test_info_reports_backends_and_fallbacks(tmp_path):
     text = subprocess.run([sys.executable, "-m", "boxloss.info"], env={**env, "CC": "false", "HOME": str(tmp_path)},
                           capture_output=True, text=True, timeout=300, check=True).stdout
     assert "[cpu]" in text and "reason:" in text
+
+
+def test_cuda_dispatch_decisions_without_a_gpu(monkeypatch):
+    """What runs on a CUDA tensor, decided without touching a GPU: Triton for float32/16/bf16 when it can run,
+    the PyTorch closed form for float64 (the Triton kernels compute in float32) and when it cannot — with one
+    warning per cause, and none for the explicit BOXLOSS_TRITON=0."""
+    import types
+
+    from boxloss import _fast
+    from boxloss._fast import ops, triton_kernels
+
+    def fake(dtype):
+        return types.SimpleNamespace(device=torch.device("cuda", 0), dtype=dtype)
+
+    monkeypatch.setattr(_fast, "_triton_reason", lambda device: None)
+    assert _fast._ops_for(fake(torch.float32)) == (triton_kernels.aligned_loss_triton,
+                                                   triton_kernels.pairwise_score_triton)
+    assert _fast._ops_for(fake(torch.bfloat16))[0] is triton_kernels.aligned_loss_triton
+    assert _fast._ops_for(fake(torch.float64)) == (ops.aligned_loss_op, ops.pairwise_score_op)
+    _warn.forget("triton")
+    monkeypatch.setattr(_fast, "_triton_reason", lambda device: "switched off by BOXLOSS_TRITON=0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", boxloss.FastPathWarning)
+        assert _fast._ops_for(fake(torch.float32))[0] is ops.aligned_loss_op
+    monkeypatch.setattr(_fast, "_triton_reason", lambda device: "Tesla K80 has compute capability 3.7; ...")
+    with pytest.warns(boxloss.FastPathWarning, match="compute capability 3.7"):
+        assert _fast._ops_for(fake(torch.float32))[0] is ops.aligned_loss_op
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", boxloss.FastPathWarning)
+        _fast._ops_for(fake(torch.float16))  # the same cause is not reported twice
+    monkeypatch.setattr(_fast, "_triton_reason", lambda device: None)
+    monkeypatch.setattr(_fast, "_broken_triton", {0})  # a kernel failed on this device earlier
+    assert _fast._ops_for(fake(torch.float32))[0] is ops.aligned_loss_op
+
+
+def test_triton_unavailable_reasons(monkeypatch):
+    from boxloss._fast import triton_kernels
+
+    monkeypatch.setenv("BOXLOSS_TRITON", "0")
+    assert triton_kernels.unavailable_reason(torch.device("cuda", 0)) == "switched off by BOXLOSS_TRITON=0"
+    monkeypatch.delenv("BOXLOSS_TRITON")
+    if not torch.cuda.is_available():
+        assert triton_kernels.unavailable_reason(torch.device("cuda", 0)) == "CUDA is not available"

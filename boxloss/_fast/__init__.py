@@ -97,18 +97,18 @@ def _triton_ok(index: int) -> bool:
     if device.index in _broken_triton:
         return False
     reason = _triton_reason(device)
-    if reason is not None:
+    if reason is not None and not reason.startswith("switched off"):  # BOXLOSS_TRITON=0 is a choice, not a fault
         warn_once(f"triton:{reason}", f"boxloss: the Triton kernels cannot run on {device}: {reason}. The box "
                                       f"losses use the slower PyTorch closed form there (set BOXLOSS_TRITON=0 to "
                                       f"choose that without this warning).")
-        return False
-    return True
+    return reason is None
 
 
 def _ops_for(x: Tensor):
-    """(aligned op, pairwise op) for the device of ``x``; on the CPU the operator itself picks the C kernel or
-    the PyTorch closed form when it runs."""
-    if x.device.type == "cuda" and _triton_ok(-1 if x.device.index is None else x.device.index):
+    """(aligned op, pairwise op) for the device and dtype of ``x``; on the CPU the operator itself picks the C
+    kernel or the PyTorch closed form when it runs. float64 stays off Triton, whose kernels compute in float32."""
+    if (x.device.type == "cuda" and x.dtype != torch.float64
+            and _triton_ok(-1 if x.device.index is None else x.device.index)):
         from . import triton_kernels
 
         return triton_kernels.aligned_loss_triton, triton_kernels.pairwise_score_triton
