@@ -137,7 +137,7 @@ def aligned_loss_op(pred: Tensor, target: Tensor, weight: Optional[Tensor], divi
         w = None if weight is None else weight.to(cd).contiguous()
         s = scale if divisor is None else scale / max(float(divisor), eps)  # CPU: reading the divisor is free
         total, gp, gt = cpu.run(lib, kind, p, t, eps, need_pred, need_target, w, s)
-        return total.to(p.device), gp, gt
+        return total, gp, gt
     loss, gp, gt = _closed_form(kind, p, t, eps, need_pred, need_target)
     if not reduce:
         return loss, gp, gt
@@ -152,12 +152,17 @@ def aligned_loss_op(pred: Tensor, target: Tensor, weight: Optional[Tensor], divi
 aligned_loss_op.register_fake(_aligned_fake)
 
 
+def _save_aligned(ctx, inputs, gp, gt):
+    """What ``_aligned_backward`` reads: the boxes, weight and divisor, the local gradients, the options."""
+    pred, target, weight, divisor, *options = inputs
+    ctx.save_for_backward(pred, target, weight, divisor, gp, gt)
+    ctx.args = tuple(options)  # kind, eps, reduce, scale, need_pred, need_target
+
+
 def _aligned_setup_context(ctx, inputs, output):
-    pred, target, weight, divisor, kind, eps, reduce, scale, need_pred, need_target = inputs
     _, gp, gt = output
     ctx.mark_non_differentiable(gp, gt)
-    ctx.save_for_backward(pred, target, weight, divisor, gp, gt)
-    ctx.args = (kind, eps, reduce, scale, need_pred, need_target)
+    _save_aligned(ctx, inputs, gp, gt)
 
 
 def _aligned_backward(ctx, g, _g_gp, _g_gt):
@@ -247,8 +252,7 @@ class EagerAligned(torch.autograd.Function):
         inputs = (pred, target, weight, divisor, kind, eps, reduce, scale, need_pred, need_target)
         with torch._C._AutoDispatchBelowAutograd():
             loss, gp, gt = op(*inputs)
-        ctx.save_for_backward(pred, target, weight, divisor, gp, gt)
-        ctx.args = (kind, eps, reduce, scale, need_pred, need_target)
+        _save_aligned(ctx, inputs, gp, gt)
         return loss
 
     @staticmethod

@@ -64,11 +64,6 @@ def _capability_reason(index: int) -> Optional[str]:
     return None
 
 
-def available() -> bool:
-    """Triton can run the kernels on the current CUDA device."""
-    return torch.cuda.is_available() and unavailable_reason(torch.device("cuda")) is None
-
-
 if _HAVE_TRITON:
     _TAU = tl.constexpr(LOG_TAU)
     _NEG_LOG_TAU = tl.constexpr(NEG_LOG_TAU)

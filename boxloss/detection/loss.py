@@ -13,7 +13,7 @@ from ..losses import ciou_loss, diou_loss, giou_loss, iou_loss, log_iou_loss
 from ..modules import _BoxLoss
 from .coder import DEFAULT_CLAMP, decode_boxes
 
-__all__ = ["LOSS_NAMES", "resolve_box_loss", "decoded_box_loss", "box_math"]
+__all__ = ["LOSS_NAMES", "resolve_box_loss", "decoded_box_loss", "box_math", "check_loss_weight"]
 
 LOSS_FUNCTIONS = {"iou": iou_loss, "log_iou": log_iou_loss, "giou": giou_loss, "diou": diou_loss, "ciou": ciou_loss}
 LOSS_NAMES = tuple(LOSS_FUNCTIONS)
@@ -57,6 +57,16 @@ def resolve_box_loss(loss: BoxLossSpec) -> Callable[[Tensor, Tensor], Tensor]:
         return loss
     raise TypeError(f"loss must be one of {', '.join(repr(n) for n in LOSS_NAMES)}, a boxloss loss module or a "
                     f"callable (pred_boxes, target_boxes) -> per-box loss; got {type(loss).__name__}")
+
+
+def check_loss_weight(value, head: str = "") -> float:
+    """A box-term multiplier: a finite number ≥ 0 (``TypeError`` for a non-number, ``ValueError`` otherwise)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"loss_weight must be a number, a dict of numbers per head or None; "
+                        f"got {type(value).__name__}")
+    if not 0 <= value < math.inf:
+        raise ValueError(f"loss_weight must be a finite number >= 0; got {value!r}" + (f" for {head!r}" if head else ""))
+    return float(value)
 
 
 @contextlib.contextmanager
@@ -128,8 +138,7 @@ def decoded_box_loss(deltas: Tensor, anchors: Tensor, target_boxes: Tensor, posi
         raise ValueError(f"deltas, anchors and target_boxes must have one shape (..., 4) and positive its leading "
                          f"shape; got {tuple(deltas.shape)}, {tuple(anchors.shape)}, {tuple(target_boxes.shape)}, "
                          f"{tuple(positive.shape)}")
-    if isinstance(loss_weight, bool) or not isinstance(loss_weight, (int, float)) or not 0 <= loss_weight < math.inf:
-        raise ValueError(f"loss_weight must be a finite number >= 0; got {loss_weight!r}")
+    check_loss_weight(loss_weight)
     loss_fn = resolve_box_loss(loss)
     with box_math(deltas) as dtype:
         pred = decode_boxes(deltas[positive].to(dtype), anchors[positive].to(dtype), weights, clamp)

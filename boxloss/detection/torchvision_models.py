@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from ..boxes import box_iou
 from .coder import decode_boxes
-from .loss import BoxLossSpec, _per_box, box_math, resolve_box_loss
+from .loss import BoxLossSpec, _per_box, box_math, check_loss_weight, resolve_box_loss
 
 __all__ = ["replace_box_loss", "restore_box_loss", "DEFAULT_LOSS_WEIGHTS"]
 
@@ -268,12 +268,7 @@ def _weight_for(head: str, loss_weight) -> float:
         value = loss_weight.get(head, DEFAULT_LOSS_WEIGHTS[head])
     else:
         value = loss_weight
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"loss_weight must be a number, a dict of numbers per head or None; "
-                        f"got {type(value).__name__}")
-    if not value >= 0 or value == float("inf"):
-        raise ValueError(f"loss_weight must be a finite number >= 0; got {value!r} for {head!r}")
-    return float(value)
+    return check_loss_weight(value, head)
 
 
 def _loss_for(head: str, loss):
