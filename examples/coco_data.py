@@ -261,3 +261,42 @@ def subset_coco(data: dict, image_ids: Sequence[int], category_ids: Sequence[int
             anns.append(a)
     return {"images": [im for im in data["images"] if im["id"] in ids], "annotations": anns,
             "categories": [c for c in data["categories"] if c["id"] in cats]}
+
+
+# ------------------------------------------------------------------------------------------ augmentation
+def dihedral_boxes(boxes: torch.Tensor, width: int, height: int, k: int) -> torch.Tensor:
+    """``boxes`` (xyxy, in an image ``width`` × ``height``) after :func:`dihedral_image` with the same ``k``."""
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    if k >= 4:  # mirror left-right first
+        x1, x2 = width - x2, width - x1
+    for _ in range(k % 4):  # a quarter turn counter-clockwise: (x, y) → (y, width − x); the sides swap
+        x1, y1, x2, y2 = y1, width - x2, y2, width - x1
+        width, height = height, width
+    return torch.stack((x1, y1, x2, y2), -1)
+
+
+def dihedral_image(image: torch.Tensor, k: int) -> torch.Tensor:
+    """One of the 8 symmetries of the square on a ``(C, H, W)`` image: ``k % 4`` quarter turns counter-clockwise,
+    after a left-right mirror when ``k >= 4``."""
+    if k >= 4:
+        image = image.flip(-1)
+    return torch.rot90(image, k % 4, dims=(-2, -1))
+
+
+class DihedralAugment(torch.utils.data.Dataset):
+    """A detection data set seen through a random flip and quarter turn (one of 8, uniformly) per access: the
+    augmentation for overhead imagery, where up has no meaning. Draws from torch's global generator, so a seeded
+    run is repeatable (with ``num_workers=0``)."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        image, target = self.dataset[index]
+        k = int(torch.randint(0, 8, (1,)))
+        height, width = image.shape[-2:]
+        target = dict(target, boxes=dihedral_boxes(target["boxes"], width, height, k))
+        return dihedral_image(image, k), target

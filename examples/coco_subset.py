@@ -4,16 +4,21 @@ evaluate each with pycocotools' COCOeval on a held-out split.
 
 Data: by default a built-in synthetic set (4 shape classes in random colours, several sizes and aspect
 ratios, overlapping objects, textured backgrounds) written to disk in COCO format and read back through the
-same loader as real data; or your own COCO-format subset with ``--images DIR --ann FILE``.
+same loader as real data; ``--dataset neon-trees``: real airborne photographs of forests with hand-made
+tree-crown boxes from the deepforest wheel (``pip install --no-deps deepforest==2.1.0``; see neon_trees.py),
+tiled, split by source image and trained with random flips and quarter turns; or your own COCO-format subset
+with ``--images DIR --ann FILE``.
 
     python examples/coco_subset.py --quick                      # smooth_l1, giou, diou: < 10 min on 2 CPU cores
     python examples/coco_subset.py --seeds 0,1,2 --out runs/coco_full    # every loss, 3 seeds: ~45 min on 2 cores
+    python examples/coco_subset.py --dataset neon-trees --out runs/neon  # real images: ~5 min per loss on 2 cores
     python examples/coco_subset.py --images val2017 --ann instances_val2017.json \\
         --max-images 500 --categories person,car --model fasterrcnn_resnet50_fpn --device cuda --epochs 12
 
 Every loss gets the same seed, initial weights, data order and schedule. Output in --out: results.json
 (rewritten after every finished loss, ``"complete": false`` until the last), ap.png (AP, AP50, AP75 per loss),
-loss_curves.png (training loss per loss), and a markdown table. Every image of both splits is checked before
+loss_curves.png (training loss per loss), predictions.png (the held-out image with the most objects: its
+ground truth and each loss' detections, first seed), and a markdown table. Every image of both splits is checked before
 training starts. ``--weights``/``--weights-backbone`` load what fits of a local checkpoint and report the rest.
 """
 
@@ -38,6 +43,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from coco_data import (  # noqa: E402
     CocoDetectionData,
     DataError,
+    DihedralAugment,
     image_ids,
     load_coco_json,
     select_categories,
@@ -50,12 +56,24 @@ from boxloss.detection import DEFAULT_LOSS_WEIGHTS, LOSS_NAMES, replace_box_loss
 
 ALL_LOSSES = ("smooth_l1",) + LOSS_NAMES
 QUICK_LOSSES = ("smooth_l1", "giou", "diou")
+DATASETS = ("synthetic", "neon-trees")
+# what each built-in data set trains with unless the command line says otherwise: the synthetic shapes fill
+# 10-55 % of a 128-px image; the tree crowns are 12-90 px in 400-px tiles (median 40), seen at 256 px here
+DATASET_DEFAULTS = {
+    "synthetic": {"epochs": 4, "image_size": 128, "batch_size": 8, "lr": 2e-3, "anchor_sizes": (12, 24, 48, 96),
+                  "detections": None, "augment": "none"},
+    "neon-trees": {"epochs": 24, "image_size": 256, "batch_size": 4, "lr": 2e-3, "anchor_sizes": (8, 16, 32, 64),
+                   "detections": 150, "augment": "dihedral"},
+}
 STOCK_MODELS = ("fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2", "fasterrcnn_mobilenet_v3_large_fpn",
                 "fasterrcnn_mobilenet_v3_large_320_fpn")
 
 
-def small_fasterrcnn(num_classes: int, image_size: int) -> nn.Module:
-    """torchvision's FasterRCNN on a 6-conv backbone (stride 8, 128 channels): learns on a CPU in minutes."""
+def small_fasterrcnn(num_classes: int, image_size: int, anchor_sizes=(12, 24, 48, 96),
+                     detections: int | None = None) -> nn.Module:
+    """torchvision's FasterRCNN on a 6-conv backbone (stride 8, 128 channels): learns on a CPU in minutes.
+    ``anchor_sizes`` in pixels of the resized image; ``detections``: the most boxes kept per image
+    (default 50)."""
     from torchvision.models.detection import FasterRCNN
     from torchvision.models.detection.anchor_utils import AnchorGenerator
     from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
@@ -70,22 +88,23 @@ def small_fasterrcnn(num_classes: int, image_size: int) -> nn.Module:
     return FasterRCNN(
         backbone, num_classes=None, min_size=image_size, max_size=image_size,
         image_mean=[0.5, 0.5, 0.5], image_std=[0.25, 0.25, 0.25],
-        rpn_anchor_generator=AnchorGenerator(sizes=((12, 24, 48, 96),), aspect_ratios=((0.5, 1.0, 2.0),)),
+        rpn_anchor_generator=AnchorGenerator(sizes=(tuple(anchor_sizes),), aspect_ratios=((0.5, 1.0, 2.0),)),
         rpn_pre_nms_top_n_train=1000, rpn_post_nms_top_n_train=300, rpn_pre_nms_top_n_test=600,
         rpn_post_nms_top_n_test=200, box_roi_pool=MultiScaleRoIAlign(["0"], 7, 2),
         box_head=TwoMLPHead(c * 7 * 7, 256), box_predictor=FastRCNNPredictor(256, num_classes),
-        box_batch_size_per_image=128, box_detections_per_img=50)
+        box_batch_size_per_image=128, box_detections_per_img=detections or 50)
 
 
 def build_model(name: str, num_classes: int, image_size: int, weights: str | None,
-                weights_backbone: str | None = None) -> nn.Module:
+                weights_backbone: str | None = None, anchor_sizes=(12, 24, 48, 96),
+                detections: int | None = None) -> nn.Module:
     if name == "small":
-        model = small_fasterrcnn(num_classes, image_size)
+        model = small_fasterrcnn(num_classes, image_size, anchor_sizes, detections)
     else:
         import torchvision
 
         model = getattr(torchvision.models.detection, name)(weights=None, weights_backbone=None,
-                                                            num_classes=num_classes)
+                                                            num_classes=num_classes, box_detections_per_img=detections or 50)
     if weights_backbone:
         body = getattr(model.backbone, "body", model.backbone)  # torchvision's FPN backbones wrap the CNN
         load_fitting(body, weights_backbone, "--weights-backbone")
@@ -144,7 +163,8 @@ def train_one(loss_name: str, seed: int, args, train_set, num_classes: int, devi
     from tqdm import tqdm
 
     torch.manual_seed(seed)
-    model = build_model(args.model, num_classes, args.image_size, args.weights, args.weights_backbone)
+    model = build_model(args.model, num_classes, args.image_size, args.weights, args.weights_backbone,
+                        args.anchor_sizes, args.detections)
     if loss_name != "smooth_l1":
         replace_box_loss(model, loss_name, loss_weight=args.loss_weight)
     model.to(device).train()
@@ -177,8 +197,9 @@ def train_one(loss_name: str, seed: int, args, train_set, num_classes: int, devi
 
 
 @torch.no_grad()
-def evaluate(model, eval_set, gt: dict, category_ids, device, batch_size: int) -> list:
-    """The 12 COCOeval bbox numbers."""
+def evaluate(model, eval_set, gt: dict, category_ids, device, batch_size: int, detections_out=None) -> list:
+    """The 12 COCOeval bbox numbers; every detection (COCO result dicts) is appended to ``detections_out``
+    when it is a list."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
     from tqdm import tqdm
@@ -192,6 +213,8 @@ def evaluate(model, eval_set, gt: dict, category_ids, device, batch_size: int) -
                                          out["labels"].cpu().tolist()):
                 detections.append({"image_id": t["image_id"], "category_id": category_ids[label - 1],
                                    "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]], "score": score})
+    if detections_out is not None:
+        detections_out.extend(detections)
     if not detections:
         return [0.0] * 12
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
@@ -207,7 +230,15 @@ def evaluate(model, eval_set, gt: dict, category_ids, device, batch_size: int) -
 
 def prepare_data(args):
     """(train set, eval set, eval ground truth, category ids, dataset description)."""
-    if args.images is None and args.ann is None:
+    if args.dataset == "neon-trees":
+        from neon_trees import prepare_neon_trees
+
+        root = os.path.join(args.out, "neon_trees")
+        args.ann, args.eval_ann, image_dir = prepare_neon_trees(root)  # DataError with the install command
+        ann = args.ann
+        source = {"source": "NEON tree crowns (deepforest 2.1.0 wheel), train: YELL crop2 tiles, held out: "
+                            "YELL crop and OSBS_029 tiles", "path": root}
+    elif args.images is None and args.ann is None:
         root = os.path.join(args.out, "synthetic_coco")
         ann = write_synthetic_coco(root, args.synthetic_images, size=args.image_size, seed=1000)
         image_dir = os.path.join(root, "images")
@@ -241,6 +272,8 @@ def prepare_data(args):
     train_set.check_images("training images")
     eval_set.check_images("held-out images")
     gt = subset_coco(eval_source, eval_ids, category_ids)
+    if args.augment == "dihedral":
+        train_set = DihedralAugment(train_set)
     source.update(train_images=len(train_set), eval_images=len(eval_set), eval_objects=len(gt["annotations"]),
                   categories=[c["name"] for c in data["categories"] if c["id"] in category_ids])
     return train_set, eval_set, gt, category_ids, source
@@ -302,6 +335,46 @@ def plot(results: dict, curves: dict, out_dir: str) -> None:
     plt.close(fig)
 
 
+def plot_predictions(eval_set, gt: dict, shown: dict, results: dict, out_dir: str, min_score: float = 0.5) -> None:
+    """predictions.png: the held-out image with the most ground-truth boxes, once per loss — ground truth in
+    white, the loss' detections scoring at least ``min_score`` in colour (first seed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.patches as patches
+    import matplotlib.pyplot as plt
+
+    image_id = showcase_image(gt)
+    image, _ = eval_set[eval_set.image_ids.index(image_id)]
+    truth = [a["bbox"] for a in gt["annotations"] if a["image_id"] == image_id]
+    names = list(shown)
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 4.6), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        ax.imshow(image.permute(1, 2, 0).numpy())
+        for x, y, w, h in truth:
+            ax.add_patch(patches.Rectangle((x, y), w, h, fill=False, edgecolor="white", linewidth=1.0))
+        dets = [d for d in shown[name] if d["image_id"] == image_id and d["score"] >= min_score]
+        for d in dets:
+            x, y, w, h = d["bbox"]
+            ax.add_patch(patches.Rectangle((x, y), w, h, fill=False, edgecolor="#ff3b30", linewidth=1.2))
+        r = results.get(name, {})
+        ax.set_title(f"{name}: {len(dets)} boxes ≥ {min_score}\n(held-out AP50 {r.get('AP50', float('nan')):.3f}, "
+                     f"AP75 {r.get('AP75', float('nan')):.3f})", fontsize=9)
+        ax.axis("off")
+    fig.suptitle(f"held-out image {image_id}: {len(truth)} ground-truth boxes (white), detections (red)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "predictions.png"), dpi=100)
+    plt.close(fig)
+
+
+def showcase_image(gt: dict) -> int:
+    """The held-out image with the most ground-truth boxes (the lowest id among ties)."""
+    counts = {im["id"]: 0 for im in gt["images"]}
+    for a in gt["annotations"]:
+        counts[a["image_id"]] += 1
+    return max(sorted(counts), key=lambda i: counts[i])
+
+
 def table(results: dict) -> str:
     lines = ["| loss | AP | AP50 | AP75 | train s | final loss |", "|---|---:|---:|---:|---:|---:|"]
     for name, r in results.items():
@@ -313,6 +386,9 @@ def table(results: dict) -> str:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", choices=DATASETS, default="synthetic",
+                   help="built-in data when --images/--ann are not given: the synthetic shapes (default) or the "
+                        "NEON tree crowns of the deepforest wheel (pip install --no-deps deepforest==2.1.0)")
     p.add_argument("--images", help="directory of the images of a COCO-format data set")
     p.add_argument("--ann", help="its instances JSON")
     p.add_argument("--eval-ann", help="a separate instances JSON for evaluation (images also in --images)")
@@ -320,7 +396,7 @@ def parse_args(argv=None):
     p.add_argument("--categories", help="comma-separated category names to keep (default: all)")
     p.add_argument("--losses", help=f"comma-separated from {', '.join(ALL_LOSSES)} (default: all; "
                                     f"--quick: {','.join(QUICK_LOSSES)})")
-    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--epochs", type=int, help="default: 4 (synthetic), 24 (neon-trees)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--seeds", help="comma-separated seeds, one run per loss and seed (overrides --seed)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -334,13 +410,22 @@ def parse_args(argv=None):
                                               "resnet50 or mobilenet_v3 weights file): what fits is loaded")
     p.add_argument("--loss-weight", type=float, default=None,
                    help=f"box-term multiplier for every head (default: boxloss' per-head {DEFAULT_LOSS_WEIGHTS})")
-    p.add_argument("--image-size", type=int, default=128)
+    p.add_argument("--image-size", type=int, help="the side images are resized to (default: 128 synthetic, "
+                                                    "256 neon-trees)")
+    p.add_argument("--augment", choices=("none", "dihedral"),
+                   help="training augmentation: random flips and quarter turns ('dihedral', the default for "
+                        "neon-trees: overhead imagery has no up) or none (default otherwise)")
     p.add_argument("--synthetic-images", type=int, default=560, help="size of the built-in set")
     p.add_argument("--eval-fraction", type=float, default=0.2)
     p.add_argument("--split-seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--batch-size", type=int, help="default: 8 (synthetic), 4 (neon-trees)")
+    p.add_argument("--lr", type=float, help="peak learning rate of the one-cycle schedule (default 2e-3)")
     args = p.parse_args(argv)
+    if args.dataset != "synthetic" and (args.images or args.ann or args.eval_ann):
+        p.error(f"--dataset {args.dataset} brings its own data; leave out --images/--ann/--eval-ann")
+    for key, value in DATASET_DEFAULTS[args.dataset].items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
     losses = args.losses or ",".join(QUICK_LOSSES if args.quick else ALL_LOSSES)
     args.losses = [s.strip() for s in losses.split(",") if s.strip()]
     unknown = [s for s in args.losses if s not in ALL_LOSSES]
@@ -377,13 +462,16 @@ def main(argv=None) -> dict:
     config = {k: v for k, v in vars(args).items()}
     config.update(loss_weights=weights, torch=torch.__version__, python=platform.python_version(),
                   device_name=torch.cuda.get_device_name() if device.type == "cuda" else platform.machine())
-    results, curves = {}, {}
+    results, curves, shown = {}, {}, {}
     try:
         for name in args.losses:
             runs = []
             for seed in args.seeds:
                 model, curve, seconds = train_one(name, seed, args, train_set, len(category_ids) + 1, device)
-                stats = evaluate(model, eval_set, gt, category_ids, device, args.batch_size)
+                detections = [] if seed == args.seeds[0] else None
+                stats = evaluate(model, eval_set, gt, category_ids, device, args.batch_size, detections)
+                if detections is not None:
+                    shown[name] = detections
                 final = statistics.fmean(sum(c.values()) for c in curve[-20:])
                 runs.append({"seed": seed, "stats": stats, "AP": stats[0], "AP50": stats[1], "AP75": stats[2],
                              "train_seconds": seconds, "final_loss": final})
@@ -394,11 +482,12 @@ def main(argv=None) -> dict:
             write_results(args.out, {"dataset": dataset, "config": config, "losses": results,
                                      "complete": len(results) == len(args.losses)})
             plot(results, curves, args.out)
+            plot_predictions(eval_set, gt, shown, results, args.out)
     except DataError as e:
         sys.exit(f"error: {e} (results.json holds the losses finished before this)" if results else f"error: {e}")
     payload = {"dataset": dataset, "config": config, "losses": results, "complete": True}
     print(table(results))
-    print(f"wrote {args.out}/results.json, ap.png, loss_curves.png", file=sys.stderr)
+    print(f"wrote {args.out}/results.json, ap.png, loss_curves.png, predictions.png", file=sys.stderr)
     return payload
 
 

@@ -25,7 +25,7 @@ from typing import Iterator, Optional, Union
 import torch
 from torch import Tensor
 
-from . import cpu, ops
+from . import cpu, ops, variants
 from ._warn import FastPathWarning, warn_once
 from .fused import KINDS
 
@@ -138,7 +138,8 @@ def aligned_loss(kind: str, p: Tensor, t: Tensor, eps: float, reduction: str = "
     """
     from .._utils import _reduce, _upcast
 
-    if kind not in KINDS:
+    variant = kind not in KINDS
+    if variant and not variants.is_variant(kind):
         raise ValueError(f"unknown loss kind {kind!r}")
     if not _enabled:
         cd = ops.compute_dtype(p.dtype)
@@ -148,7 +149,8 @@ def aligned_loss(kind: str, p: Tensor, t: Tensor, eps: float, reduction: str = "
     p2, t2 = p.reshape(-1, 4), t.reshape(-1, 4)
     if p2.dtype == torch.bfloat16 and p2.device.type == "cuda" and not _bf16_native(p2.device):
         p2, t2 = _upcast(p2, torch.float32), _upcast(t2, torch.float32)
-    op, _ = _ops_for(p2)
+    # the variants have no Triton kernels: on CUDA they run the generated PyTorch closed form
+    op = ops.aligned_loss_op if variant else _ops_for(p2)[0]
     tracing = ops.tracing()
     transformed = not tracing and ops.functorch_or_forward_ad_active()  # torch.func or forward-mode AD
     grad_mode = torch.is_grad_enabled()

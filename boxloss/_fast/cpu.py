@@ -31,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor
@@ -46,11 +46,6 @@ FLAG_SETS = (
     ["-O3", "-fno-math-errno"],                  # no OpenMP (e.g. Apple clang): one thread
 )
 SILENCE = "set BOXLOSS_CPU_KERNEL=0 to use the PyTorch path without this warning"
-
-_lock = threading.Lock()
-_lib = None
-_tried = False
-_status: dict = {"backend": None, "reason": "not loaded yet"}
 
 
 def _cpu_identity() -> str:
@@ -68,15 +63,6 @@ def _compiler() -> Optional[str]:
     if cc:
         return cc
     return shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-
-
-def _key(flags) -> str:
-    """Names a build: this source, these flags, this CPU (not the compiler, so that a kernel prebuilt into a
-    read-only cache is found on a machine without one)."""
-    with open(SOURCE, "rb") as f:
-        source = f.read()
-    material = b"\0".join([source, " ".join(flags).encode(), platform.machine().encode(), _cpu_identity().encode()])
-    return hashlib.sha256(material).hexdigest()[:16]
 
 
 def cache_dirs() -> list:
@@ -114,17 +100,24 @@ def _writable(directory: str) -> bool:
     return os.access(directory, os.W_OK | os.X_OK)
 
 
-def _compile(compiler: str, target_dir: str, name_of) -> tuple:
-    """Build into ``target_dir``; returns (path, flags) or raises RuntimeError with the compiler's message."""
+def _compile(compiler: str, target_dir: str, name_of, text: str) -> tuple:
+    """Build the C ``text`` into ``target_dir``; returns (path, flags) or raises RuntimeError with the
+    compiler's message."""
     errors = []
     for flags in FLAG_SETS:
         target = os.path.join(target_dir, name_of(flags))
         tmp = f"{target}.{os.getpid()}.{threading.get_ident()}.tmp"
+        source = tmp + ".c"
         try:
-            result = subprocess.run([compiler, *flags, "-shared", "-fPIC", "-o", tmp, SOURCE, "-lm"],
+            with open(source, "w") as f:
+                f.write(text)
+            result = subprocess.run([compiler, *flags, "-shared", "-fPIC", "-o", tmp, source, "-lm"],
                                     capture_output=True, text=True, timeout=120)
         except (OSError, subprocess.SubprocessError) as exc:
             raise RuntimeError(f"the C compiler {compiler!r} could not be run: {exc}") from None
+        finally:
+            if os.path.exists(source):
+                os.remove(source)
         if result.returncode == 0:
             digest = _digest(tmp)
             with open(tmp + ".sha256", "w") as f:
@@ -133,10 +126,9 @@ def _compile(compiler: str, target_dir: str, name_of) -> tuple:
             os.replace(tmp, target)
             return target, flags
         errors.append((result.stderr or result.stdout).strip().splitlines()[-1:] or ["(no message)"])
-        for leftover in (tmp,):
-            if os.path.exists(leftover):
-                os.remove(leftover)
-    raise RuntimeError(f"the C compiler {compiler!r} failed to build {SOURCE}: {errors[0][0]}")
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    raise RuntimeError(f"the C compiler {compiler!r} failed to build {name_of(FLAG_SETS[0])}: {errors[0][0]}")
 
 
 def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
@@ -152,96 +144,167 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     return lib
 
 
-def _find_or_build() -> Optional[ctypes.CDLL]:
-    if os.environ.get("BOXLOSS_CPU_KERNEL", "1").strip().lower() in ("0", "false", "off", "no"):
-        _status.update(backend=None, reason="switched off by BOXLOSS_CPU_KERNEL=0")
-        return None
-    if sys.platform == "win32":
-        _status.update(backend=None, reason="the compiled CPU kernel is not built on Windows")
-        warn_once("cpu-windows", f"boxloss: the compiled CPU kernel is not built on Windows; the aligned losses "
-                                 f"run the slower PyTorch path ({SILENCE}).")
-        return None
-    names = {tuple(f): f"boxloss_aligned_{_key(f)}.so" for f in FLAG_SETS}
-    corrupt = []
-    for directory in cache_dirs():
-        for flags in FLAG_SETS:
-            path = os.path.join(directory, names[tuple(flags)])
-            ok = _verified(path)
-            if ok:
-                try:
-                    lib = _declare(ctypes.CDLL(path))
-                except OSError as exc:
-                    corrupt.append(f"{path} (cannot be loaded: {exc})")
-                    continue
-                _status.update(backend="compiled C kernel", reason="loaded from the cache", cache_file=path,
-                               flags=" ".join(flags), openmp="-fopenmp" in flags)
-                return lib
-            if ok is False:
-                corrupt.append(f"{path} (checksum mismatch: truncated or modified)")
-    if corrupt:
-        warn_once("cpu-corrupt-cache", "boxloss: ignoring a corrupt cached CPU kernel, " + "; ".join(corrupt)
-                  + ": rebuilding it.")
-    compiler = _compiler()
-    if compiler is None:
-        _status.update(backend=None, reason="no C compiler found (cc, gcc, clang; or set CC)")
-        warn_once("cpu-no-compiler", "boxloss: no C compiler found (tried $CC, cc, gcc, clang), so the compiled "
-                                     "CPU kernel cannot be built and the box losses run the 3-6x slower PyTorch "
-                                     f"path. Install gcc or clang, or point CC at one ({SILENCE}).")
-        return None
-    writable = [d for d in cache_dirs() if _writable(d)]
-    if os.environ.get("BOXLOSS_CACHE") and (not writable or writable[0] != os.environ["BOXLOSS_CACHE"]):
-        warn_once("cpu-cache-readonly", f"boxloss: BOXLOSS_CACHE={os.environ['BOXLOSS_CACHE']!r} holds no usable "
-                                        f"kernel and is not writable; building into "
-                                        f"{writable[0] if writable else 'nowhere'} instead. Build it once where "
-                                        f"the directory is writable, or point BOXLOSS_CACHE at a writable one.")
-    if not writable:
-        _status.update(backend=None, reason="no writable cache directory for the compiled kernel")
-        warn_once("cpu-no-cache", f"boxloss: no writable directory to build the CPU kernel in (tried "
-                                  f"{', '.join(cache_dirs())}); running the slower PyTorch path. Set BOXLOSS_CACHE "
-                                  f"to a writable directory ({SILENCE}).")
-        return None
-    try:
-        path, flags = _compile(compiler, writable[0], lambda f: names[tuple(f)])
-        lib = _declare(ctypes.CDLL(path))
-    except (RuntimeError, OSError) as exc:
-        _status.update(backend=None, reason=str(exc), compiler=compiler)
-        warn_once("cpu-build-failed", f"boxloss: {exc}. The box losses run the 3-6x slower PyTorch path. Fix the "
-                                      f"compiler (or the CC variable) ({SILENCE}).")
-        return None
-    _status.update(backend="compiled C kernel", reason="built now", cache_file=path, compiler=compiler,
-                   flags=" ".join(flags), openmp="-fopenmp" in flags)
+VARIANT_ARGTYPES = ([ctypes.c_void_p] * 6 + [ctypes.c_long, ctypes.c_double, ctypes.c_void_p, ctypes.c_double,
+                                             ctypes.c_void_p, ctypes.c_int])
+
+
+class KernelLibrary:
+    """One C source, found in the cache or built, verified and loaded once per process.
+
+    ``source`` returns the C text (a file of the package, or generated); ``prefix`` names the cached library;
+    ``declare`` sets the ctypes signatures after loading.
+    """
+
+    def __init__(self, label: str, prefix: str, source: Callable[[], str], declare: Callable) -> None:
+        self.label, self.prefix, self.source, self.declare = label, prefix, source, declare
+        self.lock = threading.Lock()
+        self.lib = None
+        self.tried = False
+        self.status: dict = {"backend": None, "reason": "not loaded yet"}
+
+    @staticmethod
+    def key(flags, text: str) -> str:
+        """Names a build: this source, these flags, this CPU (not the compiler, so that a kernel prebuilt into a
+        read-only cache is found on a machine without one)."""
+        material = b"\0".join([text.encode(), " ".join(flags).encode(), platform.machine().encode(),
+                               _cpu_identity().encode()])
+        return hashlib.sha256(material).hexdigest()[:16]
+
+    def load(self) -> Optional[ctypes.CDLL]:
+        """The library, found or built on first call; ``None`` (with a warning) where it cannot be."""
+        if not self.tried:
+            with self.lock:
+                if not self.tried:
+                    try:
+                        self.lib = self._find_or_build()
+                    except Exception as exc:  # never let the fast path take the process down
+                        self.lib = None
+                        self.status.update(backend=None, reason=f"unexpected error: {exc!r}")
+                        warn_once(f"cpu-unexpected:{self.prefix}",
+                                  f"boxloss: the compiled CPU kernel of {self.label} could not be set up ({exc!r}); "
+                                  f"running the PyTorch path ({SILENCE}).")
+                    self.tried = True
+        return self.lib
+
+    def reset(self) -> None:
+        with self.lock:
+            self.lib, self.tried = None, False
+            self.status.clear()
+            self.status.update(backend=None, reason="not loaded yet")
+
+    def _find_or_build(self) -> Optional[ctypes.CDLL]:
+        status = self.status
+        if os.environ.get("BOXLOSS_CPU_KERNEL", "1").strip().lower() in ("0", "false", "off", "no"):
+            status.update(backend=None, reason="switched off by BOXLOSS_CPU_KERNEL=0")
+            return None
+        if sys.platform == "win32":
+            status.update(backend=None, reason="the compiled CPU kernel is not built on Windows")
+            warn_once("cpu-windows", f"boxloss: the compiled CPU kernel is not built on Windows; the aligned losses "
+                                     f"run the slower PyTorch path ({SILENCE}).")
+            return None
+        text = self.source()
+        names = {tuple(f): f"{self.prefix}_{self.key(f, text)}.so" for f in FLAG_SETS}
+        corrupt = []
+        for directory in cache_dirs():
+            for flags in FLAG_SETS:
+                path = os.path.join(directory, names[tuple(flags)])
+                ok = _verified(path)
+                if ok:
+                    try:
+                        lib = self.declare(ctypes.CDLL(path))
+                    except OSError as exc:
+                        corrupt.append(f"{path} (cannot be loaded: {exc})")
+                        continue
+                    status.update(backend="compiled C kernel", reason="loaded from the cache", cache_file=path,
+                                  flags=" ".join(flags), openmp="-fopenmp" in flags)
+                    return lib
+                if ok is False:
+                    corrupt.append(f"{path} (checksum mismatch: truncated or modified)")
+        if corrupt:
+            warn_once("cpu-corrupt-cache", "boxloss: ignoring a corrupt cached CPU kernel, " + "; ".join(corrupt)
+                      + ": rebuilding it.")
+        compiler = _compiler()
+        if compiler is None:
+            status.update(backend=None, reason="no C compiler found (cc, gcc, clang; or set CC)")
+            warn_once("cpu-no-compiler", "boxloss: no C compiler found (tried $CC, cc, gcc, clang), so the compiled "
+                                         "CPU kernel cannot be built and the box losses run the 3-6x slower PyTorch "
+                                         f"path. Install gcc or clang, or point CC at one ({SILENCE}).")
+            return None
+        writable = [d for d in cache_dirs() if _writable(d)]
+        if os.environ.get("BOXLOSS_CACHE") and (not writable or writable[0] != os.environ["BOXLOSS_CACHE"]):
+            warn_once("cpu-cache-readonly", f"boxloss: BOXLOSS_CACHE={os.environ['BOXLOSS_CACHE']!r} holds no usable "
+                                            f"kernel and is not writable; building into "
+                                            f"{writable[0] if writable else 'nowhere'} instead. Build it once where "
+                                            f"the directory is writable, or point BOXLOSS_CACHE at a writable one.")
+        if not writable:
+            status.update(backend=None, reason="no writable cache directory for the compiled kernel")
+            warn_once("cpu-no-cache", f"boxloss: no writable directory to build the CPU kernel in (tried "
+                                      f"{', '.join(cache_dirs())}); running the slower PyTorch path. Set BOXLOSS_CACHE "
+                                      f"to a writable directory ({SILENCE}).")
+            return None
+        try:
+            path, flags = _compile(compiler, writable[0], lambda f: names[tuple(f)], text)
+            lib = self.declare(ctypes.CDLL(path))
+        except (RuntimeError, OSError) as exc:
+            status.update(backend=None, reason=str(exc), compiler=compiler)
+            warn_once("cpu-build-failed", f"boxloss: {exc}. The box losses run the 3-6x slower PyTorch path. Fix the "
+                                          f"compiler (or the CC variable) ({SILENCE}).")
+            return None
+        status.update(backend="compiled C kernel", reason="built now", cache_file=path, compiler=compiler,
+                      flags=" ".join(flags), openmp="-fopenmp" in flags)
+        return lib
+
+
+def _read_core_source() -> str:
+    with open(SOURCE) as f:
+        return f.read()
+
+
+def _variants_source() -> str:
+    from . import variants
+
+    return variants.c_source()
+
+
+def _declare_variants(lib: ctypes.CDLL) -> ctypes.CDLL:
+    from . import variants
+
+    for symbol in variants.c_symbols():
+        fn = getattr(lib, symbol)
+        fn.restype = None
+        fn.argtypes = VARIANT_ARGTYPES
     return lib
 
 
+CORE = KernelLibrary("IoU, GIoU, DIoU and CIoU (aligned.c)", "boxloss_aligned", _read_core_source, _declare)
+VARIANTS = KernelLibrary("the loss variants (generated from their formulas)", "boxloss_variants", _variants_source,
+                         _declare_variants)
+
+
 def load() -> Optional[ctypes.CDLL]:
-    """The compiled kernel library, found or built on first call; ``None`` (with a warning) where it cannot be."""
-    global _lib, _tried
-    if not _tried:
-        with _lock:
-            if not _tried:
-                try:
-                    _lib = _find_or_build()
-                except Exception as exc:  # never let the fast path take the process down
-                    _lib = None
-                    _status.update(backend=None, reason=f"unexpected error: {exc!r}")
-                    warn_once("cpu-unexpected", f"boxloss: the compiled CPU kernel could not be set up ({exc!r}); "
-                                                f"running the PyTorch path ({SILENCE}).")
-                _tried = True
-    return _lib
+    """The compiled kernel of aligned.c, found or built on first call; ``None`` (with a warning) where it cannot
+    be."""
+    return CORE.load()
+
+
+def load_variants() -> Optional[ctypes.CDLL]:
+    """The compiled kernel of the loss variants (C generated from their formulas), like :func:`load`."""
+    return VARIANTS.load()
 
 
 def reset() -> None:
-    """Forget the loaded library and the last attempt (tests; a changed environment)."""
-    global _lib, _tried
-    with _lock:
-        _lib, _tried = None, False
-        _status.clear()
-        _status.update(backend=None, reason="not loaded yet")
+    """Forget the loaded libraries and the last attempts (tests; a changed environment)."""
+    CORE.reset()
+    VARIANTS.reset()
 
 
 def status() -> dict:
     """What :func:`load` found: backend, reason, compiler, flags, cache file."""
-    return dict(_status)
+    return dict(CORE.status)
+
+
+def variants_status() -> dict:
+    return dict(VARIANTS.status)
 
 
 def _ptr(x: Optional[Tensor]):
@@ -277,3 +340,22 @@ def run_pairwise(lib, kind: str, a: Tensor, b: Tensor, eps: float) -> Tensor:
     fn = lib.boxloss_pairwise_f64 if a.dtype == torch.float64 else lib.boxloss_pairwise_f32
     fn(PAIRWISE_CODES[kind], _ptr(a), _ptr(b), _ptr(out), batch, n, m, float(eps), torch.get_num_threads())
     return out
+
+
+def run_variant(lib, symbol: str, params, p: Tensor, t: Tensor, eps: float, need_p: bool, need_t: bool,
+                weight: Optional[Tensor] = None, scale: Optional[float] = None):
+    """As :func:`run`, for the generated kernel ``symbol`` (without its dtype suffix) and its parameters."""
+    n = p.shape[0]
+    reduce = scale is not None
+    loss = p.new_empty(0 if reduce else n)
+    grad_p = p.new_empty(n, 4) if need_p else p.new_empty(0)
+    grad_t = p.new_empty(n, 4) if need_t else p.new_empty(0)
+    total = ctypes.c_double(0.0)
+    prm = (ctypes.c_double * max(1, len(params)))(*[float(x) for x in params])
+    fn = getattr(lib, symbol + ("_f64" if p.dtype == torch.float64 else "_f32"))
+    fn(_ptr(p), _ptr(t), _ptr(weight), None if reduce else _ptr(loss), _ptr(grad_p) if need_p else None,
+       _ptr(grad_t) if need_t else None, n, float(eps), prm, float(scale) if reduce else 1.0,
+       ctypes.byref(total) if reduce else None, torch.get_num_threads())
+    if reduce:
+        loss = torch.tensor(total.value, dtype=p.dtype)
+    return loss, grad_p, grad_t

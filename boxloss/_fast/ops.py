@@ -34,12 +34,13 @@ Batching rules (``vmap``) fold the vmapped dimensions into the box dimension: on
 
 from __future__ import annotations
 
+import functools
 from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 
-from . import cpu, fused
+from . import cpu, fused, variants
 
 __all__ = ["aligned_loss_op", "pairwise_score_op", "call_pairwise", "EagerAligned", "AlignedLoss", "PairwiseScore"]
 
@@ -55,6 +56,11 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 def cpu_library():
     """The compiled CPU kernel, or None (switched off, or it cannot be built: :func:`cpu.load` warns once)."""
     return cpu.load() if USE_COMPILED_CPU else None
+
+
+def variant_library():
+    """The compiled CPU kernel of the loss variants (C generated from their formulas), or None."""
+    return cpu.load_variants() if USE_COMPILED_CPU else None
 
 
 def _saturate(grad: Tensor, dtype: torch.dtype) -> Tensor:
@@ -75,7 +81,10 @@ def reference_aligned(kind, p, t, weight, divisor, eps, reduce, scale):
     from ..boxes import _reference_loss
 
     cd = compute_dtype(p.dtype)
-    loss = _reference_loss(kind, p.to(cd), t.to(cd), eps)
+    if variants.is_variant(kind):
+        loss = variants.reference(kind, p.to(cd), t.to(cd), eps)
+    else:
+        loss = _reference_loss(kind, p.to(cd), t.to(cd), eps)
     if not reduce:
         return loss
     if weight is not None:
@@ -108,10 +117,12 @@ def _aligned_fake(pred, target, weight, divisor, kind, eps, reduce, scale, need_
 def _closed_form(kind, p, t, eps, need_p, need_t):
     """The PyTorch closed form in cache-sized chunks (any device): per-box loss and local gradients."""
     n = p.shape[0]
+    chunk = CPU_CHUNK if p.device.type == "cpu" else max(n, 1)
+    if variants.is_variant(kind):
+        return variants.closed_form(kind, p, t, eps, need_p, need_t, chunk)
     loss = p.new_empty(n)
     grad_p = p.new_empty(n, 4) if need_p else p.new_empty(0)
     grad_t = p.new_empty(n, 4) if need_t else p.new_empty(0)
-    chunk = CPU_CHUNK if p.device.type == "cpu" else max(n, 1)
     for s in range(0, n, chunk):
         e = min(s + chunk, n)
         value, gp, gt = fused.fused_loss_and_grad(kind, p[s:e], t[s:e], eps, need_p or need_t)
@@ -130,14 +141,19 @@ def aligned_loss_op(pred: Tensor, target: Tensor, weight: Optional[Tensor], divi
     cd = compute_dtype(pred.dtype)
     p = pred.to(cd).contiguous()
     t = target.to(cd).contiguous()
-    lib = cpu_library() if p.device.type == "cpu" else None
+    variant = variants.is_variant(kind)
+    lib = (variant_library() if variant else cpu_library()) if p.device.type == "cpu" else None
     if lib is not None:
+        if variant:
+            name, _, params = variants.parse(kind)
+            run = functools.partial(cpu.run_variant, lib, variants.symbol(name), params)
+        else:
+            run = functools.partial(cpu.run, lib, kind)
         if not reduce:
-            return cpu.run(lib, kind, p, t, eps, need_pred, need_target)
+            return run(p, t, eps, need_pred, need_target)
         w = None if weight is None else weight.to(cd).contiguous()
         s = scale if divisor is None else scale / max(float(divisor), eps)  # CPU: reading the divisor is free
-        total, gp, gt = cpu.run(lib, kind, p, t, eps, need_pred, need_target, w, s)
-        return total, gp, gt
+        return run(p, t, eps, need_pred, need_target, w, s)
     loss, gp, gt = _closed_form(kind, p, t, eps, need_pred, need_target)
     if not reduce:
         return loss, gp, gt

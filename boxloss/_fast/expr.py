@@ -1,0 +1,501 @@
+"""One formula, two back ends: the loss variants are written once against a small math namespace, and that one
+function is both the PyTorch reference (evaluated on tensors, differentiated by autograd) and the source of
+the compiled CPU kernel (traced into an expression graph, differentiated in reverse mode, printed as C).
+
+A variant's math is a function ``fn(p, t, m, *params) -> loss`` where ``p`` and ``t`` are the four columns
+``(x1, y1, x2, y2)`` of the predicted and target boxes and ``m`` is a :class:`TorchMath` (tensors) or a
+:class:`SymbolicMath` (expression nodes). Both namespaces offer the same primitives, with the same values and
+the same derivatives (PyTorch's conventions: ``maximum``/``minimum`` split the gradient evenly on ties,
+``clamp_min``/``clamp_max`` pass none at the bound, ``where`` passes none to the branch not taken) and the
+same composites built from them (``safe_div``, ``safe_sqrt``, ``safe_pow``), so a kernel generated from a
+formula agrees with the reference to rounding; the tests check this for every registered variant.
+
+Python ``if``/``for`` on parameters is not allowed inside a formula (parameters are runtime inputs of the
+generated kernel); branches are written with ``m.where``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Dict, List, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the PyTorch namespace (the reference)
+# ----------------------------------------------------------------------------------------------------------
+class TorchMath:
+    """The primitives on tensors; ``eps`` is the loss' ``eps``."""
+
+    def __init__(self, eps: float) -> None:
+        self.eps = eps
+
+    maximum = staticmethod(torch.maximum)
+    minimum = staticmethod(torch.minimum)
+    exp = staticmethod(torch.exp)
+    log = staticmethod(torch.log)
+    sin = staticmethod(torch.sin)
+    cos = staticmethod(torch.cos)
+    abs = staticmethod(torch.abs)
+    atan2 = staticmethod(torch.atan2)
+
+    @staticmethod
+    def clamp_min(x: Tensor, c) -> Tensor:
+        return x.clamp_min(c)
+
+    @staticmethod
+    def clamp_max(x: Tensor, c) -> Tensor:
+        return x.clamp_max(c)
+
+    @staticmethod
+    def where(cond: Tensor, a, b) -> Tensor:
+        return torch.where(cond, a, b)
+
+    @staticmethod
+    def detach(x: Tensor) -> Tensor:
+        return x.detach()
+
+    @staticmethod
+    def const(value: float, like: Tensor) -> Tensor:
+        return torch.full_like(like, value)
+
+    # composites: written once below, shared with SymbolicMath
+    def safe_div(self, num, den):
+        return _safe_div(self, num, den)
+
+    def safe_sqrt(self, x):
+        return _safe_sqrt(self, x)
+
+    def safe_pow(self, x, y):
+        return _safe_pow(self, x, y)
+
+    def atan2_safe(self, y, x):
+        return _atan2_safe(self, y, x)
+
+
+def _safe_div(m, num, den):
+    """num / max(den, eps), with no gradient where den <= eps (``boxes._safe_div``)."""
+    return m.where(den > m.eps, num, m.detach(num)) / m.clamp_min(den, m.eps)
+
+
+def _safe_sqrt(m, x):
+    """sqrt with a zero (not infinite) gradient at 0; 0 for x <= 0."""
+    positive = x > 0
+    return m.where(positive, _sqrt(m, m.where(positive, x, m.const(1.0, x))), m.const(0.0, x))
+
+
+def _sqrt(m, x):
+    return m.sqrt(x) if isinstance(m, SymbolicMath) else torch.sqrt(x)
+
+
+def _safe_pow(m, x, y):
+    """x ** y for x > 0; for x <= 0: 1 where y == 0, else 0 — with no gradient there (the exponent ``y`` is a
+    parameter: no gradient either)."""
+    positive = x > 0
+    base = m.where(positive, x, m.const(1.0, x))
+    value = m.exp(m.log(base) * y)
+    zero_power = m.where(y == 0, m.const(1.0, x), m.const(0.0, x)) if isinstance(y, Expr) else \
+        m.const(1.0 if float(y) == 0 else 0.0, x)
+    return m.where(positive, value, zero_power)
+
+
+def _atan2_safe(m, y, x):
+    """atan2(y, x), 0 with no gradient at (0, 0) (``boxes``' CIoU aspect convention)."""
+    ok = (x + y) > m.eps
+    return m.where(ok, m.atan2(y, m.where(ok, x, m.const(1.0, x))), m.const(0.0, x))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the symbolic namespace: expression graphs
+# ----------------------------------------------------------------------------------------------------------
+BOOL_OPS = ("gt", "ge", "lt", "le", "eq", "ne", "and", "or", "not")
+
+
+class Expr:
+    """A node of a traced formula. Arithmetic and comparisons build new nodes (hash-consed per trace)."""
+
+    __slots__ = ("graph", "op", "args", "value", "index")
+
+    def __init__(self, graph: "Graph", op: str, args: Tuple["Expr", ...], value=None) -> None:
+        self.graph, self.op, self.args, self.value = graph, op, args, value
+        self.index = -1
+
+    @property
+    def is_bool(self) -> bool:
+        return self.op in BOOL_OPS
+
+    def _lift(self, other) -> "Expr":
+        return other if isinstance(other, Expr) else self.graph.const(float(other))
+
+    def __add__(self, o):
+        return self.graph.node("add", self, self._lift(o))
+
+    def __radd__(self, o):
+        return self.graph.node("add", self._lift(o), self)
+
+    def __sub__(self, o):
+        return self.graph.node("sub", self, self._lift(o))
+
+    def __rsub__(self, o):
+        return self.graph.node("sub", self._lift(o), self)
+
+    def __mul__(self, o):
+        return self.graph.node("mul", self, self._lift(o))
+
+    def __rmul__(self, o):
+        return self.graph.node("mul", self._lift(o), self)
+
+    def __truediv__(self, o):
+        return self.graph.node("div", self, self._lift(o))
+
+    def __rtruediv__(self, o):
+        return self.graph.node("div", self._lift(o), self)
+
+    def __neg__(self):
+        return self.graph.node("neg", self)
+
+    def __pow__(self, k):
+        if k == 2:
+            return self * self
+        raise TypeError("boxloss formulas: use m.safe_pow(x, y) for powers other than ** 2")
+
+    def __gt__(self, o):
+        return self.graph.node("gt", self, self._lift(o))
+
+    def __ge__(self, o):
+        return self.graph.node("ge", self, self._lift(o))
+
+    def __lt__(self, o):
+        return self.graph.node("lt", self, self._lift(o))
+
+    def __le__(self, o):
+        return self.graph.node("le", self, self._lift(o))
+
+    def __eq__(self, o):  # noqa: D105 - a node, not a bool: formulas compare values
+        return self.graph.node("eq", self, self._lift(o))
+
+    def __ne__(self, o):
+        return self.graph.node("ne", self, self._lift(o))
+
+    def __and__(self, o):
+        return self.graph.node("and", self, o)
+
+    def __or__(self, o):
+        return self.graph.node("or", self, o)
+
+    def __invert__(self):
+        return self.graph.node("not", self)
+
+    def __bool__(self):
+        raise TypeError("boxloss formulas cannot branch on a value in Python; write m.where(cond, a, b)")
+
+    __hash__ = object.__hash__
+
+
+class Graph:
+    def __init__(self) -> None:
+        self.nodes: List[Expr] = []
+        self._memo: Dict[tuple, Expr] = {}
+
+    def _add(self, op, args, value=None) -> Expr:
+        key = (op, tuple(id(a) for a in args), value)
+        hit = self._memo.get(key)
+        if hit is not None:
+            return hit
+        e = Expr(self, op, tuple(args), value)
+        e.index = len(self.nodes)
+        self.nodes.append(e)
+        self._memo[key] = e
+        return e
+
+    def node(self, op: str, *args: Expr) -> Expr:
+        return self._add(op, args)
+
+    def const(self, value: float) -> Expr:
+        return self._add("const", (), float(value))
+
+    def input(self, name: str) -> Expr:
+        return self._add("input", (), name)
+
+
+class SymbolicMath:
+    """The primitives on expression nodes (what :func:`trace` hands a formula)."""
+
+    def __init__(self, graph: Graph) -> None:
+        self.g = graph
+        self.eps = graph.input("eps")
+
+    def _n(self, op, *args):
+        return self.g.node(op, *[a if isinstance(a, Expr) else self.g.const(float(a)) for a in args])
+
+    def maximum(self, a, b):
+        return self._n("max", a, b)
+
+    def minimum(self, a, b):
+        return self._n("min", a, b)
+
+    def clamp_min(self, x, c):
+        return self._n("clamp_min", x, c)
+
+    def clamp_max(self, x, c):
+        return self._n("clamp_max", x, c)
+
+    def where(self, cond, a, b):
+        return self._n("where", cond, a, b)
+
+    def detach(self, x):
+        return self._n("detach", x)
+
+    def const(self, value, like=None):
+        return self.g.const(value)
+
+    def exp(self, x):
+        return self._n("exp", x)
+
+    def log(self, x):
+        return self._n("log", x)
+
+    def sqrt(self, x):
+        return self._n("sqrt", x)
+
+    def sin(self, x):
+        return self._n("sin", x)
+
+    def cos(self, x):
+        return self._n("cos", x)
+
+    def abs(self, x):
+        return self._n("abs", x)
+
+    def atan2(self, y, x):
+        return self._n("atan2", y, x)
+
+    def safe_div(self, num, den):
+        return _safe_div(self, num, den)
+
+    def safe_sqrt(self, x):
+        return _safe_sqrt(self, x)
+
+    def safe_pow(self, x, y):
+        return _safe_pow(self, x, y)
+
+    def atan2_safe(self, y, x):
+        return _atan2_safe(self, y, x)
+
+
+def trace(fn: Callable, n_params: int) -> Tuple[Graph, Expr, List[Expr], List[Expr], List[Expr]]:
+    """The expression graph of ``fn(p, t, m, *params)``: (graph, output, p inputs, t inputs, param inputs)."""
+    g = Graph()
+    m = SymbolicMath(g)
+    p = [g.input(f"p{k}") for k in range(4)]
+    t = [g.input(f"t{k}") for k in range(4)]
+    params = [g.input(f"q{k}") for k in range(n_params)]
+    out = fn(tuple(p), tuple(t), m, *params)
+    if not isinstance(out, Expr):
+        raise TypeError("a boxloss formula must return an expression built from its inputs")
+    return g, out, p, t, params
+
+
+# ----------------------------------------------------------------------------------------------------------
+# C generation: forward, then reverse-mode adjoints
+# ----------------------------------------------------------------------------------------------------------
+_C_BINARY = {"add": "({a} + {b})", "sub": "({a} - {b})", "mul": "({a} * {b})", "div": "({a} / {b})",
+             "gt": "({a} > {b})", "ge": "({a} >= {b})", "lt": "({a} < {b})", "le": "({a} <= {b})",
+             "eq": "({a} == {b})", "ne": "({a} != {b})", "and": "({a} && {b})", "or": "({a} || {b})",
+             "max": "BL_MAX({a}, {b})", "min": "BL_MIN({a}, {b})",
+             "clamp_min": "BL_CLAMP_MIN({a}, {b})", "clamp_max": "BL_CLAMP_MAX({a}, {b})",
+             "atan2": "BL_ATAN2({a}, {b})"}
+_C_UNARY = {"neg": "(-{a})", "not": "(!{a})", "detach": "{a}", "exp": "BL_EXP({a})", "log": "BL_LOG({a})",
+            "sqrt": "BL_SQRT({a})", "sin": "BL_SIN({a})", "cos": "BL_COS({a})", "abs": "BL_ABS({a})"}
+
+
+def _c_number(x: float) -> str:
+    if math.isinf(x):
+        return "BL_INF" if x > 0 else "(-BL_INF)"
+    return f"((R){float(x)!r})"
+
+
+def _live(out: Expr) -> List[bool]:
+    live = [False] * len(out.graph.nodes)
+    stack = [out]
+    while stack:
+        e = stack.pop()
+        if live[e.index]:
+            continue
+        live[e.index] = True
+        stack.extend(e.args)
+    return live
+
+
+def _needs_grad(nodes: Sequence[Expr]) -> Dict[int, bool]:
+    """Which nodes carry gradient: those depending on p or t through differentiable edges."""
+    needs: Dict[int, bool] = {}
+    for e in nodes:
+        if e.op == "input":
+            needs[e.index] = e.value[0] in "pt"
+        elif e.op in ("const", "detach") or e.is_bool:
+            needs[e.index] = False
+        elif e.op == "where":
+            needs[e.index] = needs[e.args[1].index] or needs[e.args[2].index]
+        elif e.op in ("clamp_min", "clamp_max"):
+            needs[e.index] = needs[e.args[0].index]
+        else:
+            needs[e.index] = any(needs[a.index] for a in e.args)
+    return needs
+
+
+def generate_c(name: str, fn: Callable, n_params: int) -> str:
+    """C source of ``void name(P, T, W, L, GP, GT, n, eps, params, scale, total, threads)`` — per-box loss,
+    local gradients and the weighted sum in one pass, as ``boxloss_aligned_*`` in ``aligned.c`` — for the
+    float and double types (suffixes ``_f32``, ``_f64``)."""
+    g, out, p, t, _params = trace(fn, n_params)
+    live = _live(out)
+    nodes = [e for e in g.nodes if live[e.index]]
+    inputs = {f"p{k}": f"P[4 * i + {k}]" for k in range(4)}
+    inputs.update({f"t{k}": f"T[4 * i + {k}]" for k in range(4)})
+    inputs.update({f"q{k}": f"(R)prm[{k}]" for k in range(n_params)})
+    inputs["eps"] = "eps"
+    v = lambda e: f"v{e.index}"  # noqa: E731
+
+    fwd = []
+    for e in nodes:
+        if e.op == "const":
+            expr = _c_number(e.value)
+        elif e.op == "input":
+            expr = inputs[e.value]
+        elif e.op == "where":
+            expr = f"({v(e.args[0])} ? {v(e.args[1])} : {v(e.args[2])})"
+        elif e.op in _C_BINARY:
+            expr = _C_BINARY[e.op].format(a=v(e.args[0]), b=v(e.args[1]))
+        else:
+            expr = _C_UNARY[e.op].format(a=v(e.args[0]))
+        ctype = "int" if e.is_bool else "R"
+        fwd.append(f"const {ctype} {v(e)} = {expr};")
+
+    needs = _needs_grad(nodes)
+    bwd = [f"R a{e.index} = 0;" for e in nodes if needs[e.index]]
+    if needs[out.index]:
+        bwd.append(f"a{out.index} = 1;")
+    for e in reversed(nodes):
+        if not needs[e.index] or e.op == "input":
+            continue
+        ga = f"a{e.index}"
+        x = e.args[0] if e.args else None
+        y = e.args[1] if len(e.args) > 1 else None
+
+        def acc(target, expr):
+            if needs[target.index]:
+                bwd.append(f"a{target.index} += {expr};")
+
+        if e.op == "add":
+            acc(x, ga)
+            acc(y, ga)
+        elif e.op == "sub":
+            acc(x, ga)
+            acc(y, f"-{ga}")
+        elif e.op == "mul":
+            acc(x, f"{ga} * {v(y)}")
+            acc(y, f"{ga} * {v(x)}")
+        elif e.op == "div":
+            acc(x, f"{ga} / {v(y)}")
+            acc(y, f"-{ga} * {v(e)} / {v(y)}")
+        elif e.op == "neg":
+            acc(x, f"-{ga}")
+        elif e.op in ("max", "min"):
+            cmp = ">" if e.op == "max" else "<"
+            s = f"({v(x)} {cmp} {v(y)} ? (R)1 : ({v(x)} == {v(y)} ? (R)0.5 : (R)0))"
+            acc(x, f"{ga} * {s}")
+            acc(y, f"{ga} * ((R)1 - {s})")
+        elif e.op == "clamp_min":
+            acc(x, f"({v(x)} > {v(y)} ? {ga} : (R)0)")
+        elif e.op == "clamp_max":
+            acc(x, f"({v(x)} < {v(y)} ? {ga} : (R)0)")
+        elif e.op == "where":
+            c = v(e.args[0])
+            acc(e.args[1], f"({c} ? {ga} : (R)0)")
+            acc(e.args[2], f"({c} ? (R)0 : {ga})")
+        elif e.op == "exp":
+            acc(x, f"{ga} * {v(e)}")
+        elif e.op == "log":
+            acc(x, f"{ga} / {v(x)}")
+        elif e.op == "sqrt":
+            acc(x, f"{ga} * (R)0.5 / {v(e)}")
+        elif e.op == "sin":
+            acc(x, f"{ga} * BL_COS({v(x)})")
+        elif e.op == "cos":
+            acc(x, f"-{ga} * BL_SIN({v(x)})")
+        elif e.op == "abs":
+            acc(x, f"{ga} * ({v(x)} > 0 ? (R)1 : ({v(x)} < 0 ? (R)-1 : (R)0))")
+        elif e.op == "atan2":  # atan2(y=x, x=y): d/dy = x / r², d/dx = −y / r²
+            r2 = f"({v(x)} * {v(x)} + {v(y)} * {v(y)})"
+            acc(x, f"({r2} > 0 ? {ga} * {v(y)} / {r2} : (R)0)")
+            acc(y, f"({r2} > 0 ? -{ga} * {v(x)} / {r2} : (R)0)")
+        else:
+            raise NotImplementedError(f"no derivative for {e.op}")
+    grad_p = [f"a{e.index}" if needs.get(e.index) and live[e.index] else "(R)0" for e in p]
+    grad_t = [f"a{e.index}" if needs.get(e.index) and live[e.index] else "(R)0" for e in t]
+
+    body = "\n        ".join(fwd)
+    back = "\n            ".join(bwd)
+    gp = "\n                ".join(f"GP[4 * i + {k}] = f * (loss != loss ? loss : {grad_p[k]});" for k in range(4))
+    gt = "\n                ".join(f"GT[4 * i + {k}] = f * (loss != loss ? loss : {grad_t[k]});" for k in range(4))
+    return _KERNEL.format(name=name, body=body, out=v(out), back=back, gp=gp, gt=gt)
+
+
+_KERNEL = """
+void {name}_SFX(const R *P, const R *T, const R *W, R *L, R *GP, R *GT, long n, double eps_d,
+                const double *prm, double scale, double *total, int threads) {{
+    const R eps = (R)eps_d;
+    double acc = 0;
+    (void)prm; (void)threads;
+    _Pragma("omp parallel for schedule(static) num_threads(threads) reduction(+:acc)")
+    for (long i = 0; i < n; ++i) {{
+        {body}
+        const R loss = {out};
+        const R f = (W ? W[i] : (R)1) * (R)scale;
+        if (L) L[i] = loss;
+        if (total) acc += (double)f * (double)loss;
+        if (GP || GT) {{
+            {back}
+            if (GP) {{
+                {gp}
+            }}
+            if (GT) {{
+                {gt}
+            }}
+        }}
+    }}
+    if (total) *total = acc;
+}}
+"""
+
+PRELUDE = """/* Generated by boxloss._fast.expr from the variant formulas in boxloss/losses: do not edit. */
+#include <math.h>
+#include <stddef.h>
+#define BL_INF (1.0 / 0.0)
+#define BL_MAX(a, b) (((a) > (b) || (a) != (a)) ? (a) : (b))
+#define BL_MIN(a, b) (((a) < (b) || (a) != (a)) ? (a) : (b))
+#define BL_CLAMP_MIN(x, c) (((x) > (c) || (x) != (x)) ? (x) : (c))
+#define BL_CLAMP_MAX(x, c) (((x) < (c) || (x) != (x)) ? (x) : (c))
+"""
+
+_TYPES = {
+    "f32": {"R": "float", "EXP": "expf", "LOG": "logf", "SQRT": "sqrtf", "SIN": "sinf", "COS": "cosf",
+            "ABS": "fabsf", "ATAN2": "atan2f"},
+    "f64": {"R": "double", "EXP": "exp", "LOG": "log", "SQRT": "sqrt", "SIN": "sin", "COS": "cos",
+            "ABS": "fabs", "ATAN2": "atan2"},
+}
+
+
+def generate_library(kernels: Sequence[Tuple[str, Callable, int]]) -> str:
+    """One C file with a float and a double instantiation of every ``(name, formula, n_params)``."""
+    parts = [PRELUDE]
+    for sfx, names in _TYPES.items():
+        parts.append(f"#define R {names['R']}\n#define SFX _{sfx}\n"
+                     + "".join(f"#define BL_{k} {fname}\n" for k, fname in names.items() if k != "R"))
+        for name, fn, n_params in kernels:
+            parts.append(generate_c(name, fn, n_params).replace("_SFX(", f"_{sfx}("))
+        parts.append("#undef R\n#undef SFX\n" + "".join(f"#undef BL_{k}\n" for k in names if k != "R"))
+    return "\n".join(parts)

@@ -1,0 +1,236 @@
+"""The loss variants on the fast path: each registered formula (``boxloss.losses.registry``) becomes
+
+* the reference: the formula evaluated on tensors and differentiated by autograd (:func:`reference`);
+* a compiled CPU kernel: C generated from the formula's expression graph, forward and reverse-mode gradient in
+  one pass with the weighted reduction (:func:`c_source`, built and cached by :mod:`boxloss._fast.cpu`);
+* a PyTorch closed form for other devices and for CPUs without a compiler: the same expression graph and the
+  same derivative rules evaluated with tensor operations in cache-sized chunks (:func:`closed_form`).
+
+A variant enters the ``boxloss::aligned_loss`` operator (and so ``torch.compile``, ``torch.func``, ...) under a
+kind string ``"name|param|param"`` (:func:`kind_of`); the parameters are runtime arguments of the kernel.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Dict, List, Tuple
+
+import torch
+from torch import Tensor
+
+from . import expr
+
+SEPARATOR = "|"
+
+
+@functools.lru_cache(maxsize=None)
+def _registry() -> Dict[str, tuple]:
+    from ..losses.registry import VARIANTS
+
+    return VARIANTS
+
+
+def is_variant(kind: str) -> bool:
+    return kind.split(SEPARATOR, 1)[0] in _registry()
+
+
+def kind_of(name: str, *params: float) -> str:
+    """The operator's kind string of variant ``name`` with ``params`` (floats, exact through repr)."""
+    if name not in _registry():
+        raise ValueError(f"unknown loss variant {name!r}")
+    return SEPARATOR.join([name, *(repr(float(x)) for x in params)])
+
+
+@functools.lru_cache(maxsize=4096)
+def parse(kind: str) -> Tuple[str, tuple, Tuple[float, ...]]:
+    """(name, registry entry, params) of a kind string."""
+    name, *raw = kind.split(SEPARATOR)
+    entry = _registry()[name]
+    params = tuple(float(x) for x in raw)
+    if len(params) != len(entry.params):
+        raise ValueError(f"variant {name!r} takes {len(entry.params)} parameters {entry.params}; got {params}")
+    return name, entry, params
+
+
+def symbol(name: str) -> str:
+    return "boxloss_v_" + name
+
+
+def reference(kind: str, p: Tensor, t: Tensor, eps: float, params=None) -> Tensor:
+    """The per-box loss from the formula on tensors (differentiable by autograd and torch.func); ``params``
+    overrides the kind's parameters (e.g. with per-box tensors)."""
+    _, entry, kind_params = parse(kind)
+    params = kind_params if params is None else tuple(params)
+    return entry.formula(tuple(p.unbind(-1)), tuple(t.unbind(-1)), expr.TorchMath(eps), *params)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the compiled CPU kernels
+# ----------------------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=1)
+def c_source() -> str:
+    return expr.generate_library([(symbol(name), entry.formula, len(entry.params))
+                                  for name, entry in _registry().items()])
+
+
+def c_symbols() -> List[str]:
+    return [symbol(name) + sfx for name in _registry() for sfx in ("_f32", "_f64")]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the PyTorch closed form: the generated forward and reverse pass, evaluated on tensors
+# ----------------------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=None)
+def _program(name: str):
+    entry = _registry()[name]
+    g, out, p, t, params = expr.trace(entry.formula, len(entry.params))
+    live = expr._live(out)
+    nodes = [e for e in g.nodes if live[e.index]]
+    needs = expr._needs_grad(nodes)
+    return nodes, out, p, t, needs
+
+
+_T_UNARY = {"neg": torch.neg, "exp": torch.exp, "log": torch.log, "sqrt": torch.sqrt, "sin": torch.sin,
+            "cos": torch.cos, "abs": torch.abs}
+_T_BINARY = {"add": torch.add, "sub": torch.sub, "mul": torch.mul, "div": torch.div, "gt": torch.gt,
+             "ge": torch.ge, "lt": torch.lt, "le": torch.le, "eq": torch.eq, "ne": torch.ne,
+             "and": torch.logical_and, "or": torch.logical_or, "max": torch.maximum, "min": torch.minimum,
+             "atan2": torch.atan2}
+
+
+def _evaluate(name: str, params, p: Tensor, t: Tensor, eps: float, need_grad: bool):
+    nodes, out, pin, tin, needs = _program(name)
+    inputs = {f"p{k}": p[:, k] for k in range(4)}
+    inputs.update({f"t{k}": t[:, k] for k in range(4)})
+    like = p[:, 0]
+    inputs.update({f"q{k}": torch.full_like(like, v) for k, v in enumerate(params)})
+    inputs["eps"] = torch.full_like(like, eps)
+    val: Dict[int, Tensor] = {}
+    for e in nodes:
+        a = [val[x.index] for x in e.args]
+        if e.op == "const":
+            v = torch.full_like(like, e.value)
+        elif e.op == "input":
+            v = inputs[e.value]
+        elif e.op == "where":
+            v = torch.where(a[0], a[1], a[2])
+        elif e.op == "not":
+            v = torch.logical_not(a[0])
+        elif e.op == "detach":
+            v = a[0]
+        elif e.op == "clamp_min":
+            v = torch.where((a[0] > a[1]) | a[0].isnan(), a[0], a[1])
+        elif e.op == "clamp_max":
+            v = torch.where((a[0] < a[1]) | a[0].isnan(), a[0], a[1])
+        elif e.op in _T_UNARY:
+            v = _T_UNARY[e.op](a[0])
+        else:
+            v = _T_BINARY[e.op](a[0], a[1])
+        val[e.index] = v
+    loss = val[out.index]
+    if not need_grad:
+        return loss, None, None
+    zero = torch.zeros_like(like)
+    adj: Dict[int, Tensor] = {}
+
+    def acc(x, g):
+        if needs[x.index]:
+            adj[x.index] = adj[x.index] + g if x.index in adj else g
+
+    if needs[out.index]:
+        adj[out.index] = torch.ones_like(like)
+    for e in reversed(nodes):
+        if not needs[e.index] or e.op == "input" or e.index not in adj:
+            continue
+        g = adj.pop(e.index)
+        args = e.args
+        x = val[args[0].index] if args else None
+        y = val[args[1].index] if len(args) > 1 else None
+        if e.op == "add":
+            acc(args[0], g)
+            acc(args[1], g)
+        elif e.op == "sub":
+            acc(args[0], g)
+            acc(args[1], -g)
+        elif e.op == "mul":
+            acc(args[0], g * y)
+            acc(args[1], g * x)
+        elif e.op == "div":
+            acc(args[0], g / y)
+            acc(args[1], -g * val[e.index] / y)
+        elif e.op == "neg":
+            acc(args[0], -g)
+        elif e.op in ("max", "min"):
+            s = ((x > y) if e.op == "max" else (x < y)).to(g.dtype) + 0.5 * (x == y).to(g.dtype)
+            acc(args[0], g * s)
+            acc(args[1], g * (1 - s))
+        elif e.op == "clamp_min":
+            acc(args[0], torch.where(x > y, g, zero))
+        elif e.op == "clamp_max":
+            acc(args[0], torch.where(x < y, g, zero))
+        elif e.op == "where":
+            c = val[args[0].index]
+            acc(args[1], torch.where(c, g, zero))
+            acc(args[2], torch.where(c, zero, g))
+        elif e.op == "exp":
+            acc(args[0], g * val[e.index])
+        elif e.op == "log":
+            acc(args[0], g / x)
+        elif e.op == "sqrt":
+            acc(args[0], g * 0.5 / val[e.index])
+        elif e.op == "sin":
+            acc(args[0], g * torch.cos(x))
+        elif e.op == "cos":
+            acc(args[0], -g * torch.sin(x))
+        elif e.op == "abs":
+            acc(args[0], g * torch.sign(x))
+        elif e.op == "atan2":
+            r2 = x * x + y * y
+            ok = r2 > 0
+            safe = torch.where(ok, r2, torch.ones_like(r2))
+            acc(args[0], torch.where(ok, g * y / safe, zero))
+            acc(args[1], torch.where(ok, -g * x / safe, zero))
+        else:  # pragma: no cover - expr.generate_c raises for the same ops
+            raise NotImplementedError(e.op)
+    nan = loss.isnan().unsqueeze(-1)
+    grads = []
+    for cols in (pin, tin):
+        g = torch.stack([adj.get(c.index, zero) for c in cols], -1)
+        grads.append(torch.where(nan, loss.unsqueeze(-1), g))
+    return loss, grads[0], grads[1]
+
+
+def closed_form(kind: str, p: Tensor, t: Tensor, eps: float, need_p: bool, need_t: bool, chunk: int):
+    """Per-box loss ``(n,)`` and local gradients ``(n, 4)`` (or empty), in chunks of ``chunk`` boxes."""
+    name, _, params = parse(kind)
+    n = p.shape[0]
+    loss = p.new_empty(n)
+    grad_p = p.new_empty(n, 4) if need_p else p.new_empty(0)
+    grad_t = p.new_empty(n, 4) if need_t else p.new_empty(0)
+    for s in range(0, n, chunk):
+        e = min(s + chunk, n)
+        value, gp, gt = _evaluate(name, params, p[s:e], t[s:e], eps, need_p or need_t)
+        loss[s:e] = value
+        if need_p:
+            grad_p[s:e] = gp
+        if need_t:
+            grad_t[s:e] = gt
+    return loss, grad_p, grad_t
+
+
+def check_param(name: str, value, low: float = -math.inf, high: float = math.inf, low_open: bool = False,
+                high_open: bool = False) -> float:
+    """A real, finite number in the given range, as float; ``ValueError``/``TypeError`` naming the argument."""
+    import numpy as np
+
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number; got {type(value).__name__}")
+    value = float(value)
+    ok = math.isfinite(value) and (value > low if low_open else value >= low) and \
+        (value < high if high_open else value <= high)
+    if not ok:
+        lo = "(" if low_open else "["
+        hi = ")" if high_open else "]"
+        raise ValueError(f"{name} must be a finite number in {lo}{low:g}, {high:g}{hi}; got {value!r}")
+    return value

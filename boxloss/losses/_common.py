@@ -1,0 +1,23 @@
+"""What every variant's public function does around its formula: check, convert, call the operator."""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+from torch import Tensor
+
+from .._fast import aligned_loss, variants
+from .._utils import _prepare_loss_inputs
+
+
+def variant_loss(name: str, params: tuple, pred: Tensor, target: Tensor, reduction: str,
+                 weight: Optional[Tensor], avg_factor: Union[None, float, Tensor], eps: float, fmt: str) -> Tensor:
+    """The registered variant ``name`` with its (checked) ``params``: the reference formula, the generated C
+    kernel or the generated PyTorch closed form, behind the ``boxloss::aligned_loss`` operator."""
+    p, t = _prepare_loss_inputs(pred, target, reduction, weight, avg_factor, eps, fmt)
+    return aligned_loss(variants.kind_of(name, *params), p, t, eps, reduction, weight, avg_factor)
+
+
+def param_doc(text: str) -> str:
+    """Docstring lines of a variant's own arguments, indented like the shared ``Args`` block."""
+    return text.strip("\n")
