@@ -7,10 +7,27 @@ from typing import Optional, Union
 from torch import Tensor, nn
 
 from ._utils import BOX_FORMATS, REDUCTIONS, _check_choice, _check_eps
-from .losses import ciou_loss, diou_loss, giou_loss, iou_loss, log_iou_loss
+from .losses import (
+    WIoULoss,
+    alpha_iou_loss,
+    ciou_loss,
+    diou_loss,
+    eiou_loss,
+    focal_eiou_loss,
+    focaler_iou_loss,
+    giou_loss,
+    inner_iou_loss,
+    iou_loss,
+    log_iou_loss,
+    mpdiou_loss,
+    nwd_loss,
+    shape_iou_loss,
+    siou_loss,
+)
 from .losses.iou import ZERO_OVERLAP
 
-__all__ = ["IoULoss", "LogIoULoss", "GIoULoss", "DIoULoss", "CIoULoss"]
+__all__ = ["IoULoss", "LogIoULoss", "GIoULoss", "DIoULoss", "CIoULoss", "SIoULoss", "EIoULoss", "FocalEIoULoss",
+           "WIoULoss", "MPDIoULoss", "ShapeIoULoss", "NWDLoss", "AlphaIoULoss", "InnerIoULoss", "FocalerIoULoss"]
 
 
 class _BoxLoss(nn.Module):
@@ -84,3 +101,96 @@ class CIoULoss(_BoxLoss):
     """Module form of :func:`boxloss.ciou_loss` (1 − CIoU)."""
 
     _fn = staticmethod(ciou_loss)
+
+
+class _VariantBoxLoss(_BoxLoss):
+    """A variant's module: its own options (``theta``, ``alpha``, ``variant``, ...) are checked at construction
+    by the function itself (a call on zero boxes), so a bad value fails here, not in the training loop."""
+
+    _defaults: dict = {}
+
+    def __init__(self, *, reduction: str = "mean", eps: float = 1e-7, fmt: str = "xyxy", **options) -> None:
+        super().__init__(reduction=reduction, eps=eps, fmt=fmt)
+        unknown = sorted(set(options) - set(self._defaults))
+        if unknown:
+            raise TypeError(f"{type(self).__name__} got unexpected options {unknown}; it takes "
+                            f"{sorted(self._defaults) or 'none besides reduction, eps, fmt'}")
+        self.options = {**self._defaults, **options}
+        import torch
+
+        empty = torch.zeros(0, 4)
+        type(self)._fn(empty, empty, **self._options())
+
+    def _options(self) -> dict:
+        return {**super()._options(), **self.options}
+
+
+class SIoULoss(_VariantBoxLoss):
+    """Module form of :func:`boxloss.siou_loss` (options: ``theta``)."""
+
+    _fn = staticmethod(siou_loss)
+    _defaults = {"theta": 4.0}
+
+
+class EIoULoss(_VariantBoxLoss):
+    """Module form of :func:`boxloss.eiou_loss`."""
+
+    _fn = staticmethod(eiou_loss)
+
+
+class FocalEIoULoss(_VariantBoxLoss):
+    """Module form of :func:`boxloss.focal_eiou_loss` (options: ``gamma``)."""
+
+    _fn = staticmethod(focal_eiou_loss)
+    _defaults = {"gamma": 0.5}
+
+
+class MPDIoULoss(_VariantBoxLoss):
+    """Module form of :func:`boxloss.mpdiou_loss` (options: ``image_size``, required).
+
+    Example:
+        >>> from boxloss import MPDIoULoss
+        >>> MPDIoULoss(image_size=(640, 480))
+        MPDIoULoss(reduction='mean', eps=1e-07, fmt='xyxy', image_size=(640, 480))
+    """
+
+    _fn = staticmethod(mpdiou_loss)
+    _defaults = {"image_size": None}
+
+    def __init__(self, *, image_size, reduction: str = "mean", eps: float = 1e-7, fmt: str = "xyxy") -> None:
+        super().__init__(reduction=reduction, eps=eps, fmt=fmt, image_size=image_size)
+
+
+class ShapeIoULoss(_VariantBoxLoss):
+    """Module form of :func:`boxloss.shape_iou_loss` (options: ``scale``)."""
+
+    _fn = staticmethod(shape_iou_loss)
+    _defaults = {"scale": 0.0}
+
+
+class NWDLoss(_VariantBoxLoss):
+    """Module form of :func:`boxloss.nwd_loss` (options: ``constant``)."""
+
+    _fn = staticmethod(nwd_loss)
+    _defaults = {"constant": 12.8}
+
+
+class AlphaIoULoss(_VariantBoxLoss):
+    """Module form of :func:`boxloss.alpha_iou_loss` (options: ``alpha``, ``variant``)."""
+
+    _fn = staticmethod(alpha_iou_loss)
+    _defaults = {"alpha": 3.0, "variant": "iou"}
+
+
+class InnerIoULoss(_VariantBoxLoss):
+    """Module form of :func:`boxloss.inner_iou_loss` (options: ``ratio``, ``variant``)."""
+
+    _fn = staticmethod(inner_iou_loss)
+    _defaults = {"ratio": 0.7, "variant": "iou"}
+
+
+class FocalerIoULoss(_VariantBoxLoss):
+    """Module form of :func:`boxloss.focaler_iou_loss` (options: ``d``, ``u``, ``variant``)."""
+
+    _fn = staticmethod(focaler_iou_loss)
+    _defaults = {"d": 0.0, "u": 0.95, "variant": "iou"}

@@ -9,13 +9,18 @@ from typing import Callable, Iterator, Sequence, Union
 import torch
 from torch import Tensor
 
-from ..losses import ciou_loss, diou_loss, giou_loss, iou_loss, log_iou_loss
+from .. import losses as _losses
 from ..modules import _BoxLoss
 from .coder import DEFAULT_CLAMP, decode_boxes
 
 __all__ = ["LOSS_NAMES", "resolve_box_loss", "decoded_box_loss", "box_math", "check_loss_weight"]
 
-LOSS_FUNCTIONS = {"iou": iou_loss, "log_iou": log_iou_loss, "giou": giou_loss, "diou": diou_loss, "ciou": ciou_loss}
+CLASSIC_LOSS_NAMES = ("iou", "log_iou", "giou", "diou", "ciou")
+VARIANT_LOSS_NAMES = ("siou", "eiou", "focal_eiou", "wiou", "mpdiou", "shape_iou", "nwd", "alpha_iou", "inner_iou",
+                      "focaler_iou")
+# every name: the function ``<name>_loss`` of boxloss, with its default options ("mpdiou" gets the image size
+# from the detector's heads, or ``image_size=`` of decoded_box_loss)
+LOSS_FUNCTIONS = {name: getattr(_losses, f"{name}_loss") for name in CLASSIC_LOSS_NAMES + VARIANT_LOSS_NAMES}
 LOSS_NAMES = tuple(LOSS_FUNCTIONS)
 
 BoxLossSpec = Union[str, _BoxLoss, Callable[[Tensor, Tensor], Tensor]]
@@ -27,9 +32,13 @@ class _PerBoxLoss:
     def __init__(self, fn: Callable[..., Tensor], **options) -> None:
         self.fn = fn
         self.options = {**options, "reduction": "none"}
+        # MPDIoU by name: the image size comes with each call (the heads know it per image)
+        self.needs_image_size = fn is _losses.mpdiou_loss and options.get("image_size") is None
+        if self.needs_image_size:
+            self.options.pop("image_size", None)
 
-    def __call__(self, pred: Tensor, target: Tensor) -> Tensor:
-        return self.fn(pred, target, **self.options)
+    def __call__(self, pred: Tensor, target: Tensor, **per_call) -> Tensor:
+        return self.fn(pred, target, **self.options, **per_call)
 
     def __repr__(self) -> str:
         return f"{self.fn.__name__}({', '.join(f'{k}={v!r}' for k, v in self.options.items())})"
@@ -82,8 +91,14 @@ def box_math(like: Tensor) -> Iterator[torch.dtype]:
         yield dtype
 
 
-def _per_box(loss_fn: Callable[[Tensor, Tensor], Tensor], pred: Tensor, target: Tensor) -> Tensor:
-    out = loss_fn(pred, target)
+def _per_box(loss_fn: Callable[[Tensor, Tensor], Tensor], pred: Tensor, target: Tensor, image_size=None) -> Tensor:
+    if getattr(loss_fn, "needs_image_size", False):
+        if image_size is None:
+            raise ValueError("the 'mpdiou' loss needs the input image size: pass image_size=(width, height) (or a "
+                             "per-box tensor) to decoded_box_loss, or use boxloss.MPDIoULoss(image_size=...)")
+        out = loss_fn(pred, target, image_size=image_size)
+    else:
+        out = loss_fn(pred, target)
     if not isinstance(out, Tensor) or out.shape != pred.shape[:-1]:
         shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
         raise ValueError(f"the box loss must return one loss per box, shape {tuple(pred.shape[:-1])}; got {shape}")
@@ -93,7 +108,7 @@ def _per_box(loss_fn: Callable[[Tensor, Tensor], Tensor], pred: Tensor, target: 
 def decoded_box_loss(deltas: Tensor, anchors: Tensor, target_boxes: Tensor, positive: Tensor, *,
                      loss: BoxLossSpec = "giou", weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0),
                      clamp: float = DEFAULT_CLAMP, avg_factor: Union[None, float, Tensor] = None,
-                     all_reduce: bool = False, loss_weight: float = 1.0) -> Tensor:
+                     all_reduce: bool = False, loss_weight: float = 1.0, image_size=None) -> Tensor:
     r"""IoU-family box loss of a detector's predicted deltas, on decoded boxes, with the usual normaliser.
 
     .. math::
@@ -111,13 +126,17 @@ def decoded_box_loss(deltas: Tensor, anchors: Tensor, target_boxes: Tensor, posi
         target_boxes (Tensor[..., 4]): the matched ground-truth box of every anchor, xyxy (any value where
             ``positive`` is False).
         positive (Tensor[...] of bool): which anchors are regressed.
-        loss: ``"iou"``, ``"log_iou"``, ``"giou"`` (default), ``"diou"``, ``"ciou"``, a boxloss loss module, or a
-            callable ``(pred_boxes, target_boxes) -> per-box loss``.
+        loss: ``"iou"``, ``"log_iou"``, ``"giou"`` (default), ``"diou"``, ``"ciou"``, or a variant (``"siou"``,
+            ``"eiou"``, ``"focal_eiou"``, ``"wiou"``, ``"mpdiou"``, ``"shape_iou"``, ``"nwd"``, ``"alpha_iou"``,
+            ``"inner_iou"``, ``"focaler_iou"``, with their default options), a boxloss loss module, or a callable
+            ``(pred_boxes, target_boxes) -> per-box loss``.
         weights (4 floats): the box coder weights (see :func:`encode_boxes`).
         clamp (float): the dw/dh clamp of :func:`decode_boxes`.
         avg_factor (float or Tensor, optional): the normaliser, instead of the number of positives.
         all_reduce (bool): average the number of positives over the processes of the default group.
         loss_weight (float): :math:`\lambda`.
+        image_size ((W, H) or Tensor[..., 2], optional): the input image size that ``loss="mpdiou"`` needs: one
+            pair, or per anchor (shaped like ``deltas[..., :2]``).
 
     Returns:
         Tensor: a scalar in float32 (float64 for float64 deltas), computed in float32 even under
@@ -142,7 +161,9 @@ def decoded_box_loss(deltas: Tensor, anchors: Tensor, target_boxes: Tensor, posi
     loss_fn = resolve_box_loss(loss)
     with box_math(deltas) as dtype:
         pred = decode_boxes(deltas[positive].to(dtype), anchors[positive].to(dtype), weights, clamp)
-        per_box = _per_box(loss_fn, pred, target_boxes[positive].to(dtype))
+        if isinstance(image_size, Tensor) and image_size.shape[:-1] == positive.shape:
+            image_size = image_size[positive]
+        per_box = _per_box(loss_fn, pred, target_boxes[positive].to(dtype), image_size)
         total = per_box.sum()
     if avg_factor is None:
         avg_factor = positive.sum().to(total.dtype)  # a tensor: no host sync

@@ -52,22 +52,62 @@ def _pairwise_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     return box_iou(boxes1, boxes2)
 
 
+_TRANSIENT = ("_boxloss_step", "_boxloss_sizes")  # per-step state: not shown, not pickled
+
+
+def _image_index(counts, device) -> Tensor:
+    """The image each of the concatenated per-image rows belongs to."""
+    return torch.repeat_interleave(torch.arange(len(counts), device=device),
+                                   torch.as_tensor(counts, device=device))
+
+
+class _RecordImageSizes:
+    """The anchor generator, called through this: it records the batch's image sizes on the head first (how
+    RetinaNet and FCOS heads learn the sizes the ``"mpdiou"`` loss needs)."""
+
+    def __init__(self, generator: nn.Module, head: nn.Module) -> None:
+        self.generator, self.head = generator, head
+
+    def __call__(self, images, features):
+        object.__setattr__(self.head, "_boxloss_sizes", images.image_sizes)
+        return self.generator(images, features)
+
+
 class _BoxLossMixin:
     """What every swapped head shares: its repr names the loss, and it pickles as (torchvision class, mixin)."""
 
+    def _boxloss_per_box(self, pred: Tensor, target: Tensor, image_index) -> Tensor:
+        """The per-box loss; ``image_index`` (a tensor, or a callable making it) says which image each box is
+        from, for the losses that need the image size (``"mpdiou"``)."""
+        fn = self._boxloss_fn
+        size = None
+        if getattr(fn, "needs_image_size", False):
+            sizes = self.__dict__.get("_boxloss_sizes")
+            if sizes is None:
+                raise RuntimeError("boxloss: the image sizes of this batch were not recorded (call the whole "
+                                   "detector, not the head alone, with the 'mpdiou' loss)")
+            wh = torch.tensor([[float(w), float(h)] for h, w in sizes], dtype=pred.dtype, device=pred.device)
+            index = image_index() if callable(image_index) else image_index
+            size = wh[index]
+        return _per_box(fn, pred, target, size)
+
     def extra_repr(self) -> str:
         options = [f"{key[len('_boxloss_'):]}={value!r}" for key, value in vars(self).items()
-                   if key.startswith("_boxloss_") and key != "_boxloss_step"]
-        mine = f"boxloss: {', '.join(options)}"
+                   if key.startswith("_boxloss_") and key not in _TRANSIENT]
+        mine = f"boxloss: {', '.join(options)}" if options else "boxloss"
         theirs = super().extra_repr()
         return f"{mine}, {theirs}" if theirs else mine
 
     def __reduce_ex__(self, protocol):
-        state = {k: v for k, v in self.__dict__.items() if k != "_boxloss_step"}
+        state = {k: v for k, v in self.__dict__.items() if k not in _TRANSIENT}
         return _rebuild_swapped, (type(self).__bases__[0].__name__, type(self).__bases__[1]), state
 
 
 class _RPNMixin(_BoxLossMixin):
+    def forward(self, images, features, targets=None):
+        object.__setattr__(self, "_boxloss_sizes", images.image_sizes)
+        return super().forward(images, features, targets)
+
     def assign_targets_to_anchors(self, anchors, targets):
         labels, matched_gt_boxes = super().assign_targets_to_anchors(anchors, targets)
         self._boxloss_step = (anchors, matched_gt_boxes)
@@ -86,7 +126,8 @@ class _RPNMixin(_BoxLossMixin):
                                 torch.cat(anchors, dim=0)[sampled_pos].to(dtype), self.box_coder.weights,
                                 self.box_coder.bbox_xform_clip)
             target = torch.cat(matched_gt_boxes, dim=0)[sampled_pos].to(dtype)
-            box_loss = (self._boxloss_weight * _per_box(self._boxloss_fn, pred, target).sum()
+            image_index = lambda: _image_index([len(a) for a in anchors], pred.device)[sampled_pos]  # noqa: E731
+            box_loss = (self._boxloss_weight * self._boxloss_per_box(pred, target, image_index).sum()
                         / max(sampled.numel(), 1))
         objectness_loss = F.binary_cross_entropy_with_logits(objectness.flatten()[sampled], labels[sampled])
         return objectness_loss, box_loss
@@ -124,6 +165,7 @@ class _RoIHeadsMixin(_BoxLossMixin):
     def forward(self, features, proposals, image_shapes, targets=None):
         if not self.training:
             return super().forward(features, proposals, image_shapes, targets)
+        object.__setattr__(self, "_boxloss_sizes", image_shapes)
         captured = {}
 
         def keep_deltas(module, inputs, outputs):
@@ -144,12 +186,17 @@ class _RoIHeadsMixin(_BoxLossMixin):
             pred = decode_boxes(box_regression[pos, labels[pos]].to(dtype), torch.cat(proposals, dim=0)[pos].to(dtype),
                                 self.box_coder.weights, self.box_coder.bbox_xform_clip)
             target = torch.cat(matched_gt_boxes, dim=0)[pos].to(dtype)
-            losses["loss_box_reg"] = (self._boxloss_weight * _per_box(self._boxloss_fn, pred, target).sum()
+            image_index = lambda: _image_index([len(p) for p in proposals], pred.device)[pos]  # noqa: E731
+            losses["loss_box_reg"] = (self._boxloss_weight * self._boxloss_per_box(pred, target, image_index).sum()
                                       / max(n, 1))
         return result, losses
 
 
 class _RetinaNetMixin(_BoxLossMixin):
+    @property
+    def anchor_generator(self):
+        return _RecordImageSizes(self._modules["anchor_generator"], self.head.regression_head)
+
     def compute_loss(self, targets, head_outputs, anchors):
         if not self._boxloss_matching:
             return super().compute_loss(targets, head_outputs, anchors)
@@ -167,13 +214,14 @@ class _RetinaNetRegressionHeadMixin(_BoxLossMixin):
     def compute_loss(self, targets, head_outputs, anchors, matched_idxs):
         losses = []
         with box_math(head_outputs["bbox_regression"]) as dtype:
-            for targets_per_image, deltas, anchors_per_image, matched in zip(
-                    targets, head_outputs["bbox_regression"], anchors, matched_idxs):
+            for i, (targets_per_image, deltas, anchors_per_image, matched) in enumerate(zip(
+                    targets, head_outputs["bbox_regression"], anchors, matched_idxs)):
                 fg = torch.where(matched >= 0)[0]
                 pred = decode_boxes(deltas[fg].to(dtype), anchors_per_image[fg].to(dtype), self.box_coder.weights,
                                     self.box_coder.bbox_xform_clip)
                 target = targets_per_image["boxes"][matched[fg]].to(dtype)
-                losses.append(_per_box(self._boxloss_fn, pred, target).sum() / max(1, fg.numel()))
+                image_index = lambda i=i, fg=fg: torch.full_like(fg, i)  # noqa: E731
+                losses.append(self._boxloss_per_box(pred, target, image_index).sum() / max(1, fg.numel()))
             return self._boxloss_weight * sum(losses) / max(1, len(targets))
 
 
@@ -190,13 +238,23 @@ class _FCOSHeadMixin(_BoxLossMixin):
                                          torch.stack(anchors).to(dtype))[foreground]
             target = torch.stack(gt_boxes)[foreground].to(dtype)
             num_foreground = foreground.sum().clamp_min(1)  # torchvision: max(1, number of foreground points)
-            losses["bbox_regression"] = (self._boxloss_weight * _per_box(self._boxloss_fn, pred, target).sum()
+            image_index = lambda: torch.arange(foreground.shape[0], device=foreground.device)[:, None].expand_as(  # noqa: E731
+                foreground)[foreground]
+            losses["bbox_regression"] = (self._boxloss_weight * self._boxloss_per_box(pred, target, image_index).sum()
                                          / num_foreground)
         return losses
 
 
+class _FCOSMixin(_BoxLossMixin):
+    """On the FCOS model: records the batch's image sizes for its (swapped) head."""
+
+    @property
+    def anchor_generator(self):
+        return _RecordImageSizes(self._modules["anchor_generator"], self.head)
+
+
 _MIXINS = {m.__name__: m for m in (_RPNMixin, _RoIHeadsMixin, _RetinaNetMixin, _RetinaNetRegressionHeadMixin,
-                                    _FCOSHeadMixin)}
+                                    _FCOSHeadMixin, _FCOSMixin)}
 _SWAPPED: Dict[tuple, type] = {}
 
 
@@ -217,13 +275,14 @@ def _rebuild_swapped(mixin_name: str, cls: type):
 
 def _make_importable_classes() -> None:
     """The swapped class of every supported torchvision head, as a module attribute, made at import time."""
-    from torchvision.models.detection.fcos import FCOSHead
+    from torchvision.models.detection.fcos import FCOS, FCOSHead
     from torchvision.models.detection.retinanet import RetinaNet, RetinaNetRegressionHead
     from torchvision.models.detection.roi_heads import RoIHeads
     from torchvision.models.detection.rpn import RegionProposalNetwork
 
     for mixin, cls in ((_RPNMixin, RegionProposalNetwork), (_RoIHeadsMixin, RoIHeads), (_RetinaNetMixin, RetinaNet),
-                       (_RetinaNetRegressionHeadMixin, RetinaNetRegressionHead), (_FCOSHeadMixin, FCOSHead)):
+                       (_RetinaNetRegressionHeadMixin, RetinaNetRegressionHead), (_FCOSHeadMixin, FCOSHead),
+                       (_FCOSMixin, FCOS)):
         swapped = _swapped_class(mixin, cls)
         globals()[swapped.__name__] = swapped
 
@@ -365,7 +424,7 @@ def replace_box_loss(model: nn.Module, loss: BoxLossSpec = "giou", *, rpn: bool 
     for name, module, mixin, replace, fn, weight in plan:
         if not replace:
             _unswap(module)
-            if name == "retinanet":
+            if name in ("retinanet", "fcos"):
                 _unswap(inner)
             continue
         if name == "rpn":
@@ -381,6 +440,7 @@ def replace_box_loss(model: nn.Module, loss: BoxLossSpec = "giou", *, rpn: bool 
             _swap(inner, _RetinaNetMixin, matching=matching)
         else:
             _swap(module, mixin, fn=fn, weight=weight)
+            _swap(inner, _FCOSMixin)
     return model
 
 
