@@ -81,8 +81,8 @@ def _safe_div(m, num, den):
 
 
 def _safe_sqrt(m, x):
-    """sqrt with a zero (not infinite) gradient at 0; 0 for x <= 0."""
-    positive = x > 0
+    """sqrt with a zero (not infinite) gradient at 0; 0 for x <= 0; NaN for NaN."""
+    positive = (x > 0) | (x != x)
     return m.where(positive, _sqrt(m, m.where(positive, x, m.const(1.0, x))), m.const(0.0, x))
 
 
@@ -92,8 +92,8 @@ def _sqrt(m, x):
 
 def _safe_pow(m, x, y):
     """x ** y for x > 0; for x <= 0: 1 where y == 0, else 0 — with no gradient there (the exponent ``y`` is a
-    parameter: no gradient either)."""
-    positive = x > 0
+    parameter: no gradient either); NaN for NaN."""
+    positive = (x > 0) | (x != x)
     base = m.where(positive, x, m.const(1.0, x))
     value = m.exp(m.log(base) * y)
     zero_power = m.where(y == 0, m.const(1.0, x), m.const(0.0, x)) if isinstance(y, Expr) else \
