@@ -9,6 +9,7 @@ peak). Only the public API is used.
     python benchmarks/bench_speed.py                       # CPU: the issue's sizes, scaling 1e3…1e7, plot
     python benchmarks/bench_speed.py --device cuda         # adds torch.compile and the GPU sizes
     python benchmarks/bench_speed.py --mode speed --sizes 10000,1000000 --repeats 20
+    python benchmarks/bench_speed.py --mode variants       # each variant against torchvision's GIoU loss, N = 1e6
 
 Writes bench_<device>.json and scaling_<device>.png to --out.
 """
@@ -32,6 +33,16 @@ import boxloss
 TV_LOSSES = {"giou": tvops.generalized_box_iou_loss, "diou": tvops.distance_box_iou_loss,
              "ciou": tvops.complete_box_iou_loss}
 BL_LOSSES = {"giou": boxloss.giou_loss, "diou": boxloss.diou_loss, "ciou": boxloss.ciou_loss}
+# every loss variant with its default options (the peer: torchvision's GIoU loss, the cheapest IoU-family loss
+# torchvision has; "reference": the same formula in plain PyTorch with autograd, boxloss' reference path)
+VARIANTS = {
+    "siou": (boxloss.siou_loss, {}), "eiou": (boxloss.eiou_loss, {}), "focal_eiou": (boxloss.focal_eiou_loss, {}),
+    "wiou": (boxloss.wiou_loss, {}), "mpdiou": (boxloss.mpdiou_loss, {"image_size": (640, 640)}),
+    "shape_iou": (boxloss.shape_iou_loss, {}), "nwd": (boxloss.nwd_loss, {}),
+    "alpha_iou (ciou)": (boxloss.alpha_iou_loss, {"variant": "ciou"}),
+    "inner_iou (ciou)": (boxloss.inner_iou_loss, {"variant": "ciou"}),
+    "focaler_iou (siou)": (boxloss.focaler_iou_loss, {"variant": "siou"}),
+}
 PAIRWISE = {"box_iou": (boxloss.box_iou, tvops.box_iou),
             "generalized_box_iou": (boxloss.generalized_box_iou, tvops.generalized_box_iou)}
 
@@ -134,6 +145,29 @@ def bench_aligned(kinds, sizes, device, repeats, with_compile, memory: bool) -> 
     return rows
 
 
+def bench_variants(sizes, device, repeats, memory: bool) -> list:
+    rows = []
+    for n in sizes:
+        p = random_boxes(n, device, seed=1).requires_grad_()
+        t = random_boxes(n, device, seed=2)
+        for name, (fn, options) in VARIANTS.items():
+            ours = loss_step(lambda a, b, reduction, fn=fn, o=options: fn(a, b, reduction=reduction, **o), p, t)
+
+            def reference(ours=ours):
+                with boxloss._fast.reference_path():
+                    ours()
+
+            impls = {"boxloss": ours, "torchvision": loss_step(tvops.generalized_box_iou_loss, p, t)}
+            times = time_interleaved({**impls, "reference": reference}, device, repeats)
+            row = {"op": f"{name} fwd+bwd (torchvision: giou)", "n": n, "times": times}
+            if memory:
+                row["peak_extra_bytes"] = {k: peak_extra_memory(f, device) for k, f in impls.items()}
+            rows.append(row)
+            print(_row_text(row), file=sys.stderr)
+        del p, t
+    return rows
+
+
 def bench_pairwise(n: int, m: int, device, repeats, memory: bool) -> list:
     a, b = random_boxes(n, device, seed=3), random_boxes(m, device, seed=4)
     rows = []
@@ -208,7 +242,7 @@ def _reexec_with_fixed_mmap_threshold() -> None:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--mode", choices=["all", "speed", "pairwise", "scaling"], default="all")
+    parser.add_argument("--mode", choices=["all", "speed", "pairwise", "scaling", "variants"], default="all")
     parser.add_argument("--sizes", help="comma-separated N for the aligned losses (default: the issue's)")
     parser.add_argument("--repeats", type=int, default=None, help="default 7 on CPU, 50 on CUDA")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
@@ -228,6 +262,9 @@ def main(argv=None) -> dict:
         sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else ([10_000, 10_000_000] if cuda
                                                                              else [1_000_000])
         rows["aligned"] = bench_aligned(list(BL_LOSSES), sizes, device, repeats, with_compile, memory)
+    if args.mode in ("all", "variants"):
+        sizes = [int(s) for s in args.sizes.split(",")] if args.sizes and args.mode == "variants" else [1_000_000]
+        rows["variants"] = bench_variants(sizes, device, repeats, memory)
     if args.mode in ("all", "pairwise"):
         n, m = (200_000, 1_000) if cuda else (20_000, 1_000)
         rows["pairwise"] = bench_pairwise(n, m, device, repeats, memory)
@@ -235,7 +272,7 @@ def main(argv=None) -> dict:
         sizes = [1_000, 10_000, 100_000, 1_000_000, 10_000_000]
         rows["scaling"] = bench_aligned(["giou"], sizes, device, max(3, repeats // 2), with_compile, False)
     os.makedirs(args.out, exist_ok=True)
-    tag = device.type
+    tag = device.type if args.mode == "all" else f"{device.type}_{args.mode}"
     payload = {"device": device_name, "device_type": device.type, "threads": torch.get_num_threads(),
                "torch": torch.__version__, "torchvision": torchvision.__version__, "boxloss": boxloss.__version__,
                "python": platform.python_version(), "repeats": repeats, "results": rows}

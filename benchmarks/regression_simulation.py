@@ -41,7 +41,24 @@ LOSSES = {
     "giou": lambda p, t, fmt: boxloss.giou_loss(p, t, reduction="sum", fmt=fmt),
     "diou": lambda p, t, fmt: boxloss.diou_loss(p, t, reduction="sum", fmt=fmt),
     "ciou": lambda p, t, fmt: boxloss.ciou_loss(p, t, reduction="sum", fmt=fmt),
+    # the variants (issue 13), with their papers' default options; MPDIoU's "image" is the 20 × 20 square around
+    # the cases, NWD's constant the targets' size (√area = 1), as the paper sets it to the mean object size
+    "siou": lambda p, t, fmt: boxloss.siou_loss(p, t, reduction="sum", fmt=fmt),
+    "eiou": lambda p, t, fmt: boxloss.eiou_loss(p, t, reduction="sum", fmt=fmt),
+    "focal_eiou": lambda p, t, fmt: boxloss.focal_eiou_loss(p, t, reduction="sum", fmt=fmt),
+    "wiou": lambda p, t, fmt: boxloss.wiou_loss(p, t, reduction="sum", fmt=fmt),
+    "wiou_v3": lambda p, t, fmt: _WIOU_V3[fmt](p, t),
+    "mpdiou": lambda p, t, fmt: boxloss.mpdiou_loss(p, t, reduction="sum", fmt=fmt, image_size=(20, 20)),
+    "shape_iou": lambda p, t, fmt: boxloss.shape_iou_loss(p, t, reduction="sum", fmt=fmt),
+    "nwd": lambda p, t, fmt: boxloss.nwd_loss(p, t, reduction="sum", fmt=fmt, constant=1.0),
+    "alpha_iou": lambda p, t, fmt: boxloss.alpha_iou_loss(p, t, reduction="sum", fmt=fmt),
+    "alpha_ciou": lambda p, t, fmt: boxloss.alpha_iou_loss(p, t, reduction="sum", fmt=fmt, variant="ciou"),
+    "inner_ciou": lambda p, t, fmt: boxloss.inner_iou_loss(p, t, reduction="sum", fmt=fmt, variant="ciou"),
+    "focaler_ciou": lambda p, t, fmt: boxloss.focaler_iou_loss(p, t, reduction="sum", fmt=fmt, variant="ciou"),
 }
+# WIoU v3 keeps a running mean of 1 − IoU across steps (a module per format, reset for every run)
+_WIOU_V3 = {}
+CLASSIC = ("iou_textbook", "iou", "log_iou", "giou", "diou", "ciou")
 # the parameters gradient descent moves: the issue's (x, y, w, h), or the four edges as Darknet (and so the
 # authors' MATLAB simulation, which differentiates w.r.t. top, bottom, left, right) does
 PARAMETRISATIONS = {"xywh": "cxcywh", "xyxy": "xyxy"}
@@ -216,6 +233,9 @@ def _run_all(args, anchors, targets, results, maps, tqdm) -> None:
     for name in args.losses:
         start = time.perf_counter()
         with tqdm(total=args.iterations, desc=name, file=sys.stderr) as bar:
+            _WIOU_V3.clear()
+            _WIOU_V3.update({f: boxloss.WIoULoss(version=3, reduction="sum", fmt=f, steps_to_plateau=args.iterations)
+                             for f in PARAMETRISATIONS.values()})
             errors, final = regress(LOSSES[name], anchors, targets, args.iterations, bar, args.param)
         seconds = time.perf_counter() - start
         results[name] = {"error": errors, "final_error": errors[-1], "seconds": seconds}

@@ -283,13 +283,41 @@ def dihedral_image(image: torch.Tensor, k: int) -> torch.Tensor:
     return torch.rot90(image, k % 4, dims=(-2, -1))
 
 
-class DihedralAugment(torch.utils.data.Dataset):
-    """A detection data set seen through a random flip and quarter turn (one of 8, uniformly) per access: the
-    augmentation for overhead imagery, where up has no meaning. Draws from torch's global generator, so a seeded
-    run is repeatable (with ``num_workers=0``)."""
+def standardize_image(image: torch.Tensor, mean: float = 0.5, std: float = 0.25) -> torch.Tensor:
+    """Each channel of a ``(C, H, W)`` image shifted and scaled to the given mean and standard deviation: removes
+    the differences of exposure and white balance between flights and sites."""
+    m = image.mean(dim=(-2, -1), keepdim=True)
+    s = image.std(dim=(-2, -1), keepdim=True).clamp_min(1e-3)
+    return (image - m) / s * std + mean
+
+
+class Standardized(torch.utils.data.Dataset):
+    """A detection data set whose images are standardized per image and channel (:func:`standardize_image`)."""
 
     def __init__(self, dataset: torch.utils.data.Dataset) -> None:
         self.dataset = dataset
+        self.image_ids = getattr(dataset, "image_ids", None)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        image, target = self.dataset[index]
+        return standardize_image(image), target
+
+    def check_images(self, what: str = "images") -> None:
+        self.dataset.check_images(what)
+
+
+class DihedralAugment(torch.utils.data.Dataset):
+    """A detection data set seen through a random flip and quarter turn (one of 8, uniformly) per access: the
+    augmentation for overhead imagery, where up has no meaning; with ``colour`` > 0 also a random brightness,
+    contrast and saturation change of up to that fraction (other flights, other light). Draws from torch's
+    global generator, so a seeded run is repeatable (with ``num_workers=0``)."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset, colour: float = 0.0) -> None:
+        self.dataset = dataset
+        self.colour = colour
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -299,4 +327,11 @@ class DihedralAugment(torch.utils.data.Dataset):
         k = int(torch.randint(0, 8, (1,)))
         height, width = image.shape[-2:]
         target = dict(target, boxes=dihedral_boxes(target["boxes"], width, height, k))
-        return dihedral_image(image, k), target
+        image = dihedral_image(image, k)
+        if self.colour > 0:
+            brightness, contrast, saturation = (1 + (torch.rand(3) * 2 - 1) * self.colour).tolist()
+            grey = image.mean(0, keepdim=True)
+            image = grey + (image - grey) * saturation                       # saturation
+            image = image.mean() + (image - image.mean()) * contrast          # contrast
+            image = image * brightness                                        # brightness
+        return image, target

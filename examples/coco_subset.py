@@ -44,6 +44,7 @@ from coco_data import (  # noqa: E402
     CocoDetectionData,
     DataError,
     DihedralAugment,
+    Standardized,
     image_ids,
     load_coco_json,
     select_categories,
@@ -61,19 +62,22 @@ DATASETS = ("synthetic", "neon-trees")
 # 10-55 % of a 128-px image; the tree crowns are 12-90 px in 400-px tiles (median 40), seen at 256 px here
 DATASET_DEFAULTS = {
     "synthetic": {"epochs": 4, "image_size": 128, "batch_size": 8, "lr": 2e-3, "anchor_sizes": (12, 24, 48, 96),
-                  "detections": None, "augment": "none"},
+                  "detections": None, "augment": "none",
+                  "standardize": False, "train_sizes": ()},
     "neon-trees": {"epochs": 24, "image_size": 256, "batch_size": 4, "lr": 2e-3, "anchor_sizes": (8, 16, 32, 64),
-                   "detections": 150, "augment": "dihedral"},
+                   "detections": 150, "augment": "overhead",
+                   "standardize": True, "train_sizes": (192, 224, 288, 320)},
 }
 STOCK_MODELS = ("fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2", "fasterrcnn_mobilenet_v3_large_fpn",
                 "fasterrcnn_mobilenet_v3_large_320_fpn")
 
 
 def small_fasterrcnn(num_classes: int, image_size: int, anchor_sizes=(12, 24, 48, 96),
-                     detections: int | None = None) -> nn.Module:
+                     detections: int | None = None, train_sizes=()) -> nn.Module:
     """torchvision's FasterRCNN on a 6-conv backbone (stride 8, 128 channels): learns on a CPU in minutes.
     ``anchor_sizes`` in pixels of the resized image; ``detections``: the most boxes kept per image
-    (default 50)."""
+    (default 50); ``train_sizes``: sides to resize training batches to at random (multi-scale training;
+    evaluation always uses ``image_size``)."""
     from torchvision.models.detection import FasterRCNN
     from torchvision.models.detection.anchor_utils import AnchorGenerator
     from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
@@ -86,7 +90,8 @@ def small_fasterrcnn(num_classes: int, image_size: int, anchor_sizes=(12, 24, 48
     backbone = nn.Sequential(*layers)
     backbone.out_channels = c
     return FasterRCNN(
-        backbone, num_classes=None, min_size=image_size, max_size=image_size,
+        # torchvision's transform picks a random min_size per training batch and evaluates at min_size[-1]
+        backbone, num_classes=None, min_size=(*train_sizes, image_size), max_size=max((image_size, *train_sizes)),
         image_mean=[0.5, 0.5, 0.5], image_std=[0.25, 0.25, 0.25],
         rpn_anchor_generator=AnchorGenerator(sizes=(tuple(anchor_sizes),), aspect_ratios=((0.5, 1.0, 2.0),)),
         rpn_pre_nms_top_n_train=1000, rpn_post_nms_top_n_train=300, rpn_pre_nms_top_n_test=600,
@@ -97,9 +102,9 @@ def small_fasterrcnn(num_classes: int, image_size: int, anchor_sizes=(12, 24, 48
 
 def build_model(name: str, num_classes: int, image_size: int, weights: str | None,
                 weights_backbone: str | None = None, anchor_sizes=(12, 24, 48, 96),
-                detections: int | None = None) -> nn.Module:
+                detections: int | None = None, train_sizes=()) -> nn.Module:
     if name == "small":
-        model = small_fasterrcnn(num_classes, image_size, anchor_sizes, detections)
+        model = small_fasterrcnn(num_classes, image_size, anchor_sizes, detections, train_sizes)
     else:
         import torchvision
 
@@ -164,7 +169,7 @@ def train_one(loss_name: str, seed: int, args, train_set, num_classes: int, devi
 
     torch.manual_seed(seed)
     model = build_model(args.model, num_classes, args.image_size, args.weights, args.weights_backbone,
-                        args.anchor_sizes, args.detections)
+                        args.anchor_sizes, args.detections, args.train_sizes)
     if loss_name != "smooth_l1":
         replace_box_loss(model, loss_name, loss_weight=args.loss_weight)
     model.to(device).train()
@@ -272,8 +277,10 @@ def prepare_data(args):
     train_set.check_images("training images")
     eval_set.check_images("held-out images")
     gt = subset_coco(eval_source, eval_ids, category_ids)
-    if args.augment == "dihedral":
-        train_set = DihedralAugment(train_set)
+    if args.standardize:
+        train_set, eval_set = Standardized(train_set), Standardized(eval_set)
+    if args.augment in ("dihedral", "overhead"):
+        train_set = DihedralAugment(train_set, colour=0.3 if args.augment == "overhead" else 0.0)
     source.update(train_images=len(train_set), eval_images=len(eval_set), eval_objects=len(gt["annotations"]),
                   categories=[c["name"] for c in data["categories"] if c["id"] in category_ids])
     return train_set, eval_set, gt, category_ids, source
@@ -345,7 +352,8 @@ def plot_predictions(eval_set, gt: dict, shown: dict, results: dict, out_dir: st
     import matplotlib.pyplot as plt
 
     image_id = showcase_image(gt)
-    image, _ = eval_set[eval_set.image_ids.index(image_id)]
+    raw = getattr(eval_set, "dataset", eval_set)  # the image as it is, not standardized
+    image, _ = raw[raw.image_ids.index(image_id)]
     truth = [a["bbox"] for a in gt["annotations"] if a["image_id"] == image_id]
     names = list(shown)
     fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 4.6), squeeze=False)
@@ -412,9 +420,16 @@ def parse_args(argv=None):
                    help=f"box-term multiplier for every head (default: boxloss' per-head {DEFAULT_LOSS_WEIGHTS})")
     p.add_argument("--image-size", type=int, help="the side images are resized to (default: 128 synthetic, "
                                                     "256 neon-trees)")
-    p.add_argument("--augment", choices=("none", "dihedral"),
-                   help="training augmentation: random flips and quarter turns ('dihedral', the default for "
-                        "neon-trees: overhead imagery has no up) or none (default otherwise)")
+    p.add_argument("--train-sizes", type=lambda v: tuple(int(x) for x in v.split(",") if x.strip()),
+                   help="comma-separated sides to resize training batches to at random ('small' model; evaluation "
+                        "stays at --image-size; default: none for synthetic, 192,224,288,320 for neon-trees)")
+    p.add_argument("--augment", choices=("none", "dihedral", "overhead"),
+                   help="training augmentation: random flips and quarter turns ('dihedral': overhead imagery has "
+                        "no up), plus random brightness, contrast and saturation ('overhead', the default for "
+                        "neon-trees), or none (default otherwise)")
+    p.add_argument("--standardize", action=argparse.BooleanOptionalAction, default=None,
+                   help="standardize every image per channel (mean and spread), training and evaluation alike: "
+                        "removes exposure and white-balance differences between sites (default: on for neon-trees)")
     p.add_argument("--synthetic-images", type=int, default=560, help="size of the built-in set")
     p.add_argument("--eval-fraction", type=float, default=0.2)
     p.add_argument("--split-seed", type=int, default=0)

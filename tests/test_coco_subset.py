@@ -106,7 +106,7 @@ def test_tiny_run_on_a_user_coco_set_writes_results_and_plots(tmp_path):
         assert len(r["stats"]) == 12 and r["AP"] == r["stats"][0] and r["AP50"] == r["stats"][1]
         assert r["train_seconds"] > 0 and r["final_loss"] > 0
     assert results["config"]["loss_weights"]["roi_heads"] == 10.0
-    for png in ("ap.png", "loss_curves.png"):
+    for png in ("ap.png", "loss_curves.png", "predictions.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     assert not list(out.glob("*.tmp"))
 
@@ -214,3 +214,34 @@ def test_bad_weight_files_give_clear_errors(tmp_path):
         coco_subset.build_model("small", 3, 64, None, str(tmp_path / "unrelated.pt"))
     with pytest.raises(coco_data.DataError, match="no file at"):
         coco_subset.build_model("small", 3, 64, str(tmp_path / "missing.pt"))
+
+
+# ---------------------------------------------------------------------------------------------- augmentation
+def test_flips_and_quarter_turns_move_boxes_with_the_pixels():
+    image = torch.zeros(1, 30, 50)
+    box = torch.tensor([[5.0, 3.0, 20.0, 10.0]])
+    image[0, 3:10, 5:20] = 1
+    for k in range(8):
+        turned = coco_data.dihedral_image(image, k)
+        x1, y1, x2, y2 = coco_data.dihedral_boxes(box, 50, 30, k)[0].tolist()
+        ys, xs = torch.nonzero(turned[0], as_tuple=True)
+        assert [x1, y1, x2, y2] == [xs.min().item(), ys.min().item(), xs.max().item() + 1, ys.max().item() + 1]
+        assert turned.shape[1:] == ((30, 50) if k % 2 == 0 else (50, 30))
+
+
+def test_augmented_and_standardized_sets_keep_targets_valid(tmp_path):
+    ann = coco_data.write_synthetic_coco(str(tmp_path), 4, size=48, seed=1)
+    data = coco_data.load_coco_json(ann)
+    base = coco_data.CocoDetectionData(data, str(tmp_path / "images"), [1, 2, 3, 4], [1, 2, 3, 4])
+    std = coco_data.Standardized(base)
+    image, _ = std[0]
+    assert torch.allclose(image.mean(dim=(1, 2)), torch.full((3,), 0.5), atol=1e-5)
+    assert torch.allclose(image.std(dim=(1, 2)), torch.full((3,), 0.25), atol=1e-4)
+    torch.manual_seed(0)
+    aug = coco_data.DihedralAugment(base, colour=0.3)
+    for i in range(4):
+        image, target = aug[i]
+        b = target["boxes"]
+        assert (b[:, 2] > b[:, 0]).all() and (b[:, 3] > b[:, 1]).all()
+        assert (b >= 0).all() and (b[:, [0, 2]] <= image.shape[2]).all() and (b[:, [1, 3]] <= image.shape[1]).all()
+        assert len(b) == len(base[i][1]["boxes"])

@@ -124,3 +124,38 @@ def test_the_real_neon_files(tmp_path):
     # tiles overlap and cut boxes: a few more boxes than trees, never fewer than 90% of them
     assert 574 * 0.9 <= len(tr["annotations"]) <= 574 * 1.3
     assert (279 + 61) * 0.9 <= len(ev["annotations"]) <= (279 + 61) * 1.5
+
+
+def test_coco_subset_without_the_wheel_stops_with_the_install_command(monkeypatch, tmp_path):
+    import coco_subset
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(SystemExit, match=r"pip install --no-deps deepforest==2\.1\.0"):
+        coco_subset.main(["--dataset", "neon-trees", "--out", str(tmp_path)])
+
+
+def test_neon_trees_defaults_and_conflicting_options(capsys):
+    import coco_subset
+
+    args = coco_subset.parse_args(["--dataset", "neon-trees"])
+    assert args.augment == "overhead" and args.standardize and args.image_size == 256 and args.train_sizes
+    assert coco_subset.parse_args([]).augment == "none"  # the synthetic set keeps its settings
+    with pytest.raises(SystemExit):
+        coco_subset.parse_args(["--dataset", "neon-trees", "--images", "x", "--ann", "y.json"])
+    assert "brings its own data" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(importlib.util.find_spec("deepforest") is None,
+                    reason="the deepforest wheel is not installed (pip install --no-deps deepforest==2.1.0)")
+def test_one_iteration_smoke_run_on_the_real_tiles(tmp_path):
+    import coco_subset
+
+    out = tmp_path / "run"
+    payload = coco_subset.main(["--dataset", "neon-trees", "--losses", "smooth_l1,giou", "--epochs", "1",
+                                "--max-images", "4", "--image-size", "128", "--train-sizes", "112",
+                                "--out", str(out)])
+    assert payload["complete"] and payload["dataset"]["train_images"] == 4 and payload["dataset"]["eval_images"] == 4
+    assert set(payload["losses"]) == {"smooth_l1", "giou"}
+    for png in ("ap.png", "loss_curves.png", "predictions.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((out / "results.json").read_text())["complete"] is True
