@@ -64,7 +64,7 @@ DATASET_DEFAULTS = {
     "synthetic": {"epochs": 4, "image_size": 128, "batch_size": 8, "lr": 2e-3, "anchor_sizes": (12, 24, 48, 96),
                   "detections": None, "augment": "none",
                   "standardize": False, "train_sizes": ()},
-    "neon-trees": {"epochs": 24, "image_size": 256, "batch_size": 4, "lr": 2e-3, "anchor_sizes": (8, 16, 32, 64),
+    "neon-trees": {"epochs": 40, "image_size": 256, "batch_size": 4, "lr": 2e-3, "anchor_sizes": (8, 16, 32, 64),
                    "detections": 150, "augment": "overhead",
                    "standardize": True, "train_sizes": (192, 224, 288, 320)},
 }
@@ -404,7 +404,7 @@ def parse_args(argv=None):
     p.add_argument("--categories", help="comma-separated category names to keep (default: all)")
     p.add_argument("--losses", help=f"comma-separated from {', '.join(ALL_LOSSES)} (default: all; "
                                     f"--quick: {','.join(QUICK_LOSSES)})")
-    p.add_argument("--epochs", type=int, help="default: 4 (synthetic), 24 (neon-trees)")
+    p.add_argument("--epochs", type=int, help="default: 4 (synthetic), 40 (neon-trees)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--seeds", help="comma-separated seeds, one run per loss and seed (overrides --seed)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
