@@ -26,10 +26,19 @@ assert abs(loss.item() - expected) < 1e-6, loss.item()
 assert torch.isfinite(p.grad).all()
 assert boxloss.box_iou(torch.tensor([[float("nan"), 0.0, 1.0, 1.0]]), t).isnan().all()
 
+# a variant: its C kernel is generated from the installed formulas, compiled into the fresh cache, and used
+import math  # noqa: E402
+
+siou = boxloss.siou_loss(torch.tensor([[0.0, 0.0, 2.0, 2.0]]), torch.tensor([[1.0, 1.0, 3.0, 3.0]]))
+assert abs(siou.item() - (1 - 1 / 7 + 1 - math.exp(-1 / 9))) < 1e-6, siou.item()
+vstatus = cpu.variants_status()
+assert vstatus["backend"] == "compiled C kernel" and vstatus["reason"] == "built now", vstatus
+assert vstatus["cache_file"].startswith(os.environ["BOXLOSS_CACHE"]), vstatus
+
 name, reason = backend_for(torch.device("cpu"))
 status = cpu.status()
 assert name == "compiled C kernel", (name, reason)
 assert status["reason"] == "built now" and status["cache_file"].startswith(os.environ["BOXLOSS_CACHE"]), status
 print(f"wheel smoke test passed: boxloss {boxloss.__version__} from {here}; CPU backend: {name} "
-      f"({status['flags']}), built into {status['cache_file']}; python {sys.version.split()[0]}, "
+      f"({status['flags']}), built into {status['cache_file']}; variants: {vstatus['cache_file']}; python {sys.version.split()[0]}, "
       f"torch {torch.__version__}, tmp {tempfile.gettempdir()}")

@@ -31,6 +31,7 @@ def report() -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # gathered into "fallbacks" below instead
         ops.cpu_library()
+        ops.variant_library()
         devices = [torch.device("cpu")]
         if torch.cuda.is_available():
             devices += [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
@@ -41,10 +42,15 @@ def report() -> dict:
             if device.type == "cpu":
                 st = cpu.status()
                 entry.update({k: st[k] for k in ("compiler", "flags", "cache_file", "openmp") if k in st})
+                vst = cpu.variants_status()
+                entry["loss variants"] = (f"compiled C kernel generated from their formulas ({vst.get('reason')}: "
+                                          f"{vst.get('cache_file')})" if vst.get("backend") and ops.USE_COMPILED_CPU
+                                          else f"PyTorch closed form ({vst.get('reason')})")
                 entry["threads"] = torch.get_num_threads()
             else:
                 cap = torch.cuda.get_device_capability(device)
                 entry.update(gpu=torch.cuda.get_device_name(device), capability=f"{cap[0]}.{cap[1]}")
+                entry["loss variants"] = "PyTorch closed form generated from their formulas (no Triton kernels)"
             backends[str(device)] = entry
     try:
         import triton
