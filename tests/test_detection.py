@@ -431,8 +431,8 @@ def test_swapped_classes_are_module_attributes_at_import():
     code = ("import boxloss.detection.torchvision_models as m; "
             "print(sorted(n for n in dir(m) if n.startswith('BoxLoss') and isinstance(getattr(m, n), type)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert eval(out) == ["BoxLossFCOSHead", "BoxLossRegionProposalNetwork", "BoxLossRetinaNet",  # noqa: S307
-                         "BoxLossRetinaNetRegressionHead", "BoxLossRoIHeads"]
+    assert eval(out) == ["BoxLossFCOS", "BoxLossFCOSHead", "BoxLossRegionProposalNetwork",  # noqa: S307
+                         "BoxLossRetinaNet", "BoxLossRetinaNetRegressionHead", "BoxLossRoIHeads"]
 
 
 def test_subclass_of_a_supported_head_pickles(stock_models):
