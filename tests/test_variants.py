@@ -178,7 +178,7 @@ def test_fuzz_a_million_boxes_per_dtype_gives_no_nan_or_inf(dtype):
         assert p.grad.isfinite().all(), name
 
 
-@pytest.mark.parametrize("name", ["siou", "mpdiou", "alpha_iou_ciou", "inner_iou_eiou", "focaler_iou_giou"])
+@pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("reduction, avg_factor, weighted", [
     ("mean", None, False), ("mean", None, True), ("sum", None, True), ("mean", 7.5, True),
     ("mean", torch.tensor(3.0), False), ("none", None, True)])
@@ -191,7 +191,7 @@ def test_reductions_weights_and_avg_factor(backend, name, reduction, avg_factor,
     assert_close(got, _reduce(per_box, reduction, weight, avg_factor, 1e-7))
 
 
-@pytest.mark.parametrize("name", ["siou", "nwd", "shape_iou", "wiou"])
+@pytest.mark.parametrize("name", NAMES)
 def test_formats_and_leading_dimensions(name):
     from torchvision.ops import box_convert
 

@@ -47,9 +47,10 @@ def alpha_iou_loss(pred: Tensor, target: Tensor, *, reduction: str = "mean", wei
         \mathcal{L}_{\alpha\text{-DIoU}} = 1 - \mathrm{IoU}^\alpha + \frac{\rho^{2\alpha}}{c^{2\alpha}},\quad
         \mathcal{L}_{\alpha\text{-CIoU}} = 1 - \mathrm{IoU}^\alpha + \frac{\rho^{2\alpha}}{c^{2\alpha}} + (\beta v)^\alpha
 
-    α-DIoU/α-CIoU follow the paper's equations, (ρ²/c²)^α. The authors' code raises the per-axis squared terms
-    separately (c^{2α} as (c_w² + c_h²)^α, but ρ^{2α} as ((Δx)² + (Δy)²)^α over per-axis sums in some versions),
-    which gives other values away from α = 1. α-CIoU holds CIoU's trade-off weight β = v / (1 − IoU + v)
+    α-DIoU/α-CIoU follow the paper's equations, (ρ²/c²)^α. The authors' code raises each axis separately:
+    ρ^{2α} as |Δx|^{2α} + |Δy|^{2α} instead of (Δx² + Δy²)^α (with c^{2α} as (c_w² + c_h²)^α); the two agree at
+    α = 1 and for offsets along one axis, and differ otherwise (for α = 3 and a diagonal offset the authors' term is
+    a quarter of the paper's). α-CIoU holds CIoU's trade-off weight β = v / (1 − IoU + v)
     constant in backward, like :func:`boxloss.ciou_loss`. ``variant="iou"`` is the textbook form: disjoint boxes
     get no gradient; the other variants pull them together through their penalty.
 

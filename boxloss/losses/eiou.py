@@ -70,8 +70,9 @@ def focal_eiou_loss(pred: Tensor, target: Tensor, *, reduction: str = "mean", we
 
     The factor IoU^γ is a **weight: it carries no gradient** (computed from the IoU, held constant in backward).
     With a gradient, d IoU^γ / d IoU = γ IoU^(γ−1) is unbounded as IoU → 0 for the paper's γ = 0.5, so a barely
-    overlapping pair would get an arbitrarily large step. The paper writes the product without saying; the
-    weight reading is the one that matches its motivation (re-weighting by regression quality).
+    overlapping pair would get an arbitrarily large step. The paper writes the product and does not discuss its
+    gradient, and copies differ (some detach the IoU, some do not); the weight reading is the one that matches
+    its motivation (re-weighting the samples by their regression quality).
 
     A consequence of the paper's formula: a disjoint pair (IoU = 0) has loss 0 and no gradient — Focal-EIoU
     does not pull missed predictions in (use it where the assigner only gives overlapping positives, or EIoU).
