@@ -353,7 +353,10 @@ def replace_box_loss(model: nn.Module, loss: BoxLossSpec = "giou", *, rpn: bool 
     Args:
         model: ``FasterRCNN``, ``MaskRCNN`` or ``KeypointRCNN`` (RPN and RoI box head), ``RetinaNet`` or ``FCOS``,
             or one of them wrapped in ``DistributedDataParallel``/``DataParallel`` (the wrapped model is changed).
-        loss: ``"iou"``, ``"log_iou"``, ``"giou"`` (default), ``"diou"``, ``"ciou"``, a boxloss loss module (its
+        loss: ``"iou"``, ``"log_iou"``, ``"giou"`` (default), ``"diou"``, ``"ciou"``, a variant's name
+            (``"siou"``, ``"eiou"``, ``"focal_eiou"``, ``"wiou"``, ``"mpdiou"`` — each box gets the size of its own
+            image, as the transform resized it —, ``"shape_iou"``, ``"nwd"``, ``"alpha_iou"``, ``"inner_iou"``,
+            ``"focaler_iou"``; default options), a boxloss loss module (its
             options are kept, except that it reads the decoded boxes as ``xyxy`` whatever its ``fmt``, and its
             reduction is replaced by the head's normalisation), a callable ``(pred_boxes, target_boxes) ->
             per-box loss`` on xyxy boxes, or a dict of those keyed like ``loss_weight`` (``"rpn"``,
