@@ -306,7 +306,10 @@ def test_log_iou_loss_is_minus_log_above_the_threshold_and_its_tangent_below():
 def test_public_surface_is_declared_once():
     assert sorted(boxloss.__all__) == sorted(
         ["box_iou", "generalized_box_iou", "distance_box_iou", "complete_box_iou", "iou_loss", "log_iou_loss",
-         "giou_loss", "diou_loss", "ciou_loss", "IoULoss", "LogIoULoss", "GIoULoss", "DIoULoss", "CIoULoss", "FastPathWarning"])
+         "giou_loss", "diou_loss", "ciou_loss", "IoULoss", "LogIoULoss", "GIoULoss", "DIoULoss", "CIoULoss", "FastPathWarning",
+         "siou_loss", "eiou_loss", "focal_eiou_loss", "wiou_loss", "mpdiou_loss", "shape_iou_loss", "nwd_loss",
+         "alpha_iou_loss", "inner_iou_loss", "focaler_iou_loss", "SIoULoss", "EIoULoss", "FocalEIoULoss", "WIoULoss",
+         "MPDIoULoss", "ShapeIoULoss", "NWDLoss", "AlphaIoULoss", "InnerIoULoss", "FocalerIoULoss"])
     for name in boxloss.__all__:
         assert getattr(boxloss, name).__doc__, f"{name} has no docstring"
         if not name[0].isupper():

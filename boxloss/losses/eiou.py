@@ -85,6 +85,12 @@ def focal_eiou_loss(pred: Tensor, target: Tensor, *, reduction: str = "mean", we
     Reference:
         Y.-F. Zhang et al., "Focal and Efficient IOU Loss for Accurate Bounding Box Regression", Neurocomputing
         506, 2022. https://arxiv.org/abs/2101.08158
+
+    Example:
+        >>> import torch
+        >>> from boxloss import focal_eiou_loss
+        >>> focal_eiou_loss(torch.tensor([[0., 0., 2., 2.]]), torch.tensor([[0., 0., 2., 4.]]))  # 0.5 ** 0.5 * 0.8
+        tensor(0.5657)
     """
     gamma = check_param("gamma", gamma, 0.0)
     return variant_loss("focal_eiou", (gamma,), pred, target, reduction, weight, avg_factor, eps, fmt)

@@ -50,6 +50,12 @@ def focaler_iou_loss(pred: Tensor, target: Tensor, *, reduction: str = "mean", w
     Reference:
         H. Zhang, S. Zhang, "Focaler-IoU: More Focused Intersection over Union Loss", arXiv 2024.
         https://arxiv.org/abs/2401.10525
+
+    Example:
+        >>> import torch
+        >>> from boxloss import focaler_iou_loss
+        >>> focaler_iou_loss(torch.tensor([[0., 0., 4., 4.]]), torch.tensor([[2., 0., 6., 4.]]), u=0.5)  # 2/3 + 1/3 - 2/3
+        tensor(0.3333)
     """
     from .registry import BASES
 

@@ -57,6 +57,12 @@ def inner_iou_loss(pred: Tensor, target: Tensor, *, reduction: str = "mean", wei
     Reference:
         H. Zhang, C. Xu, S. Zhang, "Inner-IoU: More Effective Intersection over Union Loss with Auxiliary
         Bounding Box", arXiv 2023. https://arxiv.org/abs/2311.02877
+
+    Example:
+        >>> import torch
+        >>> from boxloss import inner_iou_loss
+        >>> inner_iou_loss(torch.tensor([[0., 0., 4., 4.]]), torch.tensor([[2., 0., 6., 4.]]), ratio=1.5)  # 2/3 + 1/3 - 1/2
+        tensor(0.5000)
     """
     from .registry import BASES
 

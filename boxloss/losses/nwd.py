@@ -44,6 +44,12 @@ def nwd_loss(pred: Tensor, target: Tensor, *, reduction: str = "mean", weight: O
     Reference:
         J. Wang, C. Xu, W. Yang, L. Yu, "A Normalized Gaussian Wasserstein Distance for Tiny Object Detection",
         arXiv 2021. https://arxiv.org/abs/2110.13389
+
+    Example:
+        >>> import torch
+        >>> from boxloss import nwd_loss
+        >>> nwd_loss(torch.tensor([[0., 0., 2., 2.]]), torch.tensor([[1., 0., 3., 2.]]), constant=2.0)  # 1 - exp(-1/2)
+        tensor(0.3935)
     """
     constant = check_param("constant", constant, 0.0, low_open=True)
     return variant_loss("nwd", (constant,), pred, target, reduction, weight, avg_factor, eps, fmt)

@@ -56,6 +56,12 @@ def shape_iou_loss(pred: Tensor, target: Tensor, *, reduction: str = "mean", wei
     Reference:
         H. Zhang, S. Zhang, "Shape-IoU: More Accurate Metric considering Bounding Box Shape and Scale",
         arXiv 2023. https://arxiv.org/abs/2312.17663
+
+    Example:
+        >>> import torch
+        >>> from boxloss import shape_iou_loss
+        >>> shape_iou_loss(torch.tensor([[0., 0., 2., 2.]]), torch.tensor([[0., 0., 4., 2.]]))  # 0.5 + 1/20 + Ω/2
+        tensor(0.5620)
     """
     scale = check_param("scale", scale, 0.0)
     return variant_loss("shape_iou", (scale,), pred, target, reduction, weight, avg_factor, eps, fmt)

@@ -44,6 +44,12 @@ def wiou_loss(pred: Tensor, target: Tensor, *, reduction: str = "mean", weight: 
     Reference:
         Z. Tong, Y. Chen, Z. Xu, R. Yu, "Wise-IoU: Bounding Box Regression Loss with Dynamic Focusing
         Mechanism", arXiv 2023. https://arxiv.org/abs/2301.10051
+
+    Example:
+        >>> import torch
+        >>> from boxloss import wiou_loss
+        >>> wiou_loss(torch.tensor([[0., 0., 2., 2.]]), torch.tensor([[1., 0., 3., 2.]]))  # exp(1/13) * (1 - 1/3)
+        tensor(0.7200)
     """
     return variant_loss("wiou", (), pred, target, reduction, weight, avg_factor, eps, fmt)
 
