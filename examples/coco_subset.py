@@ -372,7 +372,7 @@ def plot_predictions(eval_set, gt: dict, shown: dict, results: dict, out_dir: st
                      f"AP75 {r.get('AP75', float('nan')):.3f})", fontsize=9)
         ax.axis("off")
     fig.suptitle(f"held-out image {image_id}: {len(truth)} ground-truth boxes (white), detections (red)", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.92))  # room for the title above the panels' own
     fig.savefig(os.path.join(out_dir, "predictions.png"), dpi=100)
     plt.close(fig)
 
