@@ -24,11 +24,17 @@ from . import expr
 SEPARATOR = "|"
 
 
-@functools.lru_cache(maxsize=None)
-def _registry() -> Dict[str, tuple]:
-    from ..losses.registry import VARIANTS
+_VARIANTS: Dict[str, tuple] = {}
 
-    return VARIANTS
+
+def _registry() -> Dict[str, tuple]:
+    """The variants table of ``boxloss.losses.registry`` (imported on first use: it imports the losses, which
+    import this package). A plain module global, not ``lru_cache``: this runs inside ``torch.compile``d code."""
+    if not _VARIANTS:
+        from ..losses.registry import VARIANTS
+
+        _VARIANTS.update(VARIANTS)
+    return _VARIANTS
 
 
 def is_variant(kind: str) -> bool:
