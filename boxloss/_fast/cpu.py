@@ -144,8 +144,9 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     return lib
 
 
-VARIANT_ARGTYPES = ([ctypes.c_void_p] * 6 + [ctypes.c_long, ctypes.c_double, ctypes.c_void_p, ctypes.c_double,
-                                             ctypes.c_void_p, ctypes.c_int])
+# the generated kernels take aligned.c's arguments, their parameters' pointer where it takes the kind
+VARIANT_ARGTYPES = ([ctypes.c_void_p] * 7 + [ctypes.c_long, ctypes.c_double, ctypes.c_double, ctypes.c_void_p,
+                                             ctypes.c_int])
 
 
 class KernelLibrary:
@@ -311,6 +312,24 @@ def _ptr(x: Optional[Tensor]):
     return None if x is None else ctypes.c_void_p(x.data_ptr())
 
 
+def _run_aligned(fn, first, p: Tensor, t: Tensor, eps: float, need_p: bool, need_t: bool,
+                 weight: Optional[Tensor], scale: Optional[float]):
+    """Call an aligned kernel (``boxloss_aligned_*`` with ``first`` its kind, or a generated one with ``first``
+    its parameters' pointer) and return its outputs (see :func:`run`)."""
+    n = p.shape[0]
+    reduce = scale is not None
+    loss = p.new_empty(0 if reduce else n)
+    grad_p = p.new_empty(n, 4) if need_p else p.new_empty(0)
+    grad_t = p.new_empty(n, 4) if need_t else p.new_empty(0)
+    total = ctypes.c_double(0.0)
+    fn(first, _ptr(p), _ptr(t), _ptr(weight), None if reduce else _ptr(loss),
+       _ptr(grad_p) if need_p else None, _ptr(grad_t) if need_t else None, n, float(eps),
+       float(scale) if reduce else 1.0, ctypes.byref(total) if reduce else None, torch.get_num_threads())
+    if reduce:
+        loss = torch.tensor(total.value, dtype=p.dtype)
+    return loss, grad_p, grad_t
+
+
 def run(lib, kind: str, p: Tensor, t: Tensor, eps: float, need_p: bool, need_t: bool,
         weight: Optional[Tensor] = None, scale: Optional[float] = None):
     """Contiguous CPU ``p``, ``t`` ``(n, 4)`` of one dtype (float32 or float64).
@@ -318,19 +337,8 @@ def run(lib, kind: str, p: Tensor, t: Tensor, eps: float, need_p: bool, need_t: 
     Without ``scale``: per-box loss ``(n,)`` and local gradients ``(n, 4)`` (or empty). With ``scale``: the
     scalar ``scale * sum(weight * loss)`` and the gradients of that scalar.
     """
-    n = p.shape[0]
-    reduce = scale is not None
-    loss = p.new_empty(0 if reduce else n)
-    grad_p = p.new_empty(n, 4) if need_p else p.new_empty(0)
-    grad_t = p.new_empty(n, 4) if need_t else p.new_empty(0)
-    total = ctypes.c_double(0.0)
     fn = lib.boxloss_aligned_f64 if p.dtype == torch.float64 else lib.boxloss_aligned_f32
-    fn(KIND_CODES[kind], _ptr(p), _ptr(t), _ptr(weight), None if reduce else _ptr(loss),
-       _ptr(grad_p) if need_p else None, _ptr(grad_t) if need_t else None, n, float(eps),
-       float(scale) if reduce else 1.0, ctypes.byref(total) if reduce else None, torch.get_num_threads())
-    if reduce:
-        loss = torch.tensor(total.value, dtype=p.dtype)
-    return loss, grad_p, grad_t
+    return _run_aligned(fn, KIND_CODES[kind], p, t, eps, need_p, need_t, weight, scale)
 
 
 def run_pairwise(lib, kind: str, a: Tensor, b: Tensor, eps: float) -> Tensor:
@@ -345,17 +353,6 @@ def run_pairwise(lib, kind: str, a: Tensor, b: Tensor, eps: float) -> Tensor:
 def run_variant(lib, symbol: str, params, p: Tensor, t: Tensor, eps: float, need_p: bool, need_t: bool,
                 weight: Optional[Tensor] = None, scale: Optional[float] = None):
     """As :func:`run`, for the generated kernel ``symbol`` (without its dtype suffix) and its parameters."""
-    n = p.shape[0]
-    reduce = scale is not None
-    loss = p.new_empty(0 if reduce else n)
-    grad_p = p.new_empty(n, 4) if need_p else p.new_empty(0)
-    grad_t = p.new_empty(n, 4) if need_t else p.new_empty(0)
-    total = ctypes.c_double(0.0)
     prm = (ctypes.c_double * max(1, len(params)))(*[float(x) for x in params])
     fn = getattr(lib, symbol + ("_f64" if p.dtype == torch.float64 else "_f32"))
-    fn(_ptr(p), _ptr(t), _ptr(weight), None if reduce else _ptr(loss), _ptr(grad_p) if need_p else None,
-       _ptr(grad_t) if need_t else None, n, float(eps), prm, float(scale) if reduce else 1.0,
-       ctypes.byref(total) if reduce else None, torch.get_num_threads())
-    if reduce:
-        loss = torch.tensor(total.value, dtype=p.dtype)
-    return loss, grad_p, grad_t
+    return _run_aligned(fn, prm, p, t, eps, need_p, need_t, weight, scale)

@@ -26,7 +26,23 @@ from torch import Tensor
 # ----------------------------------------------------------------------------------------------------------
 # the PyTorch namespace (the reference)
 # ----------------------------------------------------------------------------------------------------------
-class TorchMath:
+class _Composites:
+    """The composites every namespace offers, built from its primitives (written once, in the functions below)."""
+
+    def safe_div(self, num, den):
+        return _safe_div(self, num, den)
+
+    def safe_sqrt(self, x):
+        return _safe_sqrt(self, x)
+
+    def safe_pow(self, x, y):
+        return _safe_pow(self, x, y)
+
+    def atan2_safe(self, y, x):
+        return _atan2_safe(self, y, x)
+
+
+class TorchMath(_Composites):
     """The primitives on tensors; ``eps`` is the loss' ``eps``."""
 
     def __init__(self, eps: float) -> None:
@@ -36,6 +52,7 @@ class TorchMath:
     minimum = staticmethod(torch.minimum)
     exp = staticmethod(torch.exp)
     log = staticmethod(torch.log)
+    sqrt = staticmethod(torch.sqrt)
     sin = staticmethod(torch.sin)
     cos = staticmethod(torch.cos)
     abs = staticmethod(torch.abs)
@@ -61,19 +78,6 @@ class TorchMath:
     def const(value: float, like: Tensor) -> Tensor:
         return torch.full_like(like, value)
 
-    # composites: written once below, shared with SymbolicMath
-    def safe_div(self, num, den):
-        return _safe_div(self, num, den)
-
-    def safe_sqrt(self, x):
-        return _safe_sqrt(self, x)
-
-    def safe_pow(self, x, y):
-        return _safe_pow(self, x, y)
-
-    def atan2_safe(self, y, x):
-        return _atan2_safe(self, y, x)
-
 
 def _safe_div(m, num, den):
     """num / max(den, eps), with no gradient where den <= eps (``boxes._safe_div``)."""
@@ -83,11 +87,7 @@ def _safe_div(m, num, den):
 def _safe_sqrt(m, x):
     """sqrt with a zero (not infinite) gradient at 0; 0 for x <= 0; NaN for NaN."""
     positive = (x > 0) | (x != x)
-    return m.where(positive, _sqrt(m, m.where(positive, x, m.const(1.0, x))), m.const(0.0, x))
-
-
-def _sqrt(m, x):
-    return m.sqrt(x) if isinstance(m, SymbolicMath) else torch.sqrt(x)
+    return m.where(positive, m.sqrt(m.where(positive, x, m.const(1.0, x))), m.const(0.0, x))
 
 
 def _safe_pow(m, x, y):
@@ -220,7 +220,7 @@ class Graph:
         return self._add("input", (), name)
 
 
-class SymbolicMath:
+class SymbolicMath(_Composites):
     """The primitives on expression nodes (what :func:`trace` hands a formula)."""
 
     def __init__(self, graph: Graph) -> None:
@@ -271,18 +271,6 @@ class SymbolicMath:
 
     def atan2(self, y, x):
         return self._n("atan2", y, x)
-
-    def safe_div(self, num, den):
-        return _safe_div(self, num, den)
-
-    def safe_sqrt(self, x):
-        return _safe_sqrt(self, x)
-
-    def safe_pow(self, x, y):
-        return _safe_pow(self, x, y)
-
-    def atan2_safe(self, y, x):
-        return _atan2_safe(self, y, x)
 
 
 def trace(fn: Callable, n_params: int) -> Tuple[Graph, Expr, List[Expr], List[Expr], List[Expr]]:
@@ -347,9 +335,10 @@ def _needs_grad(nodes: Sequence[Expr]) -> Dict[int, bool]:
 
 
 def generate_c(name: str, fn: Callable, n_params: int) -> str:
-    """C source of ``void name(P, T, W, L, GP, GT, n, eps, params, scale, total, threads)`` — per-box loss,
-    local gradients and the weighted sum in one pass, as ``boxloss_aligned_*`` in ``aligned.c`` — for the
-    float and double types (suffixes ``_f32``, ``_f64``)."""
+    """C source of ``void name(params, P, T, W, L, GP, GT, n, eps, scale, total, threads)`` — per-box loss,
+    local gradients and the weighted sum in one pass, with the arguments of ``boxloss_aligned_*`` in
+    ``aligned.c`` (the parameters where that has the kind) — for the float and double types (suffixes ``_f32``,
+    ``_f64``)."""
     g, out, p, t, _params = trace(fn, n_params)
     live = _live(out)
     nodes = [e for e in g.nodes if live[e.index]]
@@ -445,8 +434,8 @@ def generate_c(name: str, fn: Callable, n_params: int) -> str:
 
 
 _KERNEL = """
-void {name}_SFX(const R *P, const R *T, const R *W, R *L, R *GP, R *GT, long n, double eps_d,
-                const double *prm, double scale, double *total, int threads) {{
+void {name}_SFX(const double *prm, const R *P, const R *T, const R *W, R *L, R *GP, R *GT, long n,
+                double eps_d, double scale, double *total, int threads) {{
     const R eps = (R)eps_d;
     double acc = 0;
     (void)prm; (void)threads;

@@ -118,14 +118,13 @@ def _closed_form(kind, p, t, eps, need_p, need_t):
     """The PyTorch closed form in cache-sized chunks (any device): per-box loss and local gradients."""
     n = p.shape[0]
     chunk = CPU_CHUNK if p.device.type == "cpu" else max(n, 1)
-    if variants.is_variant(kind):
-        return variants.closed_form(kind, p, t, eps, need_p, need_t, chunk)
+    step = variants.closed_form_chunk if variants.is_variant(kind) else fused.fused_loss_and_grad
     loss = p.new_empty(n)
     grad_p = p.new_empty(n, 4) if need_p else p.new_empty(0)
     grad_t = p.new_empty(n, 4) if need_t else p.new_empty(0)
     for s in range(0, n, chunk):
         e = min(s + chunk, n)
-        value, gp, gt = fused.fused_loss_and_grad(kind, p[s:e], t[s:e], eps, need_p or need_t)
+        value, gp, gt = step(kind, p[s:e], t[s:e], eps, need_p or need_t)
         loss[s:e] = value
         if need_p:
             grad_p[s:e] = gp

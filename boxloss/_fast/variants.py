@@ -4,7 +4,7 @@
 * a compiled CPU kernel: C generated from the formula's expression graph, forward and reverse-mode gradient in
   one pass with the weighted reduction (:func:`c_source`, built and cached by :mod:`boxloss._fast.cpu`);
 * a PyTorch closed form for other devices and for CPUs without a compiler: the same expression graph and the
-  same derivative rules evaluated with tensor operations in cache-sized chunks (:func:`closed_form`).
+  same derivative rules evaluated with tensor operations in cache-sized chunks (:func:`closed_form_chunk`).
 
 A variant enters the ``boxloss::aligned_loss`` operator (and so ``torch.compile``, ``torch.func``, ...) under a
 kind string ``"name|param|param"`` (:func:`kind_of`); the parameters are runtime arguments of the kernel.
@@ -63,11 +63,9 @@ def symbol(name: str) -> str:
     return "boxloss_v_" + name
 
 
-def reference(kind: str, p: Tensor, t: Tensor, eps: float, params=None) -> Tensor:
-    """The per-box loss from the formula on tensors (differentiable by autograd and torch.func); ``params``
-    overrides the kind's parameters (e.g. with per-box tensors)."""
-    _, entry, kind_params = parse(kind)
-    params = kind_params if params is None else tuple(params)
+def reference(kind: str, p: Tensor, t: Tensor, eps: float) -> Tensor:
+    """The per-box loss from the formula on tensors (differentiable by autograd and torch.func)."""
+    _, entry, params = parse(kind)
     return entry.formula(tuple(p.unbind(-1)), tuple(t.unbind(-1)), expr.TorchMath(eps), *params)
 
 
@@ -207,22 +205,11 @@ def _evaluate(name: str, params, p: Tensor, t: Tensor, eps: float, need_grad: bo
     return loss, grads[0], grads[1]
 
 
-def closed_form(kind: str, p: Tensor, t: Tensor, eps: float, need_p: bool, need_t: bool, chunk: int):
-    """Per-box loss ``(n,)`` and local gradients ``(n, 4)`` (or empty), in chunks of ``chunk`` boxes."""
+def closed_form_chunk(kind: str, p: Tensor, t: Tensor, eps: float, need_grad: bool):
+    """Per-box loss and, with ``need_grad``, local gradients of one chunk (the generated forward and reverse
+    pass on tensors); ``ops`` runs it chunk by chunk as it runs ``fused.fused_loss_and_grad``."""
     name, _, params = parse(kind)
-    n = p.shape[0]
-    loss = p.new_empty(n)
-    grad_p = p.new_empty(n, 4) if need_p else p.new_empty(0)
-    grad_t = p.new_empty(n, 4) if need_t else p.new_empty(0)
-    for s in range(0, n, chunk):
-        e = min(s + chunk, n)
-        value, gp, gt = _evaluate(name, params, p[s:e], t[s:e], eps, need_p or need_t)
-        loss[s:e] = value
-        if need_p:
-            grad_p[s:e] = gp
-        if need_t:
-            grad_t[s:e] = gt
-    return loss, grad_p, grad_t
+    return _evaluate(name, params, p, t, eps, need_grad)
 
 
 def check_param(name: str, value, low: float = -math.inf, high: float = math.inf, low_open: bool = False,

@@ -17,7 +17,3 @@ def variant_loss(name: str, params: tuple, pred: Tensor, target: Tensor, reducti
     p, t = _prepare_loss_inputs(pred, target, reduction, weight, avg_factor, eps, fmt)
     return aligned_loss(variants.kind_of(name, *params), p, t, eps, reduction, weight, avg_factor)
 
-
-def param_doc(text: str) -> str:
-    """Docstring lines of a variant's own arguments, indented like the shared ``Args`` block."""
-    return text.strip("\n")

@@ -7,7 +7,7 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from .._fast import variants
+from .._fast.expr import TorchMath
 from .._fast.variants import check_param
 from .._utils import _fill_loss_doc, _prepare_loss_inputs, _reduce
 from ._common import variant_loss
@@ -67,7 +67,7 @@ def mpdiou_loss(pred: Tensor, target: Tensor, *, image_size: Union[Sequence[floa
             raise ValueError(f"image_size of shape {tuple(image_size.shape)} does not broadcast to the boxes' "
                              f"{tuple(p.shape[:-1])} + (2,)") from None
         cd = size.dtype
-        loss = variants.reference(variants.kind_of("mpdiou", 1.0, 1.0), p.to(cd), t.to(cd), eps, size.unbind(-1))
+        loss = mpdiou_formula(tuple(p.to(cd).unbind(-1)), tuple(t.to(cd).unbind(-1)), TorchMath(eps), *size.unbind(-1))
         return _reduce(loss, reduction, weight, avg_factor, eps)
     if isinstance(image_size, (str, bytes)) or not hasattr(image_size, "__len__") or len(image_size) != 2:
         raise TypeError(f"image_size must be (width, height) or a tensor of shape (..., 2); got {image_size!r}")
