@@ -146,7 +146,7 @@ def aligned_loss(kind: str, p: Tensor, t: Tensor, eps: float, reduction: str = "
         loss = ops.reference_aligned(kind, _upcast(p, cd), _upcast(t, cd), None, None, eps, False, 1.0)
         return _reduce(loss, reduction, weight, avg_factor, eps)
     shape = p.shape[:-1]
-    p2, t2 = p.reshape(-1, 4), t.reshape(-1, 4)
+    p2, t2 = p.reshape(-1, p.shape[-1]), t.reshape(-1, t.shape[-1])
     if p2.dtype == torch.bfloat16 and p2.device.type == "cuda" and not _bf16_native(p2.device):
         p2, t2 = _upcast(p2, torch.float32), _upcast(t2, torch.float32)
     # the variants have no Triton kernels: on CUDA they run the generated PyTorch closed form
@@ -204,16 +204,23 @@ def pairwise(kind: str, b1: Tensor, b2: Tensor, eps: float) -> Tensor:
     if not _enabled or (not ops.tracing() and ops.plain_forward_ad_active()):
         # (plain forward-mode AD: the reference is differentiated forward as it is)
         cd = ops.compute_dtype(b1.dtype)
+        if kind.startswith("rotated_"):
+            from .. import rotated
+            from .expr import TorchMath
+
+            fa = rotated.box_features(_upcast(b1, cd)).unsqueeze(-2).unbind(-1)
+            fb = rotated.box_features(_upcast(b2, cd)).unsqueeze(-3).unbind(-1)
+            return rotated.PAIRWISE_SCORES[kind][0](fa, fb, TorchMath(eps, torch.finfo(cd).eps))
         from ..boxes import _SCORE_KERNELS
 
         return _SCORE_KERNELS[kind](_upcast(b1, cd).unsqueeze(-2), _upcast(b2, cd).unsqueeze(-3), eps)[0]
     batch_shape = torch.broadcast_shapes(b1.shape[:-2], b2.shape[:-2])
-    n, m = b1.shape[-2], b2.shape[-2]
+    n, m, cols = b1.shape[-2], b2.shape[-2], b1.shape[-1]
     size = 1
     for s in batch_shape:
         size *= s
-    a = b1.expand(*batch_shape, n, 4).reshape(size, n, 4)
-    b = b2.expand(*batch_shape, m, 4).reshape(size, m, 4)
+    a = b1.expand(*batch_shape, n, cols).reshape(size, n, cols)
+    b = b2.expand(*batch_shape, m, cols).reshape(size, m, cols)
     if a.dtype == torch.bfloat16 and a.device.type == "cuda" and not _bf16_native(a.device):
         a, b = _upcast(a, torch.float32), _upcast(b, torch.float32)
     _, op = _ops_for(a)

@@ -261,25 +261,36 @@ def _read_core_source() -> str:
         return f.read()
 
 
-def _variants_source() -> str:
+def _variants_source(which: str = "axis") -> str:
     from . import variants
 
-    return variants.c_source()
+    return variants.c_source(which)
 
 
-def _declare_variants(lib: ctypes.CDLL) -> ctypes.CDLL:
+def _declare_variants(lib: ctypes.CDLL, which: str = "axis") -> ctypes.CDLL:
     from . import variants
 
-    for symbol in variants.c_symbols():
+    for symbol in variants.c_symbols(which):
         fn = getattr(lib, symbol)
         fn.restype = None
         fn.argtypes = VARIANT_ARGTYPES
+    if which == "rotated":
+        from ..rotated import PAIRWISE_SCORES
+
+        for kind in PAIRWISE_SCORES:
+            for sfx in ("_f32", "_f64"):
+                fn = getattr(lib, variants.pairwise_symbol(kind) + sfx)
+                fn.restype = None
+                fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_long] * 3 + [ctypes.c_double, ctypes.c_int]
     return lib
 
 
 CORE = KernelLibrary("IoU, GIoU, DIoU and CIoU (aligned.c)", "boxloss_aligned", _read_core_source, _declare)
 VARIANTS = KernelLibrary("the loss variants (generated from their formulas)", "boxloss_variants", _variants_source,
                          _declare_variants)
+ROTATED = KernelLibrary("the rotated-box losses and scores (generated from their formulas)", "boxloss_rotated",
+                        lambda: _variants_source("rotated"), lambda lib: _declare_variants(lib, "rotated"))
+LIBRARIES = {"axis": VARIANTS, "rotated": ROTATED}
 
 
 def load() -> Optional[ctypes.CDLL]:
@@ -288,15 +299,17 @@ def load() -> Optional[ctypes.CDLL]:
     return CORE.load()
 
 
-def load_variants() -> Optional[ctypes.CDLL]:
-    """The compiled kernel of the loss variants (C generated from their formulas), like :func:`load`."""
-    return VARIANTS.load()
+def load_variants(which: str = "axis") -> Optional[ctypes.CDLL]:
+    """The compiled kernel of the loss variants (``"axis"``) or of the rotated-box losses and scores
+    (``"rotated"``), C generated from their formulas, like :func:`load`."""
+    return LIBRARIES[which].load()
 
 
 def reset() -> None:
     """Forget the loaded libraries and the last attempts (tests; a changed environment)."""
     CORE.reset()
     VARIANTS.reset()
+    ROTATED.reset()
 
 
 def status() -> dict:
@@ -304,8 +317,8 @@ def status() -> dict:
     return dict(CORE.status)
 
 
-def variants_status() -> dict:
-    return dict(VARIANTS.status)
+def variants_status(which: str = "axis") -> dict:
+    return dict(LIBRARIES[which].status)
 
 
 def _ptr(x: Optional[Tensor]):
@@ -316,11 +329,11 @@ def _run_aligned(fn, first, p: Tensor, t: Tensor, eps: float, need_p: bool, need
                  weight: Optional[Tensor], scale: Optional[float]):
     """Call an aligned kernel (``boxloss_aligned_*`` with ``first`` its kind, or a generated one with ``first``
     its parameters' pointer) and return its outputs (see :func:`run`)."""
-    n = p.shape[0]
+    n, cols = p.shape
     reduce = scale is not None
     loss = p.new_empty(0 if reduce else n)
-    grad_p = p.new_empty(n, 4) if need_p else p.new_empty(0)
-    grad_t = p.new_empty(n, 4) if need_t else p.new_empty(0)
+    grad_p = p.new_empty(n, cols) if need_p else p.new_empty(0)
+    grad_t = p.new_empty(n, cols) if need_t else p.new_empty(0)
     total = ctypes.c_double(0.0)
     fn(first, _ptr(p), _ptr(t), _ptr(weight), None if reduce else _ptr(loss),
        _ptr(grad_p) if need_p else None, _ptr(grad_t) if need_t else None, n, float(eps),
@@ -356,3 +369,13 @@ def run_variant(lib, symbol: str, params, p: Tensor, t: Tensor, eps: float, need
     prm = (ctypes.c_double * max(1, len(params)))(*[float(x) for x in params])
     fn = getattr(lib, symbol + ("_f64" if p.dtype == torch.float64 else "_f32"))
     return _run_aligned(fn, prm, p, t, eps, need_p, need_t, weight, scale)
+
+
+def run_generated_pairwise(lib, symbol: str, a: Tensor, b: Tensor, eps: float) -> Tensor:
+    """Scores ``(batch, n, m)`` of a generated pairwise kernel on contiguous CPU rows ``a`` ``(batch, n, k)`` and
+    ``b`` ``(batch, m, k)``."""
+    batch, n, m = a.shape[0], a.shape[1], b.shape[1]
+    out = a.new_empty(batch, n, m)
+    fn = getattr(lib, symbol + ("_f64" if a.dtype == torch.float64 else "_f32"))
+    fn(_ptr(a), _ptr(b), _ptr(out), batch, n, m, float(eps), torch.get_num_threads())
+    return out

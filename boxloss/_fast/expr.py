@@ -45,8 +45,9 @@ class _Composites:
 class TorchMath(_Composites):
     """The primitives on tensors; ``eps`` is the loss' ``eps``."""
 
-    def __init__(self, eps: float) -> None:
+    def __init__(self, eps: float, ulp: float = 2.0 ** -23) -> None:
         self.eps = eps
+        self.ulp = ulp  # the compute dtype's machine epsilon (scale-aware tolerances of the rotated geometry)
 
     maximum = staticmethod(torch.maximum)
     minimum = staticmethod(torch.minimum)
@@ -226,6 +227,7 @@ class SymbolicMath(_Composites):
     def __init__(self, graph: Graph) -> None:
         self.g = graph
         self.eps = graph.input("eps")
+        self.ulp = graph.input("ulp")
 
     def _n(self, op, *args):
         return self.g.node(op, *[a if isinstance(a, Expr) else self.g.const(float(a)) for a in args])
@@ -273,12 +275,13 @@ class SymbolicMath(_Composites):
         return self._n("atan2", y, x)
 
 
-def trace(fn: Callable, n_params: int) -> Tuple[Graph, Expr, List[Expr], List[Expr], List[Expr]]:
-    """The expression graph of ``fn(p, t, m, *params)``: (graph, output, p inputs, t inputs, param inputs)."""
+def trace(fn: Callable, n_params: int, columns: int = 4) -> Tuple[Graph, Expr, List[Expr], List[Expr], List[Expr]]:
+    """The expression graph of ``fn(p, t, m, *params)``: (graph, output, p inputs, t inputs, param inputs);
+    ``p`` and ``t`` have ``columns`` columns (4 for axis-aligned boxes, 5 for rotated ones)."""
     g = Graph()
     m = SymbolicMath(g)
-    p = [g.input(f"p{k}") for k in range(4)]
-    t = [g.input(f"t{k}") for k in range(4)]
+    p = [g.input(f"p{k}") for k in range(columns)]
+    t = [g.input(f"t{k}") for k in range(columns)]
     params = [g.input(f"q{k}") for k in range(n_params)]
     out = fn(tuple(p), tuple(t), m, *params)
     if not isinstance(out, Expr):
@@ -334,34 +337,20 @@ def _needs_grad(nodes: Sequence[Expr]) -> Dict[int, bool]:
     return needs
 
 
-def generate_c(name: str, fn: Callable, n_params: int) -> str:
+def generate_c(name: str, fn: Callable, n_params: int, columns: int = 4) -> str:
     """C source of ``void name(params, P, T, W, L, GP, GT, n, eps, scale, total, threads)`` — per-box loss,
     local gradients and the weighted sum in one pass, with the arguments of ``boxloss_aligned_*`` in
     ``aligned.c`` (the parameters where that has the kind) — for the float and double types (suffixes ``_f32``,
     ``_f64``)."""
-    g, out, p, t, _params = trace(fn, n_params)
+    g, out, p, t, _params = trace(fn, n_params, columns)
     live = _live(out)
     nodes = [e for e in g.nodes if live[e.index]]
-    inputs = {f"p{k}": f"P[4 * i + {k}]" for k in range(4)}
-    inputs.update({f"t{k}": f"T[4 * i + {k}]" for k in range(4)})
+    inputs = {f"p{k}": f"P[{columns} * i + {k}]" for k in range(columns)}
+    inputs.update({f"t{k}": f"T[{columns} * i + {k}]" for k in range(columns)})
     inputs.update({f"q{k}": f"(R)prm[{k}]" for k in range(n_params)})
-    inputs["eps"] = "eps"
+    inputs.update(eps="eps", ulp="BL_ULP")
     v = lambda e: f"v{e.index}"  # noqa: E731
-
-    fwd = []
-    for e in nodes:
-        if e.op == "const":
-            expr = _c_number(e.value)
-        elif e.op == "input":
-            expr = inputs[e.value]
-        elif e.op == "where":
-            expr = f"({v(e.args[0])} ? {v(e.args[1])} : {v(e.args[2])})"
-        elif e.op in _C_BINARY:
-            expr = _C_BINARY[e.op].format(a=v(e.args[0]), b=v(e.args[1]))
-        else:
-            expr = _C_UNARY[e.op].format(a=v(e.args[0]))
-        ctype = "int" if e.is_bool else "R"
-        fwd.append(f"const {ctype} {v(e)} = {expr};")
+    fwd = _forward_lines(nodes, inputs)
 
     needs = _needs_grad(nodes)
     bwd = [f"R a{e.index} = 0;" for e in nodes if needs[e.index]]
@@ -428,9 +417,81 @@ def generate_c(name: str, fn: Callable, n_params: int) -> str:
 
     body = "\n        ".join(fwd)
     back = "\n            ".join(bwd)
-    gp = "\n                ".join(f"GP[4 * i + {k}] = f * (loss != loss ? loss : {grad_p[k]});" for k in range(4))
-    gt = "\n                ".join(f"GT[4 * i + {k}] = f * (loss != loss ? loss : {grad_t[k]});" for k in range(4))
+    gp = "\n                ".join(f"GP[{columns} * i + {k}] = f * (loss != loss ? loss : {grad_p[k]});"
+                                  for k in range(columns))
+    gt = "\n                ".join(f"GT[{columns} * i + {k}] = f * (loss != loss ? loss : {grad_t[k]});"
+                                  for k in range(columns))
     return _KERNEL.format(name=name, body=body, out=v(out), back=back, gp=gp, gt=gt)
+
+
+def _forward_lines(nodes: Sequence[Expr], inputs: Dict[str, str]) -> List[str]:
+    """One C declaration per node: the forward pass."""
+    lines = []
+    for e in nodes:
+        a = [f"v{x.index}" for x in e.args]
+        if e.op == "const":
+            expr = _c_number(e.value)
+        elif e.op == "input":
+            expr = inputs[e.value]
+        elif e.op == "where":
+            expr = f"({a[0]} ? {a[1]} : {a[2]})"
+        elif e.op in _C_BINARY:
+            expr = _C_BINARY[e.op].format(a=a[0], b=a[1])
+        else:
+            expr = _C_UNARY[e.op].format(a=a[0])
+        lines.append(f"const {'int' if e.is_bool else 'R'} v{e.index} = {expr};")
+    return lines
+
+
+def generate_pairwise_c(name: str, fn: Callable, columns: int, skip: Callable = None, skip_value: float = 0.0) -> str:
+    """C source of ``void name(A, B, O, batch, n, m, eps, threads)``: the value of ``fn(a, b, m)`` for every
+    pair of rows of ``A`` ``(batch, n, columns)`` and ``B`` ``(batch, m, columns)``, forward only, into ``O``
+    ``(batch, n, m)``. With ``skip(a, b, m)`` (a cheap condition, traced into the same graph), pairs where it
+    holds get ``skip_value`` without evaluating the rest."""
+    g = Graph()
+    m = SymbolicMath(g)
+    a = [g.input(f"p{k}") for k in range(columns)]
+    b = [g.input(f"t{k}") for k in range(columns)]
+    cond = skip(tuple(a), tuple(b), m) if skip is not None else None
+    out = fn(tuple(a), tuple(b), m)
+    inputs = {f"p{k}": f"a[{k}]" for k in range(columns)}
+    inputs.update({f"t{k}": f"bb[{k}]" for k in range(columns)})
+    inputs.update(eps="eps", ulp="BL_ULP")
+    live = _live(out)
+    first: List[Expr] = []
+    if cond is not None:
+        live_c = _live(cond)
+        first = [e for e in g.nodes if live_c[e.index]]
+        done = {e.index for e in first}
+        rest = [e for e in g.nodes if live[e.index] and e.index not in done]
+        early = f"if (v{cond.index}) {{ O[row + j] = {_c_number(skip_value)}; continue; }}"
+    else:
+        rest = [e for e in g.nodes if live[e.index]]
+        early = ""
+    return _PAIRWISE.format(name=name, columns=columns, first="\n            ".join(_forward_lines(first, inputs)),
+                            early=early, rest="\n            ".join(_forward_lines(rest, inputs)),
+                            out=f"v{out.index}")
+
+
+_PAIRWISE = """
+void {name}_SFX(const R *A, const R *B, R *O, long batch, long n, long m, double eps_d, int threads) {{
+    const R eps = (R)eps_d;
+    (void)threads;
+    _Pragma("omp parallel for schedule(dynamic, 16) num_threads(threads) collapse(2)")
+    for (long s = 0; s < batch; ++s)
+    for (long i = 0; i < n; ++i) {{
+        const R *a = A + (s * n + i) * {columns};
+        const long row = (s * n + i) * m;
+        for (long j = 0; j < m; ++j) {{
+            const R *bb = B + (s * m + j) * {columns};
+            {first}
+            {early}
+            {rest}
+            O[row + j] = {out};
+        }}
+    }}
+}}
+"""
 
 
 _KERNEL = """
@@ -468,23 +529,28 @@ PRELUDE = """/* Generated by boxloss._fast.expr from the variant formulas in box
 #define BL_MIN(a, b) (((a) < (b) || (a) != (a)) ? (a) : (b))
 #define BL_CLAMP_MIN(x, c) (((x) > (c) || (x) != (x)) ? (x) : (c))
 #define BL_CLAMP_MAX(x, c) (((x) < (c) || (x) != (x)) ? (x) : (c))
+#include <float.h>
 """
 
 _TYPES = {
-    "f32": {"R": "float", "EXP": "expf", "LOG": "logf", "SQRT": "sqrtf", "SIN": "sinf", "COS": "cosf",
+    "f32": {"R": "float", "ULP": "FLT_EPSILON", "EXP": "expf", "LOG": "logf", "SQRT": "sqrtf", "SIN": "sinf", "COS": "cosf",
             "ABS": "fabsf", "ATAN2": "atan2f"},
-    "f64": {"R": "double", "EXP": "exp", "LOG": "log", "SQRT": "sqrt", "SIN": "sin", "COS": "cos",
+    "f64": {"R": "double", "ULP": "DBL_EPSILON", "EXP": "exp", "LOG": "log", "SQRT": "sqrt", "SIN": "sin", "COS": "cos",
             "ABS": "fabs", "ATAN2": "atan2"},
 }
 
 
-def generate_library(kernels: Sequence[Tuple[str, Callable, int]]) -> str:
-    """One C file with a float and a double instantiation of every ``(name, formula, n_params)``."""
+def generate_library(kernels: Sequence[Tuple[str, Callable, int]], columns: int = 4,
+                     pairwise: Sequence[tuple] = ()) -> str:
+    """One C file with a float and a double instantiation of every aligned ``(name, formula, n_params)`` and
+    every pairwise ``(name, formula, skip, skip_value)`` (see :func:`generate_pairwise_c`)."""
     parts = [PRELUDE]
     for sfx, names in _TYPES.items():
         parts.append(f"#define R {names['R']}\n#define SFX _{sfx}\n"
                      + "".join(f"#define BL_{k} {fname}\n" for k, fname in names.items() if k != "R"))
         for name, fn, n_params in kernels:
-            parts.append(generate_c(name, fn, n_params).replace("_SFX(", f"_{sfx}("))
+            parts.append(generate_c(name, fn, n_params, columns).replace("_SFX(", f"_{sfx}("))
+        for name, fn, pair_columns, skip, skip_value in pairwise:
+            parts.append(generate_pairwise_c(name, fn, pair_columns, skip, skip_value).replace("_SFX(", f"_{sfx}("))
         parts.append("#undef R\n#undef SFX\n" + "".join(f"#undef BL_{k}\n" for k in names if k != "R"))
     return "\n".join(parts)

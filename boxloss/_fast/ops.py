@@ -58,9 +58,10 @@ def cpu_library():
     return cpu.load() if USE_COMPILED_CPU else None
 
 
-def variant_library():
-    """The compiled CPU kernel of the loss variants (C generated from their formulas), or None."""
-    return cpu.load_variants() if USE_COMPILED_CPU else None
+def variant_library(kind: str = "axis"):
+    """The compiled CPU kernel of the loss variants or rotated losses (C generated from their formulas) that
+    holds ``kind``, or None."""
+    return cpu.load_variants(variants.group(kind) if kind != "axis" else kind) if USE_COMPILED_CPU else None
 
 
 def _saturate(grad: Tensor, dtype: torch.dtype) -> Tensor:
@@ -96,9 +97,16 @@ def reference_aligned(kind, p, t, weight, divisor, eps, reduce, scale):
 
 
 def reference_pairwise(kind, a, b, eps):
+    cd = compute_dtype(a.dtype)
+    if kind.startswith("rotated_"):  # cxcywhr boxes: the score formula on their features
+        from .. import rotated
+        from .expr import TorchMath
+
+        fa = rotated.box_features(a.to(cd))[:, :, None, :].unbind(-1)
+        fb = rotated.box_features(b.to(cd))[:, None, :, :].unbind(-1)
+        return rotated.PAIRWISE_SCORES[kind][0](fa, fb, TorchMath(eps, torch.finfo(cd).eps))
     from ..boxes import _SCORE_KERNELS
 
-    cd = compute_dtype(a.dtype)
     return _SCORE_KERNELS[kind](a.to(cd)[:, :, None, :], b.to(cd)[:, None, :, :], eps)[0]
 
 
@@ -109,8 +117,8 @@ def _aligned_fake(pred, target, weight, divisor, kind, eps, reduce, scale, need_
     cd = compute_dtype(pred.dtype)
     n = pred.shape[0]
     loss = pred.new_empty((), dtype=cd) if reduce else pred.new_empty(n, dtype=cd)
-    gp = pred.new_empty(n, 4, dtype=cd) if need_pred else pred.new_empty(0, dtype=cd)
-    gt = pred.new_empty(n, 4, dtype=cd) if need_target else pred.new_empty(0, dtype=cd)
+    gp = pred.new_empty(n, pred.shape[1], dtype=cd) if need_pred else pred.new_empty(0, dtype=cd)
+    gt = pred.new_empty(n, pred.shape[1], dtype=cd) if need_target else pred.new_empty(0, dtype=cd)
     return loss, gp, gt
 
 
@@ -120,8 +128,8 @@ def _closed_form(kind, p, t, eps, need_p, need_t):
     chunk = CPU_CHUNK if p.device.type == "cpu" else max(n, 1)
     step = variants.closed_form_chunk if variants.is_variant(kind) else fused.fused_loss_and_grad
     loss = p.new_empty(n)
-    grad_p = p.new_empty(n, 4) if need_p else p.new_empty(0)
-    grad_t = p.new_empty(n, 4) if need_t else p.new_empty(0)
+    grad_p = p.new_empty(n, p.shape[1]) if need_p else p.new_empty(0)
+    grad_t = p.new_empty(n, p.shape[1]) if need_t else p.new_empty(0)
     for s in range(0, n, chunk):
         e = min(s + chunk, n)
         value, gp, gt = step(kind, p[s:e], t[s:e], eps, need_p or need_t)
@@ -141,7 +149,7 @@ def aligned_loss_op(pred: Tensor, target: Tensor, weight: Optional[Tensor], divi
     p = pred.to(cd).contiguous()
     t = target.to(cd).contiguous()
     variant = variants.is_variant(kind)
-    lib = (variant_library() if variant else cpu_library()) if p.device.type == "cpu" else None
+    lib = (variant_library(kind) if variant else cpu_library()) if p.device.type == "cpu" else None
     if lib is not None:
         if variant:
             name, _, params = variants.parse(kind)
@@ -232,12 +240,12 @@ def make_aligned_vmap(op):
         b = info.batch_size
         p = _front(pred, in_dims[0], b)
         t = _front(target, in_dims[1], b)
-        n = p.shape[1]
-        loss, gp, gt = op(p.reshape(-1, 4), t.reshape(-1, 4), None, None, kind, eps, False, 1.0, need_pred,
+        n, cols = p.shape[1], p.shape[-1]
+        loss, gp, gt = op(p.reshape(-1, cols), t.reshape(-1, cols), None, None, kind, eps, False, 1.0, need_pred,
                           need_target)
         loss = loss.reshape(b, n)
-        gp = gp.reshape(b, n, 4) if need_pred else gp.new_empty(b, 0)
-        gt = gt.reshape(b, n, 4) if need_target else gt.new_empty(b, 0)
+        gp = gp.reshape(b, n, cols) if need_pred else gp.new_empty(b, 0)
+        gt = gt.reshape(b, n, cols) if need_target else gt.new_empty(b, 0)
         if reduce:
             f = torch.full((b, n), scale, dtype=loss.dtype, device=loss.device)
             if weight is not None:
@@ -329,12 +337,19 @@ def pairwise_score_op(boxes1: Tensor, boxes2: Tensor, kind: str, eps: float) -> 
     cd = compute_dtype(boxes1.dtype)
     a = boxes1.to(cd).contiguous()
     b = boxes2.to(cd).contiguous()
-    lib = cpu_library() if a.device.type == "cpu" else None
+    rotated = kind.startswith("rotated_")
+    lib = (variant_library("rotated") if rotated else cpu_library()) if a.device.type == "cpu" else None
     if lib is not None:
+        if rotated:
+            from ..rotated import box_features
+
+            return cpu.run_generated_pairwise(lib, variants.pairwise_symbol(kind), box_features(a).contiguous(),
+                                              box_features(b).contiguous(), eps)
         return cpu.run_pairwise(lib, kind, a, b, eps)
     batch, n, m = a.shape[0], a.shape[1], b.shape[1]
     out = a.new_empty(batch, n, m)
-    rows = max(1, PAIRWISE_CHUNK_BYTES // max(1, 12 * m * a.element_size()))
+    per_pair = 400 if rotated else 12  # temporaries of the reference, in elements per pair
+    rows = max(1, PAIRWISE_CHUNK_BYTES // max(1, per_pair * m * a.element_size()))
     for s in range(0, n, rows):
         out[:, s:s + rows] = reference_pairwise(kind, a[:, s:s + rows], b, eps)
     return out
@@ -371,7 +386,7 @@ def make_pairwise_vmap(op):
         a = _front(boxes1, in_dims[0], bsz)
         b = _front(boxes2, in_dims[1], bsz)
         inner, n, m = a.shape[1], a.shape[2], b.shape[2]
-        out = op(a.reshape(bsz * inner, n, 4), b.reshape(bsz * inner, m, 4), kind, eps)
+        out = op(a.reshape(bsz * inner, n, a.shape[-1]), b.reshape(bsz * inner, m, b.shape[-1]), kind, eps)
         return out.reshape(bsz, inner, n, m), 0
 
     return rule

@@ -41,6 +41,19 @@ def is_variant(kind: str) -> bool:
     return kind.split(SEPARATOR, 1)[0] in _registry()
 
 
+def columns(kind: str) -> int:
+    """Box columns of a variant kind: 4 (axis-aligned, xyxy) or 5 (rotated, cxcywhr)."""
+    return _registry()[kind.split(SEPARATOR, 1)[0]].columns
+
+
+def group(kind: str) -> str:
+    """The kernel library a variant lives in: ``"axis"`` or ``"rotated"``."""
+    return GROUPS[columns(kind)]
+
+
+GROUPS = {4: "axis", 5: "rotated"}
+
+
 def kind_of(name: str, *params: float) -> str:
     """The operator's kind string of variant ``name`` with ``params`` (floats, exact through repr)."""
     if name not in _registry():
@@ -66,20 +79,37 @@ def symbol(name: str) -> str:
 def reference(kind: str, p: Tensor, t: Tensor, eps: float) -> Tensor:
     """The per-box loss from the formula on tensors (differentiable by autograd and torch.func)."""
     _, entry, params = parse(kind)
-    return entry.formula(tuple(p.unbind(-1)), tuple(t.unbind(-1)), expr.TorchMath(eps), *params)
+    m = expr.TorchMath(eps, torch.finfo(p.dtype).eps)
+    return entry.formula(tuple(p.unbind(-1)), tuple(t.unbind(-1)), m, *params)
 
 
 # ----------------------------------------------------------------------------------------------------------
 # the compiled CPU kernels
 # ----------------------------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=1)
-def c_source() -> str:
-    return expr.generate_library([(symbol(name), entry.formula, len(entry.params))
-                                  for name, entry in _registry().items()])
+def _members(which: str) -> List[str]:
+    return [name for name, entry in _registry().items() if GROUPS[entry.columns] == which]
 
 
-def c_symbols() -> List[str]:
-    return [symbol(name) + sfx for name in _registry() for sfx in ("_f32", "_f64")]
+@functools.lru_cache(maxsize=2)
+def c_source(which: str = "axis") -> str:
+    """The generated C of one group: its aligned kernels and, for ``"rotated"``, the pairwise scores."""
+    reg = _registry()
+    kernels = [(symbol(name), reg[name].formula, len(reg[name].params)) for name in _members(which)]
+    pairwise = []
+    if which == "rotated":
+        from .. import rotated
+
+        pairwise = [(pairwise_symbol(kind), fn, rotated.FEATURES, skip, 0.0)
+                    for kind, (fn, skip) in rotated.PAIRWISE_SCORES.items()]
+    return expr.generate_library(kernels, columns=4 if which == "axis" else 5, pairwise=pairwise)
+
+
+def pairwise_symbol(kind: str) -> str:
+    return "boxloss_pw_" + kind
+
+
+def c_symbols(which: str = "axis") -> List[str]:
+    return [symbol(name) + sfx for name in _members(which) for sfx in ("_f32", "_f64")]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -88,7 +118,7 @@ def c_symbols() -> List[str]:
 @functools.lru_cache(maxsize=None)
 def _program(name: str):
     entry = _registry()[name]
-    g, out, p, t, params = expr.trace(entry.formula, len(entry.params))
+    g, out, p, t, params = expr.trace(entry.formula, len(entry.params), entry.columns)
     live = expr._live(out)
     nodes = [e for e in g.nodes if live[e.index]]
     needs = expr._needs_grad(nodes)
@@ -105,11 +135,12 @@ _T_BINARY = {"add": torch.add, "sub": torch.sub, "mul": torch.mul, "div": torch.
 
 def _evaluate(name: str, params, p: Tensor, t: Tensor, eps: float, need_grad: bool):
     nodes, out, pin, tin, needs = _program(name)
-    inputs = {f"p{k}": p[:, k] for k in range(4)}
-    inputs.update({f"t{k}": t[:, k] for k in range(4)})
+    inputs = {f"p{k}": p[:, k] for k in range(p.shape[1])}
+    inputs.update({f"t{k}": t[:, k] for k in range(t.shape[1])})
     like = p[:, 0]
     inputs.update({f"q{k}": torch.full_like(like, v) for k, v in enumerate(params)})
     inputs["eps"] = torch.full_like(like, eps)
+    inputs["ulp"] = torch.full_like(like, torch.finfo(p.dtype).eps)
     val: Dict[int, Tensor] = {}
     for e in nodes:
         a = [val[x.index] for x in e.args]

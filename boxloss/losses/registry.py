@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Callable, Dict, NamedTuple, Tuple
 
+from .. import rotated
 from . import _pair
 from .alpha_iou import ALPHA_VARIANTS, alpha_iou_formula
 from .eiou import eiou_formula, focal_eiou_formula
@@ -21,6 +22,7 @@ from .wiou import wiou_formula
 class Variant(NamedTuple):
     formula: Callable
     params: Tuple[str, ...]
+    columns: int = 4  # 4: axis-aligned xyxy boxes; 5: rotated cxcywhr boxes
 
 
 # the losses Inner-IoU and Focaler-IoU can extend ("variant=")
@@ -44,4 +46,6 @@ VARIANTS: Dict[str, Variant] = {
     **{f"alpha_iou_{v}": Variant(alpha_iou_formula(v), ("alpha",)) for v in ALPHA_VARIANTS},
     **{f"inner_iou_{b}": Variant(inner_iou_formula(f), ("ratio",)) for b, f in BASES.items()},
     **{f"focaler_iou_{b}": Variant(focaler_iou_formula(f), ("d", "u")) for b, f in BASES.items()},
+    # rotated boxes (5 columns, cxcywhr): the rotated IoU losses (boxloss/rotated.py)
+    **{kind: Variant(formula, (), 5) for kind, formula in rotated.ROTATED_LOSS_FORMULAS.items()},
 }
