@@ -13,7 +13,11 @@ import torch
 from torch import Tensor
 
 BOX_FORMATS = ("xyxy", "xywh", "cxcywh")
+ROTATED_FORMATS = ("cxcywhr", "xywhr", "xyxyxyxy")
+ALL_FORMATS = BOX_FORMATS + ROTATED_FORMATS
 REDUCTIONS = ("none", "mean", "sum")
+ROTATED_SUPPORT = ("box_iou, generalized_box_iou, distance_box_iou, iou_loss, log_iou_loss, giou_loss, diou_loss "
+                   "and the Gaussian losses (probiou_loss, gwd_loss, kld_loss, kfiou_loss)")
 
 
 def _check_choice(name: str, value: object, allowed: tuple) -> None:
@@ -22,15 +26,35 @@ def _check_choice(name: str, value: object, allowed: tuple) -> None:
         raise ValueError(f"{name} must be one of {options}; got {value!r}")
 
 
-def _check_boxes(name: str, boxes: object) -> None:
-    """A box tensor: a real (floating or integer) ``Tensor[..., 4]``."""
+def _check_fmt(fmt: object, formats: tuple = BOX_FORMATS) -> None:
+    """A known box format; a rotated one where only axis-aligned formats are accepted says where it is."""
+    if isinstance(fmt, str) and fmt in ROTATED_FORMATS and fmt not in formats:
+        raise ValueError(f"fmt={fmt!r} (rotated boxes) is not supported here; rotated boxes are supported by "
+                         f"{ROTATED_SUPPORT}. Axis-aligned formats: {', '.join(repr(f) for f in formats)}")
+    _check_choice("fmt", fmt, formats)
+
+
+def _rotated_kind(kind: str, fmt: str) -> str:
+    """The operator kind of a loss for boxes in ``fmt``: the rotated formulas (boxloss/rotated.py) for rotated
+    formats."""
+    return "rotated_" + kind if fmt in ROTATED_FORMATS else kind
+
+
+def _columns(fmt: str) -> int:
+    return 8 if fmt == "xyxyxyxy" else 5 if fmt in ROTATED_FORMATS else 4
+
+
+def _check_boxes(name: str, boxes: object, fmt: str = "xyxy") -> None:
+    """A box tensor: a real (floating or integer) ``Tensor[..., k]``, ``k`` the coordinates of ``fmt`` (4 for
+    the axis-aligned formats, 5 for ``cxcywhr`` and ``xywhr``, 8 for ``xyxyxyxy``)."""
+    k = _columns(fmt)
     if not isinstance(boxes, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of shape (..., 4); got {type(boxes).__name__}")
+        raise TypeError(f"{name} must be a torch.Tensor of shape (..., {k}); got {type(boxes).__name__}")
     if boxes.dtype == torch.bool or boxes.is_complex():
         raise TypeError(f"{name} must have a real floating or integer dtype; got {boxes.dtype}")
-    if boxes.dim() == 0 or boxes.shape[-1] != 4:
-        raise ValueError(f"{name} must have shape (..., 4) with 4 coordinates in the last dimension; "
-                         f"got shape {tuple(boxes.shape)}")
+    if boxes.dim() == 0 or boxes.shape[-1] != k:
+        raise ValueError(f"{name} must have shape (..., {k}) with {k} coordinates in the last dimension "
+                         f"(fmt={fmt!r}); got shape {tuple(boxes.shape)}")
 
 
 _SMALLEST_NORMAL = {torch.float32: torch.finfo(torch.float32).tiny, torch.float64: torch.finfo(torch.float64).tiny}
@@ -93,16 +117,23 @@ def _to_xyxy(boxes: Tensor, fmt: str) -> Tensor:
     return torch.stack((a - 0.5 * c, b - 0.5 * d, a + 0.5 * c, b + 0.5 * d), dim=-1)
 
 
-def _prepare_pair(boxes1: Tensor, boxes2: Tensor, fmt: str, eps: float, names=("boxes1", "boxes2")):
+def _prepare_pair(boxes1: Tensor, boxes2: Tensor, fmt: str, eps: float, names=("boxes1", "boxes2"),
+                  formats: tuple = BOX_FORMATS):
     """Check two box tensors and return them in xyxy format and one floating dtype: as given when they already
-    are (float16/bfloat16 included), else upcast to the compute dtype (see :func:`_compute_dtype`)."""
-    _check_boxes(names[0], boxes1)
-    _check_boxes(names[1], boxes2)
-    _check_choice("fmt", fmt, BOX_FORMATS)
+    are (float16/bfloat16 included), else upcast to the compute dtype (see :func:`_compute_dtype`). Rotated
+    boxes (where ``formats`` allows them) come back as cxcywhr in the compute dtype."""
+    _check_fmt(fmt, formats)
+    _check_boxes(names[0], boxes1, fmt)
+    _check_boxes(names[1], boxes2, fmt)
     _check_eps(eps, _compute_dtype(boxes1, boxes2))
     if boxes1.device != boxes2.device:
         raise ValueError(f"{names[0]} and {names[1]} must be on the same device; "
                          f"got {boxes1.device} and {boxes2.device}")
+    if fmt in ROTATED_FORMATS:
+        from .rotated import to_cxcywhr
+
+        dtype = _compute_dtype(boxes1, boxes2)
+        return to_cxcywhr(_upcast(boxes1, dtype), fmt), to_cxcywhr(_upcast(boxes2, dtype), fmt)
     if fmt == "xyxy" and boxes1.dtype == boxes2.dtype and boxes1.is_floating_point():
         # as they are: the fast paths read float16/bfloat16 natively and compute in float32 (the reference path
         # upcasts with _upcast), which saves a converted copy of both inputs
@@ -112,11 +143,11 @@ def _prepare_pair(boxes1: Tensor, boxes2: Tensor, fmt: str, eps: float, names=("
 
 
 def _check_loss_inputs(pred: Tensor, target: Tensor, reduction: str, weight: Optional[Tensor],
-                       avg_factor: Union[None, float, Tensor]) -> None:
-    _check_boxes("pred", pred)
-    _check_boxes("target", target)
+                       avg_factor: Union[None, float, Tensor], fmt: str = "xyxy") -> None:
+    _check_boxes("pred", pred, fmt)
+    _check_boxes("target", target, fmt)
     if pred.shape != target.shape:
-        raise ValueError(f"pred and target must have the same shape (..., 4); "
+        raise ValueError(f"pred and target must have the same shape (..., {_columns(fmt)}); "
                          f"got {tuple(pred.shape)} and {tuple(target.shape)}")
     _check_choice("reduction", reduction, REDUCTIONS)
     loss_shape = pred.shape[:-1]
@@ -170,10 +201,13 @@ def _reduce(loss: Tensor, reduction: str, weight: Optional[Tensor] = None,
 
 
 def _prepare_loss_inputs(pred: Tensor, target: Tensor, reduction: str, weight: Optional[Tensor],
-                         avg_factor: Union[None, float, Tensor], eps: float, fmt: str) -> Tuple[Tensor, Tensor]:
-    """Check the arguments every box loss shares; return pred and target upcast and in xyxy format."""
-    _check_loss_inputs(pred, target, reduction, weight, avg_factor)
-    return _prepare_pair(pred, target, fmt, eps, names=("pred", "target"))
+                         avg_factor: Union[None, float, Tensor], eps: float, fmt: str,
+                         formats: tuple = BOX_FORMATS) -> Tuple[Tensor, Tensor]:
+    """Check the arguments every box loss shares; return pred and target upcast and in xyxy format (rotated
+    formats, where ``formats`` allows them: cxcywhr)."""
+    _check_fmt(fmt, formats)
+    _check_loss_inputs(pred, target, reduction, weight, avg_factor, fmt)
+    return _prepare_pair(pred, target, fmt, eps, names=("pred", "target"), formats=formats)
 
 
 LOSS_ARGS_DOC = """

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from . import _fast
-from ._utils import _prepare_pair
+from ._utils import ALL_FORMATS, BOX_FORMATS, ROTATED_FORMATS, _prepare_pair
 
 __all__ = ["box_iou", "generalized_box_iou", "distance_box_iou", "complete_box_iou"]
 
@@ -199,7 +199,13 @@ def _arrange(b1: Tensor, b2: Tensor, aligned: bool) -> Tuple[Tensor, Tensor]:
 
 
 def _box_function(kind: str, boxes1: Tensor, boxes2: Tensor, aligned: bool, fmt: str, eps: float) -> Tensor:
-    b1, b2 = _prepare_pair(boxes1, boxes2, fmt, eps)
+    if kind == "ciou" and isinstance(fmt, str) and fmt in ROTATED_FORMATS:
+        raise ValueError(f"complete_box_iou does not support rotated boxes (fmt={fmt!r}): CIoU's aspect term "
+                         f"arctan(w/h) is not periodic in the angle; use distance_box_iou or generalized_box_iou, "
+                         f"or a Gaussian loss (probiou_loss, kld_loss, gwd_loss, kfiou_loss)")
+    b1, b2 = _prepare_pair(boxes1, boxes2, fmt, eps, formats=ALL_FORMATS if kind != "ciou" else BOX_FORMATS)
+    if fmt in ROTATED_FORMATS:  # exact rotated-rectangle geometry: boxloss/rotated.py
+        kind = "rotated_" + kind
     v1, v2 = _arrange(b1, b2, aligned)  # checks the shapes
     if aligned:
         shape = torch.broadcast_shapes(v1.shape, v2.shape)

@@ -61,7 +61,8 @@ def cpu_library():
 def variant_library(kind: str = "axis"):
     """The compiled CPU kernel of the loss variants or rotated losses (C generated from their formulas) that
     holds ``kind``, or None."""
-    return cpu.load_variants(variants.group(kind) if kind != "axis" else kind) if USE_COMPILED_CPU else None
+    which = kind if kind in ("axis", "rotated") else variants.group(kind)
+    return cpu.load_variants(which) if USE_COMPILED_CPU else None
 
 
 def _saturate(grad: Tensor, dtype: torch.dtype) -> Tensor:

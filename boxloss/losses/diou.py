@@ -7,7 +7,7 @@ from typing import Optional, Union
 from torch import Tensor
 
 from .._fast import aligned_loss
-from .._utils import _fill_loss_doc, _prepare_loss_inputs
+from .._utils import ALL_FORMATS, _fill_loss_doc, _prepare_loss_inputs, _rotated_kind
 
 __all__ = ["diou_loss"]
 
@@ -39,5 +39,5 @@ def diou_loss(pred: Tensor, target: Tensor, *, reduction: str = "mean", weight: 
         >>> diou_loss(pred, target)  # 1 - (0 - 4/10)
         tensor(1.4000)
     """
-    p, t = _prepare_loss_inputs(pred, target, reduction, weight, avg_factor, eps, fmt)
-    return aligned_loss("diou", p, t, eps, reduction, weight, avg_factor)  # 1 − DIOU: boxes._reference_loss
+    p, t = _prepare_loss_inputs(pred, target, reduction, weight, avg_factor, eps, fmt, ALL_FORMATS)
+    return aligned_loss(_rotated_kind("diou", fmt), p, t, eps, reduction, weight, avg_factor)  # 1 − DIOU: boxes._reference_loss

@@ -7,7 +7,7 @@ from typing import Optional, Union
 from torch import Tensor
 
 from .._fast import aligned_loss
-from .._utils import _fill_loss_doc, _prepare_loss_inputs
+from .._utils import ALL_FORMATS, _fill_loss_doc, _prepare_loss_inputs, _rotated_kind
 
 __all__ = ["giou_loss"]
 
@@ -40,5 +40,5 @@ def giou_loss(pred: Tensor, target: Tensor, *, reduction: str = "mean", weight: 
         >>> giou_loss(pred, target)  # 1 - (0 - 1/3)
         tensor(1.3333)
     """
-    p, t = _prepare_loss_inputs(pred, target, reduction, weight, avg_factor, eps, fmt)
-    return aligned_loss("giou", p, t, eps, reduction, weight, avg_factor)  # 1 − GIoU: boxes._reference_loss
+    p, t = _prepare_loss_inputs(pred, target, reduction, weight, avg_factor, eps, fmt, ALL_FORMATS)
+    return aligned_loss(_rotated_kind("giou", fmt), p, t, eps, reduction, weight, avg_factor)  # 1 − GIoU: boxes._reference_loss

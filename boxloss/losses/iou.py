@@ -13,7 +13,7 @@ from typing import Optional, Union
 from torch import Tensor
 
 from .._fast import aligned_loss
-from .._utils import _check_choice, _fill_loss_doc, _prepare_loss_inputs
+from .._utils import ALL_FORMATS, _check_choice, _fill_loss_doc, _prepare_loss_inputs, _rotated_kind
 
 __all__ = ["iou_loss", "log_iou_loss"]
 
@@ -69,9 +69,9 @@ def iou_loss(pred: Tensor, target: Tensor, *, reduction: str = "mean", weight: O
         tensor([0.8571, 1.0000])
     """
     _check_choice("zero_overlap", zero_overlap, ZERO_OVERLAP)
-    p, t = _prepare_loss_inputs(pred, target, reduction, weight, avg_factor, eps, fmt)
+    p, t = _prepare_loss_inputs(pred, target, reduction, weight, avg_factor, eps, fmt, ALL_FORMATS)
     kind = "iou_distance" if zero_overlap == "distance" else "iou"  # the formulas: boxes._reference_loss
-    return aligned_loss(kind, p, t, eps, reduction, weight, avg_factor)
+    return aligned_loss(_rotated_kind(kind, fmt), p, t, eps, reduction, weight, avg_factor)
 
 
 @_fill_loss_doc
@@ -117,7 +117,7 @@ def log_iou_loss(pred: Tensor, target: Tensor, *, reduction: str = "mean", weigh
         tensor([0.2231, 0.6931])
     """
     _check_choice("zero_overlap", zero_overlap, ZERO_OVERLAP)
-    p, t = _prepare_loss_inputs(pred, target, reduction, weight, avg_factor, eps, fmt)
+    p, t = _prepare_loss_inputs(pred, target, reduction, weight, avg_factor, eps, fmt, ALL_FORMATS)
     kind = "log_iou_distance" if zero_overlap == "distance" else "log_iou"  # the formulas: boxes._reference_loss
-    return aligned_loss(kind, p, t, eps, reduction, weight, avg_factor)
+    return aligned_loss(_rotated_kind(kind, fmt), p, t, eps, reduction, weight, avg_factor)
 
