@@ -6,7 +6,9 @@ Box functions (pairwise and aligned): :func:`box_iou`, :func:`generalized_box_io
 :class:`DIoULoss`, :class:`CIoULoss`; the variants :func:`siou_loss`, :func:`eiou_loss`,
 :func:`focal_eiou_loss`, :func:`wiou_loss` (and :class:`WIoULoss` v1-v3), :func:`mpdiou_loss`,
 :func:`shape_iou_loss`, :func:`nwd_loss`, :func:`alpha_iou_loss`, :func:`inner_iou_loss`,
-:func:`focaler_iou_loss` and their modules. A :class:`FastPathWarning` says (once per cause) when a compiled kernel
+:func:`focaler_iou_loss` and their modules. Rotated boxes (``fmt="cxcywhr"``, ``"xywhr"``, ``"xyxyxyxy"``): the
+IoU, GIoU and DIoU functions and losses above (exact polygon intersection), and the Gaussian losses
+:func:`probiou_loss`, :func:`gwd_loss`, :func:`kld_loss`, :func:`kfiou_loss` and their modules. A :class:`FastPathWarning` says (once per cause) when a compiled kernel
 cannot run and a slower backend runs instead; ``python -m boxloss.info`` shows which backend runs where.
 """
 
@@ -20,11 +22,15 @@ from .losses import (
     focal_eiou_loss,
     focaler_iou_loss,
     giou_loss,
+    gwd_loss,
     inner_iou_loss,
     iou_loss,
+    kfiou_loss,
+    kld_loss,
     log_iou_loss,
     mpdiou_loss,
     nwd_loss,
+    probiou_loss,
     shape_iou_loss,
     siou_loss,
     wiou_loss,
@@ -37,11 +43,15 @@ from .modules import (
     FocalEIoULoss,
     FocalerIoULoss,
     GIoULoss,
+    GWDLoss,
     InnerIoULoss,
     IoULoss,
+    KFIoULoss,
+    KLDLoss,
     LogIoULoss,
     MPDIoULoss,
     NWDLoss,
+    ProbIoULoss,
     ShapeIoULoss,
     SIoULoss,
     WIoULoss,
@@ -84,5 +94,13 @@ __all__ = [
     "AlphaIoULoss",
     "InnerIoULoss",
     "FocalerIoULoss",
+    "probiou_loss",
+    "gwd_loss",
+    "kld_loss",
+    "kfiou_loss",
+    "ProbIoULoss",
+    "GWDLoss",
+    "KLDLoss",
+    "KFIoULoss",
     "FastPathWarning",
 ]

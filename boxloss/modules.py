@@ -6,7 +6,7 @@ from typing import Optional, Union
 
 from torch import Tensor, nn
 
-from ._utils import BOX_FORMATS, REDUCTIONS, _check_choice, _check_eps
+from ._utils import ALL_FORMATS, BOX_FORMATS, REDUCTIONS, ROTATED_FORMATS, _check_choice, _check_eps, _check_fmt, _columns
 from .losses import (
     WIoULoss,
     alpha_iou_loss,
@@ -24,20 +24,23 @@ from .losses import (
     shape_iou_loss,
     siou_loss,
 )
+from .losses.gaussian import gwd_loss, kfiou_loss, kld_loss, probiou_loss
 from .losses.iou import ZERO_OVERLAP
 
 __all__ = ["IoULoss", "LogIoULoss", "GIoULoss", "DIoULoss", "CIoULoss", "SIoULoss", "EIoULoss", "FocalEIoULoss",
-           "WIoULoss", "MPDIoULoss", "ShapeIoULoss", "NWDLoss", "AlphaIoULoss", "InnerIoULoss", "FocalerIoULoss"]
+           "WIoULoss", "MPDIoULoss", "ShapeIoULoss", "NWDLoss", "AlphaIoULoss", "InnerIoULoss", "FocalerIoULoss",
+           "ProbIoULoss", "GWDLoss", "KLDLoss", "KFIoULoss"]
 
 
 class _BoxLoss(nn.Module):
     _fn = None  # the functional loss this module wraps
+    _formats = BOX_FORMATS  # the box formats it accepts
 
     def __init__(self, *, reduction: str = "mean", eps: float = 1e-7, fmt: str = "xyxy") -> None:
         super().__init__()
         # fail at construction rather than at the first forward, deep in a training loop
         _check_choice("reduction", reduction, REDUCTIONS)
-        _check_choice("fmt", fmt, BOX_FORMATS)
+        _check_fmt(fmt, self._formats)
         _check_eps(eps)
         self.reduction = reduction
         self.eps = eps
@@ -55,6 +58,8 @@ class _BoxLoss(nn.Module):
 
 
 class _ZeroOverlapBoxLoss(_BoxLoss):
+    _formats = ALL_FORMATS
+
     def __init__(self, *, reduction: str = "mean", eps: float = 1e-7, fmt: str = "xyxy",
                  zero_overlap: str = "distance") -> None:
         super().__init__(reduction=reduction, eps=eps, fmt=fmt)
@@ -86,14 +91,16 @@ class LogIoULoss(_ZeroOverlapBoxLoss):
 
 
 class GIoULoss(_BoxLoss):
-    """Module form of :func:`boxloss.giou_loss` (1 − GIoU)."""
+    """Module form of :func:`boxloss.giou_loss` (1 − GIoU; axis-aligned or rotated boxes)."""
 
+    _formats = ALL_FORMATS
     _fn = staticmethod(giou_loss)
 
 
 class DIoULoss(_BoxLoss):
-    """Module form of :func:`boxloss.diou_loss` (1 − DIoU)."""
+    """Module form of :func:`boxloss.diou_loss` (1 − DIoU; axis-aligned or rotated boxes)."""
 
+    _formats = ALL_FORMATS
     _fn = staticmethod(diou_loss)
 
 
@@ -118,7 +125,7 @@ class _VariantBoxLoss(_BoxLoss):
         self.options = {**self._defaults, **options}
         import torch
 
-        empty = torch.zeros(0, 4)
+        empty = torch.zeros(0, _columns(fmt))
         type(self)._fn(empty, empty, **self._options())
 
     def _options(self) -> dict:
@@ -194,3 +201,47 @@ class FocalerIoULoss(_VariantBoxLoss):
 
     _fn = staticmethod(focaler_iou_loss)
     _defaults = {"d": 0.0, "u": 0.95, "variant": "iou"}
+
+
+class _GaussianBoxLoss(_VariantBoxLoss):
+    _formats = ROTATED_FORMATS
+
+    def __init__(self, *, reduction: str = "mean", eps: float = 1e-7, fmt: str = "cxcywhr", **options) -> None:
+        super().__init__(reduction=reduction, eps=eps, fmt=fmt, **options)
+
+
+class ProbIoULoss(_GaussianBoxLoss):
+    """Module form of :func:`boxloss.probiou_loss` (rotated boxes; options: ``mode``).
+
+    Example:
+        >>> import torch
+        >>> from boxloss import ProbIoULoss
+        >>> loss = ProbIoULoss(mode="l2")
+        >>> box = torch.tensor([[0., 0., 4., 2., 30.]])
+        >>> loss(box, box)
+        tensor(0.)
+    """
+
+    _fn = staticmethod(probiou_loss)
+    _defaults = {"mode": "l1"}
+
+
+class GWDLoss(_GaussianBoxLoss):
+    """Module form of :func:`boxloss.gwd_loss` (rotated boxes; options: ``fun``, ``tau``)."""
+
+    _fn = staticmethod(gwd_loss)
+    _defaults = {"fun": "log1p", "tau": 1.0}
+
+
+class KLDLoss(_GaussianBoxLoss):
+    """Module form of :func:`boxloss.kld_loss` (rotated boxes; options: ``fun``, ``tau``)."""
+
+    _fn = staticmethod(kld_loss)
+    _defaults = {"fun": "log1p", "tau": 1.0}
+
+
+class KFIoULoss(_GaussianBoxLoss):
+    """Module form of :func:`boxloss.kfiou_loss` (rotated boxes; options: ``fun``, ``beta``)."""
+
+    _fn = staticmethod(kfiou_loss)
+    _defaults = {"fun": "none", "beta": 1.0 / 9.0}

@@ -51,9 +51,26 @@ LOG_IOU_LINEAR_BELOW = 0.7  # as boxes.LOG_IOU_LINEAR_BELOW (the rotated −ln I
 _CORNER_SIGNS = ((-1.0, -1.0), (1.0, -1.0), (1.0, 1.0), (-1.0, 1.0))
 
 
+def canonical(w, h, r, m):
+    """The same rectangle with its angle in [0°, 90°): ``(w, h, θ)`` → ``(h, w, θ − 90°)`` and ``θ − 180°`` are
+    the same box. Reducing first makes the symmetries exact in floating point — the box turned by 180°, and
+    ``(h, w, θ + 90°)``, give bitwise the same sides and angle — and keeps sin/cos accurate for θ = ±1e4°.
+    The reduction has derivative 1 in θ (``floor`` has none)."""
+    quarter = m.floor(r * (1.0 / 90.0))
+    rr = r - 90.0 * quarter
+    # rounding can land r − 90k on 90 (r just under a multiple of 90): fold it back
+    over = rr >= 90.0
+    rr = m.where(over, rr - 90.0, rr)
+    quarter = m.where(over, quarter + 1.0, quarter)
+    odd = (quarter - 2.0 * m.floor(quarter * 0.5)) == 1.0
+    return m.where(odd, h, w), m.where(odd, w, h), rr
+
+
 def features(box, m):
-    """(cx, cy, w/2, h/2, cos θ, sin θ) of the five columns of a cxcywhr box (sizes clamped at 0)."""
+    """(cx, cy, w/2, h/2, cos θ, sin θ) of the five columns of a cxcywhr box (sizes clamped at 0, the angle
+    reduced by :func:`canonical`)."""
     cx, cy, w, h, r = box
+    w, h, r = canonical(w, h, r, m)
     rad = r * DEGREE
     return (cx, cy, m.clamp_min(w, 0.0) * 0.5, m.clamp_min(h, 0.0) * 0.5, m.cos(rad), m.sin(rad))
 

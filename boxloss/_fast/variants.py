@@ -125,8 +125,8 @@ def _program(name: str):
     return nodes, out, p, t, needs
 
 
-_T_UNARY = {"neg": torch.neg, "exp": torch.exp, "log": torch.log, "sqrt": torch.sqrt, "sin": torch.sin,
-            "cos": torch.cos, "abs": torch.abs}
+_T_UNARY = {"neg": torch.neg, "exp": torch.exp, "log": torch.log, "log1p": torch.log1p, "expm1": torch.expm1, "sqrt": torch.sqrt, "sin": torch.sin,
+            "cos": torch.cos, "abs": torch.abs, "floor": torch.floor}
 _T_BINARY = {"add": torch.add, "sub": torch.sub, "mul": torch.mul, "div": torch.div, "gt": torch.gt,
              "ge": torch.ge, "lt": torch.lt, "le": torch.le, "eq": torch.eq, "ne": torch.ne,
              "and": torch.logical_and, "or": torch.logical_or, "max": torch.maximum, "min": torch.minimum,
@@ -212,6 +212,10 @@ def _evaluate(name: str, params, p: Tensor, t: Tensor, eps: float, need_grad: bo
             acc(args[0], g * val[e.index])
         elif e.op == "log":
             acc(args[0], g / x)
+        elif e.op == "log1p":
+            acc(args[0], g / (1 + x))
+        elif e.op == "expm1":
+            acc(args[0], g * (val[e.index] + 1))
         elif e.op == "sqrt":
             acc(args[0], g * 0.5 / val[e.index])
         elif e.op == "sin":

@@ -6,6 +6,7 @@ from .ciou import ciou_loss
 from .diou import diou_loss
 from .eiou import eiou_loss, focal_eiou_loss
 from .focaler_iou import focaler_iou_loss
+from .gaussian import gwd_loss, kfiou_loss, kld_loss, probiou_loss
 from .giou import giou_loss
 from .inner_iou import inner_iou_loss
 from .iou import iou_loss, log_iou_loss
@@ -17,4 +18,4 @@ from .wiou import WIoULoss, wiou_loss
 
 __all__ = ["iou_loss", "log_iou_loss", "giou_loss", "diou_loss", "ciou_loss", "siou_loss", "eiou_loss",
            "focal_eiou_loss", "wiou_loss", "mpdiou_loss", "shape_iou_loss", "nwd_loss", "alpha_iou_loss",
-           "inner_iou_loss", "focaler_iou_loss", "WIoULoss"]
+           "inner_iou_loss", "focaler_iou_loss", "WIoULoss", "probiou_loss", "gwd_loss", "kld_loss", "kfiou_loss"]

@@ -7,13 +7,14 @@ from typing import Optional, Union
 from torch import Tensor
 
 from .._fast import aligned_loss, variants
-from .._utils import _prepare_loss_inputs
+from .._utils import BOX_FORMATS, _prepare_loss_inputs
 
 
 def variant_loss(name: str, params: tuple, pred: Tensor, target: Tensor, reduction: str,
-                 weight: Optional[Tensor], avg_factor: Union[None, float, Tensor], eps: float, fmt: str) -> Tensor:
+                 weight: Optional[Tensor], avg_factor: Union[None, float, Tensor], eps: float, fmt: str,
+                 formats: tuple = BOX_FORMATS) -> Tensor:
     """The registered variant ``name`` with its (checked) ``params``: the reference formula, the generated C
     kernel or the generated PyTorch closed form, behind the ``boxloss::aligned_loss`` operator."""
-    p, t = _prepare_loss_inputs(pred, target, reduction, weight, avg_factor, eps, fmt)
+    p, t = _prepare_loss_inputs(pred, target, reduction, weight, avg_factor, eps, fmt, formats)
     return aligned_loss(variants.kind_of(name, *params), p, t, eps, reduction, weight, avg_factor)
 

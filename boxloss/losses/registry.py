@@ -11,6 +11,7 @@ from . import _pair
 from .alpha_iou import ALPHA_VARIANTS, alpha_iou_formula
 from .eiou import eiou_formula, focal_eiou_formula
 from .focaler_iou import focaler_iou_formula
+from .gaussian import GAUSSIAN_FORMULAS
 from .inner_iou import inner_iou_formula
 from .mpdiou import mpdiou_formula
 from .nwd import nwd_formula
@@ -48,4 +49,6 @@ VARIANTS: Dict[str, Variant] = {
     **{f"focaler_iou_{b}": Variant(focaler_iou_formula(f), ("d", "u")) for b, f in BASES.items()},
     # rotated boxes (5 columns, cxcywhr): the rotated IoU losses (boxloss/rotated.py)
     **{kind: Variant(formula, (), 5) for kind, formula in rotated.ROTATED_LOSS_FORMULAS.items()},
+    # ... and the Gaussian losses (boxloss/losses/gaussian.py)
+    **{kind: Variant(formula, params, 5) for kind, (formula, params) in GAUSSIAN_FORMULAS.items()},
 }
