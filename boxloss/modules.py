@@ -6,7 +6,16 @@ from typing import Optional, Union
 
 from torch import Tensor, nn
 
-from ._utils import ALL_FORMATS, BOX_FORMATS, REDUCTIONS, ROTATED_FORMATS, _check_choice, _check_eps, _check_fmt, _columns
+from ._utils import (
+    ALL_FORMATS,
+    BOX_FORMATS,
+    REDUCTIONS,
+    ROTATED_FORMATS,
+    _check_choice,
+    _check_eps,
+    _check_fmt,
+    _columns,
+)
 from .losses import (
     WIoULoss,
     alpha_iou_loss,

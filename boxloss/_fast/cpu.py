@@ -41,9 +41,10 @@ from .fused import KIND_CODES, PAIRWISE_CODES
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "aligned.c")
 FLAG_SETS = (
-    ["-O3", "-march=native", "-fno-math-errno", "-fopenmp"],
-    ["-O3", "-fno-math-errno", "-fopenmp"],      # a compiler or CPU without -march=native
-    ["-O3", "-fno-math-errno"],                  # no OpenMP (e.g. Apple clang): one thread
+    # -fno-trapping-math lets GCC turn the formulas' selects into vector blends; NaN and Inf results are unchanged
+    ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fopenmp"],
+    ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fopenmp"],  # a compiler or CPU without -march=native
+    ["-O3", "-fno-math-errno", "-fno-trapping-math"],              # no OpenMP (e.g. Apple clang): one thread
 )
 SILENCE = "set BOXLOSS_CPU_KERNEL=0 to use the PyTorch path without this warning"
 
@@ -373,8 +374,8 @@ def run_variant(lib, symbol: str, params, p: Tensor, t: Tensor, eps: float, need
 
 def run_generated_pairwise(lib, symbol: str, a: Tensor, b: Tensor, eps: float) -> Tensor:
     """Scores ``(batch, n, m)`` of a generated pairwise kernel on contiguous CPU rows ``a`` ``(batch, n, k)`` and
-    ``b`` ``(batch, m, k)``."""
-    batch, n, m = a.shape[0], a.shape[1], b.shape[1]
+    columns ``b`` ``(batch, k, m)``."""
+    batch, n, m = a.shape[0], a.shape[1], b.shape[2]
     out = a.new_empty(batch, n, m)
     fn = getattr(lib, symbol + ("_f64" if a.dtype == torch.float64 else "_f32"))
     fn(_ptr(a), _ptr(b), _ptr(out), batch, n, m, float(eps), torch.get_num_threads())

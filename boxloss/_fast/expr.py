@@ -306,11 +306,11 @@ def trace(fn: Callable, n_params: int, columns: int = 4) -> Tuple[Graph, Expr, L
 # ----------------------------------------------------------------------------------------------------------
 _C_BINARY = {"add": "({a} + {b})", "sub": "({a} - {b})", "mul": "({a} * {b})", "div": "({a} / {b})",
              "gt": "({a} > {b})", "ge": "({a} >= {b})", "lt": "({a} < {b})", "le": "({a} <= {b})",
-             "eq": "({a} == {b})", "ne": "({a} != {b})", "and": "({a} && {b})", "or": "({a} || {b})",
+             "eq": "({a} == {b})", "ne": "({a} != {b})", "and": "({a} & {b})", "or": "({a} | {b})",
              "max": "BL_MAX({a}, {b})", "min": "BL_MIN({a}, {b})",
              "clamp_min": "BL_CLAMP_MIN({a}, {b})", "clamp_max": "BL_CLAMP_MAX({a}, {b})",
              "atan2": "BL_ATAN2({a}, {b})"}
-_C_UNARY = {"neg": "(-{a})", "not": "(!{a})", "detach": "{a}", "exp": "BL_EXP({a})", "log": "BL_LOG({a})", "log1p": "BL_LOG1P({a})",
+_C_UNARY = {"neg": "(-{a})", "not": "(1 ^ {a})", "detach": "{a}", "exp": "BL_EXP({a})", "log": "BL_LOG({a})", "log1p": "BL_LOG1P({a})",
             "expm1": "BL_EXPM1({a})",
             "sqrt": "BL_SQRT({a})", "sin": "BL_SIN({a})", "cos": "BL_COS({a})", "abs": "BL_ABS({a})",
             "floor": "BL_FLOOR({a})"}
@@ -453,6 +453,8 @@ def _forward_lines(nodes: Sequence[Expr], inputs: Dict[str, str]) -> List[str]:
             expr = inputs[e.value]
         elif e.op == "where":
             expr = f"({a[0]} ? {a[1]} : {a[2]})"
+        elif e.op in ("eq", "ne") and e.args[0].is_bool:  # as a sum of 0/1 (GCC does not vectorise mask ^ mask)
+            expr = f"(({a[0]} + {a[1]}) {'==' if e.op == 'ne' else '!='} 1)"
         elif e.op in _C_BINARY:
             expr = _C_BINARY[e.op].format(a=a[0], b=a[1])
         else:
@@ -463,49 +465,64 @@ def _forward_lines(nodes: Sequence[Expr], inputs: Dict[str, str]) -> List[str]:
 
 def generate_pairwise_c(name: str, fn: Callable, columns: int, skip: Callable = None, skip_value: float = 0.0) -> str:
     """C source of ``void name(A, B, O, batch, n, m, eps, threads)``: the value of ``fn(a, b, m)`` for every
-    pair of rows of ``A`` ``(batch, n, columns)`` and ``B`` ``(batch, m, columns)``, forward only, into ``O``
-    ``(batch, n, m)``. With ``skip(a, b, m)`` (a cheap condition, traced into the same graph), pairs where it
-    holds get ``skip_value`` without evaluating the rest."""
+    pair of a row of ``A`` ``(batch, n, columns)`` and a column of ``B`` ``(batch, columns, m)`` (column-major,
+    so that the inner loop reads contiguous memory and vectorises), forward only, into ``O`` ``(batch, n, m)``.
+
+    The inner loop runs over blocks of ``BL_BLOCK`` columns. With ``skip(a, b, m)`` (a cheap condition traced
+    into the same graph), a block where it holds for every pair is filled with ``skip_value`` without evaluating
+    the rest (the formula must give that value there anyway)."""
     g = Graph()
     m = SymbolicMath(g)
     a = [g.input(f"p{k}") for k in range(columns)]
     b = [g.input(f"t{k}") for k in range(columns)]
     cond = skip(tuple(a), tuple(b), m) if skip is not None else None
     out = fn(tuple(a), tuple(b), m)
-    inputs = {f"p{k}": f"a[{k}]" for k in range(columns)}
-    inputs.update({f"t{k}": f"bb[{k}]" for k in range(columns)})
+    # the row's columns as locals: loads through a pointer inside the loop keep GCC from vectorising it
+    inputs = {f"p{k}": f"ak{k}" for k in range(columns)}
+    inputs.update({f"t{k}": f"bt[{k} * m + j]" for k in range(columns)})
     inputs.update(eps="eps", ulp="BL_ULP")
     live = _live(out)
-    first: List[Expr] = []
+    body = "\n                ".join(_forward_lines([e for e in g.nodes if live[e.index]], inputs))
     if cond is not None:
         live_c = _live(cond)
-        first = [e for e in g.nodes if live_c[e.index]]
-        done = {e.index for e in first}
-        rest = [e for e in g.nodes if live[e.index] and e.index not in done]
-        early = f"if (v{cond.index}) {{ O[row + j] = {_c_number(skip_value)}; continue; }}"
+        check = "\n                ".join(_forward_lines([e for e in g.nodes if live_c[e.index]], inputs))
+        early = _PAIRWISE_SKIP.format(check=check, cond=f"v{cond.index}", value=_c_number(skip_value))
     else:
-        rest = [e for e in g.nodes if live[e.index]]
         early = ""
-    return _PAIRWISE.format(name=name, columns=columns, first="\n            ".join(_forward_lines(first, inputs)),
-                            early=early, rest="\n            ".join(_forward_lines(rest, inputs)),
-                            out=f"v{out.index}")
+    row = " ".join(f"const R ak{k} = a[{k}];" for k in range(columns))
+    return _PAIRWISE.format(name=name, columns=columns, row=row, early=early, body=body, out=f"v{out.index}")
 
+
+_PAIRWISE_SKIP = """int any = 0;
+            for (long j = j0; j < j1; ++j) {{
+                {check}
+                any |= 1 ^ {cond};
+            }}
+            if (!any) {{
+                for (long j = j0; j < j1; ++j) o[j] = {value};
+                continue;
+            }}"""
 
 _PAIRWISE = """
-void {name}_SFX(const R *A, const R *B, R *O, long batch, long n, long m, double eps_d, int threads) {{
+void {name}_SFX(const R *restrict A, const R *restrict B, R *restrict O, long batch, long n, long m,
+                double eps_d, int threads) {{
     const R eps = (R)eps_d;
     (void)threads;
-    _Pragma("omp parallel for schedule(dynamic, 16) num_threads(threads) collapse(2)")
+    _Pragma("omp parallel for schedule(dynamic, 4) num_threads(threads) collapse(2)")
     for (long s = 0; s < batch; ++s)
     for (long i = 0; i < n; ++i) {{
-        const R *a = A + (s * n + i) * {columns};
-        const long row = (s * n + i) * m;
-        for (long j = 0; j < m; ++j) {{
-            const R *bb = B + (s * m + j) * {columns};
-            {first}
+        const R *restrict a = A + (s * n + i) * {columns};
+        const R *restrict bt = B + s * {columns} * m;
+        R *restrict o = O + (s * n + i) * m;
+        {row}
+        for (long j0 = 0; j0 < m; j0 += BL_BLOCK) {{
+            const long j1 = j0 + BL_BLOCK < m ? j0 + BL_BLOCK : m;
             {early}
-            {rest}
-            O[row + j] = {out};
+            _Pragma("omp simd")
+            for (long j = j0; j < j1; ++j) {{
+                {body}
+                o[j] = {out};
+            }}
         }}
     }}
 }}
@@ -539,15 +556,27 @@ void {name}_SFX(const double *prm, const R *P, const R *T, const R *W, R *L, R *
 }}
 """
 
-PRELUDE = """/* Generated by boxloss._fast.expr from the variant formulas in boxloss/losses: do not edit. */
+PRELUDE = """/* Generated by boxloss._fast.expr from the formulas in boxloss: do not edit. */
 #include <math.h>
 #include <stddef.h>
+#include <float.h>
 #define BL_INF (1.0 / 0.0)
-#define BL_MAX(a, b) (((a) > (b) || (a) != (a)) ? (a) : (b))
+#define BL_BLOCK 64
+#define BL_CAT_(a, b) a##b
+#define BL_CAT(a, b) BL_CAT_(a, b)
+"""
+# maximum/minimum/clamp that propagate a NaN from either side, as torch's do
+NAN_MINMAX = """#define BL_MAX(a, b) (((a) > (b) || (a) != (a)) ? (a) : (b))
 #define BL_MIN(a, b) (((a) < (b) || (a) != (a)) ? (a) : (b))
 #define BL_CLAMP_MIN(x, c) (((x) > (c) || (x) != (x)) ? (x) : (c))
 #define BL_CLAMP_MAX(x, c) (((x) < (c) || (x) != (x)) ? (x) : (c))
-#include <float.h>
+"""
+# for formulas that propagate NaN themselves (the rotated ones add x − x of every input): plain selects, which
+# GCC vectorises (a NaN test inside a select keeps the pairwise loop scalar, 5x slower)
+PLAIN_MINMAX = """#define BL_MAX(a, b) (!((a) <= (b)) ? (a) : (b))
+#define BL_MIN(a, b) (!((a) >= (b)) ? (a) : (b))
+#define BL_CLAMP_MIN(x, c) (!((x) <= (c)) ? (x) : (c))
+#define BL_CLAMP_MAX(x, c) (!((x) >= (c)) ? (x) : (c))
 """
 
 _TYPES = {
@@ -559,10 +588,12 @@ _TYPES = {
 
 
 def generate_library(kernels: Sequence[Tuple[str, Callable, int]], columns: int = 4,
-                     pairwise: Sequence[tuple] = ()) -> str:
+                     pairwise: Sequence[tuple] = (), nan_minmax: bool = True, extra: str = "") -> str:
     """One C file with a float and a double instantiation of every aligned ``(name, formula, n_params)`` and
-    every pairwise ``(name, formula, skip, skip_value)`` (see :func:`generate_pairwise_c`)."""
-    parts = [PRELUDE]
+    every pairwise ``(name, formula, skip, skip_value)`` (see :func:`generate_pairwise_c`). ``nan_minmax=False``
+    (only for formulas that propagate NaN themselves) uses min/max without a NaN test, which vectorise.
+    ``extra``: hand-written C appended once per type (with ``R``, ``SFX`` and the ``BL_`` macros defined)."""
+    parts = [PRELUDE + (NAN_MINMAX if nan_minmax else PLAIN_MINMAX)]
     for sfx, names in _TYPES.items():
         parts.append(f"#define R {names['R']}\n#define SFX _{sfx}\n"
                      + "".join(f"#define BL_{k} {fname}\n" for k, fname in names.items() if k != "R"))
@@ -570,5 +601,6 @@ def generate_library(kernels: Sequence[Tuple[str, Callable, int]], columns: int 
             parts.append(generate_c(name, fn, n_params, columns).replace("_SFX(", f"_{sfx}("))
         for name, fn, pair_columns, skip, skip_value in pairwise:
             parts.append(generate_pairwise_c(name, fn, pair_columns, skip, skip_value).replace("_SFX(", f"_{sfx}("))
+        parts.append(extra)
         parts.append("#undef R\n#undef SFX\n" + "".join(f"#undef BL_{k}\n" for k in names if k != "R"))
     return "\n".join(parts)

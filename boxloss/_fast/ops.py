@@ -344,8 +344,9 @@ def pairwise_score_op(boxes1: Tensor, boxes2: Tensor, kind: str, eps: float) -> 
         if rotated:
             from ..rotated import box_features
 
+            # the second set column-major: the kernel's inner loop reads it contiguously (and vectorises)
             return cpu.run_generated_pairwise(lib, variants.pairwise_symbol(kind), box_features(a).contiguous(),
-                                              box_features(b).contiguous(), eps)
+                                              box_features(b).transpose(1, 2).contiguous(), eps)
         return cpu.run_pairwise(lib, kind, a, b, eps)
     batch, n, m = a.shape[0], a.shape[1], b.shape[1]
     out = a.new_empty(batch, n, m)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from typing import Dict, List, Tuple
 
 import torch
@@ -95,17 +96,26 @@ def c_source(which: str = "axis") -> str:
     """The generated C of one group: its aligned kernels and, for ``"rotated"``, the pairwise scores."""
     reg = _registry()
     kernels = [(symbol(name), reg[name].formula, len(reg[name].params)) for name in _members(which)]
-    pairwise = []
+    pairwise, extra = [], ""
     if which == "rotated":
         from .. import rotated
 
         pairwise = [(pairwise_symbol(kind), fn, rotated.FEATURES, skip, 0.0)
-                    for kind, (fn, skip) in rotated.PAIRWISE_SCORES.items()]
-    return expr.generate_library(kernels, columns=4 if which == "axis" else 5, pairwise=pairwise)
+                    for kind, (fn, skip) in rotated.PAIRWISE_SCORES.items() if kind not in HAND_WRITTEN]
+        with open(HAND_WRITTEN_SOURCE) as f:
+            extra = f.read()
+    # the rotated formulas propagate NaN themselves (rotated._nan_guard): their min/max need no NaN test
+    return expr.generate_library(kernels, columns=4 if which == "axis" else 5, pairwise=pairwise,
+                                 nan_minmax=which == "axis", extra=extra)
+
+
+# pairwise kernels written by hand (branches that skip what cannot contribute), tested against their formula
+HAND_WRITTEN = {"rotated_iou": "boxloss_rotated_iou_pairwise"}
+HAND_WRITTEN_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "rotated_iou.c")
 
 
 def pairwise_symbol(kind: str) -> str:
-    return "boxloss_pw_" + kind
+    return HAND_WRITTEN.get(kind, "boxloss_pw_" + kind)
 
 
 def c_symbols(which: str = "axis") -> List[str]:
