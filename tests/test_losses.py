@@ -309,7 +309,8 @@ def test_public_surface_is_declared_once():
          "giou_loss", "diou_loss", "ciou_loss", "IoULoss", "LogIoULoss", "GIoULoss", "DIoULoss", "CIoULoss", "FastPathWarning",
          "siou_loss", "eiou_loss", "focal_eiou_loss", "wiou_loss", "mpdiou_loss", "shape_iou_loss", "nwd_loss",
          "alpha_iou_loss", "inner_iou_loss", "focaler_iou_loss", "SIoULoss", "EIoULoss", "FocalEIoULoss", "WIoULoss",
-         "MPDIoULoss", "ShapeIoULoss", "NWDLoss", "AlphaIoULoss", "InnerIoULoss", "FocalerIoULoss"])
+         "MPDIoULoss", "ShapeIoULoss", "NWDLoss", "AlphaIoULoss", "InnerIoULoss", "FocalerIoULoss",
+         "probiou_loss", "gwd_loss", "kld_loss", "kfiou_loss", "ProbIoULoss", "GWDLoss", "KLDLoss", "KFIoULoss"])
     for name in boxloss.__all__:
         assert getattr(boxloss, name).__doc__, f"{name} has no docstring"
         if not name[0].isupper():

@@ -57,6 +57,14 @@ class _Gaussians:
         self.dx, self.dy = dx / unit, dy / unit
         self.s1, self.s2 = (m.clamp_min(x / unit, MIN_SIDE) / root_k for x in (wp, hp))
         self.t1, self.t2 = (m.clamp_min(x / unit, MIN_SIDE) / root_k for x in (wt, ht))
+        # pair each of the prediction's axes with the target's axis nearest to it (|δ| ≤ 45°): a target given
+        # as (t2, t1, θ ∓ 90°) is the same Gaussian, and the aligned pairing keeps the terms below from being
+        # large numbers that cancel (boxes near the 0°/90° boundary of the reduced angle)
+        delta = rt - rp
+        up, down = delta > 45.0, delta < -45.0
+        swap = up | down
+        self.t1, self.t2 = m.where(swap, self.t2, self.t1), m.where(swap, self.t1, self.t2)
+        rt = rt - m.where(up, 90.0, 0.0) + m.where(down, 90.0, 0.0)
         self.cp, self.sp = m.cos(rp * DEGREE), m.sin(rp * DEGREE)
         self.ct, self.st = m.cos(rt * DEGREE), m.sin(rt * DEGREE)
         sin_d = m.sin((rt - rp) * DEGREE)
@@ -109,7 +117,9 @@ def probiou_formula(mode: str):
         log_det = (m.log1p((g.s1 - g.t1) * (g.s1 - g.t1) / (2 * g.s1 * g.t1))
                    + m.log1p((g.s2 - g.t2) * (g.s2 - g.t2) / (2 * g.s2 * g.t2))
                    + m.log1p(g.sin2 * (l1 - l2) * (u1 - u2) / ((l1 + u1) * (l2 + u2))))
-        bd = m.clamp_min(0.25 * quad + 0.5 * log_det, 0.0)
+        # clamped to [0, 100] as in the authors' code: beyond 100 (centres ~28 standard deviations apart) the
+        # loss is flat, and the gradient of B itself (mode "l2") cannot overflow
+        bd = m.clamp_max(m.clamp_min(0.25 * quad + 0.5 * log_det, 0.0), 100.0)
         loss = m.safe_sqrt(-m.expm1(-bd)) if mode == "l1" else bd
         return loss + g.guard
 
@@ -135,6 +145,16 @@ def gwd_formula(fun: str):
     return formula
 
 
+def _phi(t, s, m):
+    """φ(r) = r − 1 − ln r ≥ 0 of the variance ratio r = t²/s²: as x − log1p(x), x = r − 1, near r = 1 (no
+    cancellation), as r − 1 − ln r away from it (x rounds to −1 for tiny r)."""
+    ratio = (t / s) * (t / s)
+    x = (t - s) * (t + s) / (s * s)
+    near = m.abs(x) < 0.5
+    xs = m.where(near, x, 0.0)
+    return m.where(near, xs - m.log1p(xs), (ratio - 1) - m.log(ratio))
+
+
 def kld_formula(fun: str):
     def formula(p, t, m, tau):
         g = _Gaussians(p, t, m, 4.0)
@@ -143,9 +163,7 @@ def kld_formula(fun: str):
         #                 = ½ [Δᵀ Σp⁻¹ Δ + φ(μ1/λ1) + φ(μ2/λ2) + sin²δ (μ1 − μ2)(1/λ2 − 1/λ1)],  φ(r) = r − 1 − ln r
         du, dv = g.offset_in(g.cp, g.sp)
         quad = du * du / l1 + dv * dv / l2
-        r1 = (g.t1 - g.s1) * (g.t1 + g.s1) / l1  # μ1/λ1 − 1
-        r2 = (g.t2 - g.s2) * (g.t2 + g.s2) / l2
-        phi = (r1 - m.log1p(r1)) + (r2 - m.log1p(r2))
+        phi = _phi(g.t1, g.s1, m) + _phi(g.t2, g.s2, m)
         kl = m.clamp_min(0.5 * (quad + phi + g.sin2 * (u1 - u2) * (1 / l2 - 1 / l1)), 0.0)
         return _finish(m.safe_sqrt(kl), m, fun, tau) + g.guard  # the authors' default sqrt=True
 

@@ -1,0 +1,698 @@
+"""Rotated boxes (boxloss/rotated.py and the rotated formats of the box functions and losses).
+
+Values against an independent polygon computation (shapely, float64) and against torchvision's rotated
+``box_iou``; the edge cases geometry promises (identical boxes, 180° turns, (w, h, θ) = (h, w, θ + 90°),
+squares, coincident edges and vertices, touching boxes, tiny and huge boxes, huge angles); gradients
+(gradcheck, zero-overlap handling); the compiled kernels against the formula; no NaN/Inf on a fuzz in every
+dtype; formats, errors, operators under torch.compile / jit.trace / torch.func.
+"""
+
+import math
+
+import pytest
+import torch
+from conftest import assert_close
+
+import boxloss
+from boxloss import rotated
+from boxloss._fast import ops, variants
+from boxloss._utils import _reduce
+from boxloss.losses.registry import VARIANTS
+
+shapely = pytest.importorskip("shapely")
+from shapely.geometry import Polygon  # noqa: E402
+
+ROTATED_FUNCTIONS = {"iou": boxloss.box_iou, "giou": boxloss.generalized_box_iou,
+                     "diou": boxloss.distance_box_iou}
+
+# (public function, options) per registered rotated kind
+CALLS = {
+    "rotated_iou": (boxloss.iou_loss, {"zero_overlap": "none"}),
+    "rotated_iou_distance": (boxloss.iou_loss, {}),
+    "rotated_log_iou": (boxloss.log_iou_loss, {"zero_overlap": "none"}),
+    "rotated_log_iou_distance": (boxloss.log_iou_loss, {}),
+    "rotated_giou": (boxloss.giou_loss, {}),
+    "rotated_diou": (boxloss.diou_loss, {}),
+    "probiou_l1": (boxloss.probiou_loss, {}),
+    "probiou_l2": (boxloss.probiou_loss, {"mode": "l2"}),
+    **{f"gwd_{f}": (boxloss.gwd_loss, {"fun": f, "tau": 2.0}) for f in ("log1p", "sqrt", "none")},
+    **{f"kld_{f}": (boxloss.kld_loss, {"fun": f, "tau": 1.5}) for f in ("log1p", "sqrt", "none")},
+    **{f"kfiou_{f}": (boxloss.kfiou_loss, {"fun": f, "beta": 0.2}) for f in ("none", "ln", "exp")},
+}
+NAMES = sorted(CALLS)
+GEOMETRIC = ["rotated_iou", "rotated_iou_distance", "rotated_log_iou", "rotated_log_iou_distance", "rotated_giou",
+             "rotated_diou"]
+
+
+def call(name, p, t, **kw):
+    fn, options = CALLS[name]
+    return fn(p, t, fmt="cxcywhr", **{**options, **kw})
+
+
+def test_every_rotated_kind_is_tested():
+    assert set(CALLS) == {name for name, v in VARIANTS.items() if v.columns == 5}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# independent reference: shapely polygons in float64
+# ----------------------------------------------------------------------------------------------------------
+def polygon(box):
+    cx, cy, w, h, r = (float(x) for x in box)
+    c, s = math.cos(math.radians(r)), math.sin(math.radians(r))
+    return Polygon([(cx + su * w / 2 * c + sv * h / 2 * s, cy - su * w / 2 * s + sv * h / 2 * c)
+                    for su, sv in ((-1, -1), (1, -1), (1, 1), (-1, 1))])
+
+
+def shapely_iou(a, b):
+    pa, pb = polygon(a), polygon(b)
+    inter = pa.intersection(pb).area
+    union = pa.area + pb.area - inter
+    return inter / union if union > 0 else 0.0
+
+
+def rotated_boxes(n, seed=0, spread=20.0, size=(1.0, 8.0), dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(n, 2, generator=g, dtype=torch.float64) * spread
+    wh = torch.rand(n, 2, generator=g, dtype=torch.float64) * (size[1] - size[0]) + size[0]
+    r = torch.rand(n, 1, generator=g, dtype=torch.float64) * 360 - 180
+    return torch.cat([xy, wh, r], 1).to(dtype)
+
+
+def near_pairs(n, seed=0, dtype=torch.float64):
+    """Overlapping pairs: the target moved, resized and turned a little."""
+    g = torch.Generator().manual_seed(seed + 100)
+    p = rotated_boxes(n, seed)
+    t = p.clone()
+    t[:, :2] += (torch.rand(n, 2, generator=g, dtype=torch.float64) - 0.5) * p[:, 2:4] * 0.5
+    t[:, 2:4] *= torch.rand(n, 2, generator=g, dtype=torch.float64) * 0.6 + 0.7
+    t[:, 4] += (torch.rand(n, generator=g, dtype=torch.float64) - 0.5) * 60
+    return p.to(dtype), t.to(dtype)
+
+
+def far_pairs(n, seed=0, dtype=torch.float64):
+    p = rotated_boxes(n, seed)
+    t = rotated_boxes(n, seed + 1)
+    t[:, 0] += 40
+    return p.to(dtype), t.to(dtype)
+
+
+# the cases the kernel has to get exactly right: (box a, box b)
+SPECIAL = [
+    ([0, 0, 2, 2, 0], [0, 0, 2, 2, 0]),          # identical
+    ([0, 0, 2, 2, 0], [0, 0, 2, 2, 90]),         # a square turned by 90°
+    ([1, 2, 4, 2, 30], [1, 2, 4, 2, 210]),       # turned by 180°
+    ([1, 2, 4, 2, 30], [1, 2, 2, 4, 120]),       # (w, h, θ) = (h, w, θ + 90°)
+    ([0, 0, 2, 2, 0], [2, 0, 2, 2, 0]),          # touching along an edge
+    ([0, 0, 2, 2, 0], [2, 2, 2, 2, 0]),          # touching at a corner
+    ([0, 0, 2, 2, 0], [1, 0, 2, 2, 0]),          # two coincident edges
+    ([0, 0, 2, 2, 0], [1, 1, 2, 2, 0]),          # coincident vertex and crossing edges
+    ([0, 0, 2, 2, 0], [0.5, 0.5, 1, 1, 0]),      # inside, touching at a corner
+    ([0, 0, 4, 4, 0], [0, 0, 2, 2, 0]),          # concentric
+    ([0, 0, 2, 2, 0], [0, 0, 2, 2, 45]),         # a star
+    ([0, 0, 4, 1, 0], [0, 0, 4, 1, 90]),         # a cross: no corner inside the other box
+    ([0, 0, 2, 2, 30], [0, 0, 2, 2, 120]),
+    ([0, 0, 2, 2, 10], [1e-9, 0, 2, 2, 10]),     # nearly identical
+    ([0, 0, 2, 2, 0], [0, 0, 2, 2, 1e-6]),       # nearly identical, turned
+    ([1e4, -1e4, 3, 2, 1e4], [1e4 + 1, -1e4, 3, 2, -1e4]),  # far from the origin, huge angles
+    ([0, 0, 10, 10, 0], [1, 1, 1e-3, 1e-3, 20]),  # tiny inside large
+    ([0, 0, 0, 0, 0], [0, 0, 0, 0, 0]),          # points
+    ([0, 0, 0, 2, 0], [0, 0, 2, 2, 0]),          # zero width
+    ([0, 0, 2, 2, 0], [5, 5, 1, 1, 0]),          # apart
+]
+
+
+def special_pairs(dtype=torch.float64):
+    p = torch.tensor([a for a, _ in SPECIAL], dtype=dtype)
+    t = torch.tensor([b for _, b in SPECIAL], dtype=dtype)
+    return p, t
+
+
+class TestIoUValues:
+    @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+    def test_pairwise_equals_shapely(self, dtype):
+        a, b = rotated_boxes(40, 1, dtype=dtype), rotated_boxes(50, 2, dtype=dtype)
+        got = boxloss.box_iou(a, b, fmt="cxcywhr")
+        want = torch.tensor([[shapely_iou(x, y) for y in b.double()] for x in a.double()], dtype=torch.float64)
+        assert (want > 0).float().mean() > 0.05  # the test sees overlapping pairs
+        assert_close(got, want, dtype, atol=1e-12 if dtype == torch.float64 else 2e-6)
+
+    @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+    def test_special_cases_equal_shapely_pairwise_and_aligned(self, dtype):
+        p, t = special_pairs(dtype)
+        want = torch.tensor([shapely_iou(a, b) for a, b in zip(p.double(), t.double())], dtype=torch.float64)
+        aligned = boxloss.box_iou(p, t, aligned=True, fmt="cxcywhr")
+        pairwise = boxloss.box_iou(p, t, fmt="cxcywhr").diagonal()
+        atol = 1e-12 if dtype == torch.float64 else 1e-6
+        assert_close(aligned, want, dtype, atol=atol)
+        assert_close(pairwise, want, dtype, atol=atol)
+
+    @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+    def test_equals_torchvision_for_ordinary_boxes(self, dtype):
+        from torchvision.ops import box_iou
+
+        a, b = rotated_boxes(60, 3, dtype=dtype), rotated_boxes(70, 4, dtype=dtype)
+        assert_close(boxloss.box_iou(a, b, fmt="cxcywhr"), box_iou(a, b, fmt="cxcywhr"), dtype, atol=1e-5)
+
+    @pytest.mark.parametrize("scale", [1e-2, 1e-3, 1e-5, 1e3, 1e5])
+    def test_scale_invariant_where_torchvision_is_not(self, scale):
+        # torchvision's kernel uses absolute tolerances (measured: 0.01 off at size 0.01, IoU 1.0 for 0.41 at
+        # 0.001); boxloss measures in the pair's own scale, so scaled boxes give the same IoU
+        a, b = near_pairs(30, 5)
+        s = torch.tensor([scale, scale, scale, scale, 1.0], dtype=torch.float64)
+        for dtype in (torch.float64, torch.float32):
+            want = torch.tensor([shapely_iou(x, y) for x, y in zip(a, b)], dtype=torch.float64)
+            got = boxloss.box_iou((a * s).to(dtype), (b * s).to(dtype), aligned=True, fmt="cxcywhr")
+            assert_close(got, want, dtype, atol=1e-9 if dtype == torch.float64 else 2e-6)
+
+    def test_symmetries(self):
+        p = rotated_boxes(50, 6)
+        p[:, 4] = torch.round(p[:, 4] * 64) / 64  # angles whose turned copies are exact
+        turned = p + torch.tensor([0, 0, 0, 0, 180.0], dtype=torch.float64)
+        swapped = p[:, [0, 1, 3, 2, 4]] + torch.tensor([0, 0, 0, 0, 90.0], dtype=torch.float64)
+        wound = p + torch.tensor([0, 0, 0, 0, 360.0 * 27], dtype=torch.float64)
+        for dtype in (torch.float64, torch.float32):
+            x = p.to(dtype)
+            itself = boxloss.box_iou(x, x, aligned=True, fmt="cxcywhr")
+            assert_close(itself, torch.ones_like(itself), dtype, atol=1e-15 if dtype == torch.float64 else 1e-7)
+            for other in (turned, swapped, wound):
+                # the angle is reduced to [0°, 90°) before any trig: bit for bit the box against itself
+                iou = boxloss.box_iou(x, other.to(dtype), aligned=True, fmt="cxcywhr")
+                assert torch.equal(iou, itself), (dtype, (iou - itself).abs().max())
+
+    def test_box_with_itself_is_one_and_area_zero_is_zero(self):
+        p = rotated_boxes(20, 7)
+        assert_close(boxloss.box_iou(p, p, aligned=True, fmt="cxcywhr"), torch.ones(20, dtype=torch.float64),
+                     atol=1e-15)
+        z = p.clone()
+        z[:, 2] = 0
+        assert torch.equal(boxloss.box_iou(z, z, aligned=True, fmt="cxcywhr"), torch.zeros(20, dtype=torch.float64))
+
+
+class TestFormats:
+    @pytest.mark.parametrize("fmt", ["xywhr", "xyxyxyxy"])
+    @pytest.mark.parametrize("name", ["iou", "giou", "diou"])
+    def test_other_formats_equal_cxcywhr(self, fmt, name):
+        from torchvision.ops import box_convert
+
+        fn = ROTATED_FUNCTIONS[name]
+        a, b = rotated_boxes(20, 8), rotated_boxes(25, 9)
+        a[:, 4] = a[:, 4] % 90  # torchvision's xyxyxyxy → cxcywhr gives angles in (−180, 180]
+        b[:, 4] = b[:, 4] % 90
+        want = fn(a, b, fmt="cxcywhr")
+        got = fn(box_convert(a, "cxcywhr", fmt), box_convert(b, "cxcywhr", fmt), fmt=fmt)
+        assert_close(got, want, atol=1e-10)
+
+    def test_losses_accept_every_rotated_format(self):
+        from torchvision.ops import box_convert
+
+        p, t = near_pairs(10, 10)
+        for name in ("rotated_iou_distance", "rotated_giou", "rotated_diou", "probiou_l1", "kld_log1p"):
+            fn, options = CALLS[name]
+            want = fn(p, t, fmt="cxcywhr", reduction="none", **options)
+            for fmt in ("xywhr", "xyxyxyxy"):
+                got = fn(box_convert(p, "cxcywhr", fmt), box_convert(t, "cxcywhr", fmt), fmt=fmt,
+                         reduction="none", **options)
+                assert_close(got, want, atol=1e-9)
+
+    def test_leading_dimensions(self):
+        p, t = near_pairs(24, 11)
+        for name in ("rotated_giou", "gwd_log1p"):
+            want = call(name, p, t, reduction="none")
+            got = call(name, p.reshape(2, 3, 4, 5), t.reshape(2, 3, 4, 5), reduction="none")
+            assert got.shape == (2, 3, 4)
+            assert_close(got.reshape(-1), want)
+        a, b = rotated_boxes(6, 12), rotated_boxes(5, 13)
+        batched = boxloss.box_iou(torch.stack([a, a]), b[None], fmt="cxcywhr")
+        assert batched.shape == (2, 6, 5)
+        assert_close(batched[1], boxloss.box_iou(a, b, fmt="cxcywhr"))
+
+
+class TestGIoUAndDIoU:
+    def test_at_one_angle_they_equal_the_axis_aligned_ones(self):
+        from torchvision.ops import box_convert
+
+        a, b = rotated_boxes(30, 14), rotated_boxes(30, 15)
+        for angle in (0.0, 90.0, 180.0):
+            a[:, 4], b[:, 4] = angle, angle
+            xa = box_convert(a[:, :4], "cxcywh", "xyxy")
+            xb = box_convert(b[:, :4], "cxcywh", "xyxy")
+            if angle == 90.0:  # the same boxes with width and height exchanged
+                xa = box_convert(a[:, [0, 1, 3, 2]], "cxcywh", "xyxy")
+                xb = box_convert(b[:, [0, 1, 3, 2]], "cxcywh", "xyxy")
+            for name in ("iou", "giou", "diou"):
+                fn = ROTATED_FUNCTIONS[name]
+                assert_close(fn(a, b, fmt="cxcywhr"), fn(xa, xb), atol=1e-12)
+
+    @pytest.mark.parametrize("name", ["iou", "giou", "diou"])
+    def test_invariant_to_rotating_and_translating_the_image(self, name):
+        fn = ROTATED_FUNCTIONS[name]
+        a, b = near_pairs(30, 16)
+        want = fn(a, b, aligned=True, fmt="cxcywhr")
+        for phi in (17.0, 90.0, 133.0):
+            c, s = math.cos(math.radians(phi)), math.sin(math.radians(phi))
+
+            def turn(x):
+                # the image turned by phi counter-clockwise (y points down): centres by (c, s; −s, c), angles + phi
+                cx, cy = x[:, 0] * c + x[:, 1] * s + 5, -x[:, 0] * s + x[:, 1] * c - 3
+                return torch.stack([cx, cy, x[:, 2], x[:, 3], x[:, 4] + phi], 1)
+
+            assert_close(fn(turn(a), turn(b), aligned=True, fmt="cxcywhr"), want, atol=1e-10)
+
+    def test_bounds_and_disjoint_values(self):
+        a, b = far_pairs(40, 17)
+        giou = boxloss.generalized_box_iou(a, b, aligned=True, fmt="cxcywhr")
+        diou = boxloss.distance_box_iou(a, b, aligned=True, fmt="cxcywhr")
+        assert (giou < 0).all() and (giou > -1).all() and (diou < 0).all() and (diou > -1).all()
+        # farther apart along the line through the centres: lower
+        a2 = a.clone()
+        away = a[:, :2] - b[:, :2]
+        a2[:, :2] += 10 * away / away.norm(dim=1, keepdim=True)
+        assert (boxloss.generalized_box_iou(a2, b, aligned=True, fmt="cxcywhr") < giou).all()
+        assert (boxloss.distance_box_iou(a2, b, aligned=True, fmt="cxcywhr") < diou).all()
+
+    def test_enclosing_rectangle_hand_worked(self):
+        # a 2×2 square at the origin and the same square at 45° centred at (3, 0): in the square's frame the
+        # enclosing rectangle spans x in [−1, 3 + √2], y in [−√2, √2]; in the diamond's frame it is wider.
+        a = torch.tensor([[0.0, 0.0, 2.0, 2.0, 0.0]], dtype=torch.float64)
+        b = torch.tensor([[3.0, 0.0, 2.0, 2.0, 45.0]], dtype=torch.float64)
+        r2 = math.sqrt(2)
+        area_c = (4 + r2) * (2 * r2)
+        # intersection: the diamond's left corner is at x = 3 − √2 ≈ 1.586 > 1: disjoint
+        want_giou = 0 - (area_c - 8) / area_c
+        got = boxloss.generalized_box_iou(a, b, aligned=True, fmt="cxcywhr")
+        # the diamond's frame gives a larger rectangle: check it is not the one used
+        assert_close(got, torch.tensor([want_giou], dtype=torch.float64), atol=1e-12)
+        want_diou = -9 / ((4 + r2) ** 2 + 8)
+        got = boxloss.distance_box_iou(a, b, aligned=True, fmt="cxcywhr")
+        assert_close(got, torch.tensor([want_diou], dtype=torch.float64), atol=1e-12)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the losses and the kernels: one checklist for every rotated kind
+# ----------------------------------------------------------------------------------------------------------
+def mixed_pairs(dtype=torch.float64):
+    a, b = near_pairs(200, 20)
+    c, d = far_pairs(100, 21)
+    e, f = special_pairs()
+    g = rotated_boxes(30, 22)
+    return torch.cat([a, c, e, g]).to(dtype), torch.cat([b, d, f, g]).to(dtype)
+
+
+def _reference_and_grads(kind, p, t, eps=1e-7):
+    pr = p.detach().clone().requires_grad_()
+    tr = t.detach().clone().requires_grad_()
+    loss = variants.reference(kind, pr, tr, eps)
+    gp, gt = torch.autograd.grad(loss.sum(), (pr, tr), allow_unused=True)
+    return loss.detach(), gp, gt
+
+
+def _kind(name):
+    fn, options = CALLS[name]
+    params = VARIANTS[name].params
+    return variants.kind_of(name, *[options[k] for k in params])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("name", NAMES)
+def test_kernels_equal_the_formula_and_its_autograd(backend, name, dtype):
+    p, t = mixed_pairs(dtype)
+    kind = _kind(name)
+    loss, gp, gt = ops.aligned_loss_op(p, t, None, None, kind, 1e-7, False, 1.0, True, True)
+    ref, rgp, rgt = _reference_and_grads(kind, p, t)
+    tol = {} if dtype == torch.float64 else {"rtol": 1e-3, "atol": 1e-3}
+    assert_close(loss, ref, dtype, **tol)
+    # gradients on the generic pairs: the special ones (identical, coincident edges, touching) sit on kinks where
+    # the two implementations' roundings may pick different one-sided derivatives; there they must be finite
+    generic = torch.ones(len(p), dtype=torch.bool)
+    generic[300:] = False
+    assert_close(gp[generic], rgp[generic], dtype, **tol)
+    assert_close(gt[generic], rgt[generic], dtype, **tol)
+    assert gp.isfinite().all() and gt.isfinite().all()
+
+
+def test_the_hand_written_pairwise_iou_equals_the_formula():
+    for dtype in (torch.float64, torch.float32):
+        p, t = mixed_pairs(dtype)
+        fast = ops.pairwise_score_op(p[None], t[None], "rotated_iou", 1e-7)[0]
+        ref = ops.reference_pairwise("rotated_iou", p[None], t[None], 1e-7)[0]
+        assert_close(fast, ref, dtype, atol=1e-12 if dtype == torch.float64 else 1e-6)
+    assert "boxloss_rotated_iou_pairwise" == variants.pairwise_symbol("rotated_iou")
+
+
+def test_pairwise_without_compiled_kernel_equals_the_kernel(monkeypatch):
+    a, b = rotated_boxes(30, 23), rotated_boxes(20, 24)
+    want = {n: f(a, b, fmt="cxcywhr") for n, f in ROTATED_FUNCTIONS.items()}
+    monkeypatch.setattr(ops, "USE_COMPILED_CPU", False)
+    monkeypatch.setattr(ops, "PAIRWISE_CHUNK_BYTES", 4096)
+    for n, f in ROTATED_FUNCTIONS.items():
+        assert_close(f(a, b, fmt="cxcywhr"), want[n])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_gradcheck(backend, name):
+    p, t = near_pairs(5, 25)
+    a, b = far_pairs(3, 26)
+    p, t = torch.cat([p, a]).requires_grad_(), torch.cat([t, b]).requires_grad_()
+    assert torch.autograd.gradcheck(lambda x, y: call(name, x, y, reduction="none"), (p, t))
+    assert torch.autograd.gradgradcheck(lambda x, y: call(name, x, y, reduction="sum"), (p[:3], t[:3]))
+
+
+@pytest.mark.parametrize("name", ["iou", "giou", "diou"])
+def test_box_functions_gradcheck_pairwise_and_aligned(name):
+    fn = ROTATED_FUNCTIONS[name]
+    a, b = near_pairs(4, 27)
+    a.requires_grad_()
+    b.requires_grad_()
+    assert torch.autograd.gradcheck(lambda x, y: fn(x, y, fmt="cxcywhr"), (a, b))
+    assert torch.autograd.gradcheck(lambda x, y: fn(x, y, aligned=True, fmt="cxcywhr"), (a, b))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_identical_and_equivalent_boxes(name):
+    p = rotated_boxes(20, 28)
+    p[:, 4] = torch.round(p[:, 4] * 64) / 64  # angles whose turned copies are exact in float32
+    swapped = p[:, [0, 1, 3, 2, 4]] + torch.tensor([0, 0, 0, 0, 90.0], dtype=torch.float64)
+    turned = p + torch.tensor([0, 0, 0, 0, -180.0], dtype=torch.float64)
+    zero = 2 / 3 if name.startswith("kfiou") else 0.0  # KFIoU is at most 1/3 (the authors' loss, documented)
+    tau = CALLS[name][1].get("tau")
+    if tau is not None:  # GWD and KLD at distance 0: 1 − 1/τ
+        zero = 1 - 1 / tau
+    for dtype in (torch.float64, torch.float32):
+        for other in (p, swapped, turned):
+            loss = call(name, p.to(dtype), other.to(dtype), reduction="none")
+            if name.startswith("kfiou_ln"):
+                want = torch.full_like(loss, -math.log(1 / 3 + 1e-7))
+            elif name.startswith("kfiou_exp"):
+                want = torch.full_like(loss, math.exp(2 / 3) - 1)
+            else:
+                want = torch.full_like(loss, zero)
+            # (KFIoU: its ε enters the denominator)
+            atol = 2e-6 if dtype == torch.float32 or name.startswith("kfiou") else 1e-12
+            assert_close(loss, want, dtype, atol=atol)
+    # geometric losses: exactly 0, bit for bit, in float32 too (the angle is reduced before any trig)
+    if not name.startswith("kfiou"):
+        sq = torch.tensor([[3.0, 4.0, 2.5, 2.5, 17.0]])
+        turned = call(name, sq, sq + torch.tensor([0, 0, 0, 0, 90.0]), reduction="sum")
+        assert torch.equal(turned, call(name, sq, sq, reduction="sum"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", NAMES)
+def test_nan_in_nan_out(backend, name, dtype):
+    p, t = near_pairs(8, 29, dtype=dtype)
+    p[2, 4] = math.nan
+    t[5, 0] = math.nan
+    p.requires_grad_()
+    loss = call(name, p, t, reduction="none")
+    loss.sum().backward()
+    nan = torch.zeros(8, dtype=torch.bool)
+    nan[[2, 5]] = True
+    assert torch.equal(loss.isnan(), nan)
+    assert p.grad[nan].isnan().all() and p.grad[~nan].isfinite().all()
+
+
+def _fuzz(n, seed, dtype):
+    """Centres to 1e4, sides from 0 to 1e4 (a tenth zero, a tenth tiny), angles to ±1e4 degrees, and a fifth of
+    the targets exactly equal or equivalent (coincident edges and vertices)."""
+    g = torch.Generator().manual_seed(seed)
+    xy = (torch.rand(n, 2, generator=g) * 2 - 1) * 1e4
+    wh = 10 ** (torch.rand(n, 2, generator=g) * 6 - 2)
+    kind = torch.randint(0, 10, (n, 1), generator=g)
+    wh = torch.where(kind == 0, torch.zeros_like(wh), wh)
+    wh = torch.where(kind == 1, wh * 1e-6, wh)
+    r = (torch.rand(n, 1, generator=g) * 2 - 1) * 1e4
+    r = torch.where(kind == 2, torch.round(r / 90) * 90, r)
+    return torch.cat([xy, wh, r], 1).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_fuzz_gives_no_nan_or_inf(dtype):
+    n = 200_000
+    p = _fuzz(n, 30, dtype)
+    t = _fuzz(n, 31, dtype)
+    q = n // 5
+    t[:q] = (p[:q].float() + torch.tensor([0.3, -0.2, 0.5, 0.1, 3.0])).to(dtype)   # near
+    t[q:2 * q] = p[q:2 * q]                                                           # identical
+    t[2 * q:3 * q] = p[2 * q:3 * q][:, [0, 1, 3, 2, 4]] + torch.tensor([0, 0, 0, 0, 90.0]).to(dtype)
+    p.requires_grad_()
+    for name in NAMES:
+        p.grad = None
+        loss = call(name, p, t, reduction="none")
+        assert loss.isfinite().all(), name
+        loss.sum().backward()
+        assert p.grad.isfinite().all(), name
+    for fn in ROTATED_FUNCTIONS.values():
+        assert fn(p.detach()[:300], t[:200], fmt="cxcywhr").isfinite().all()
+
+
+@pytest.mark.parametrize("name", ["rotated_iou_distance", "rotated_giou", "probiou_l1", "kfiou_none"])
+@pytest.mark.parametrize("reduction, avg_factor, weighted", [
+    ("mean", None, False), ("sum", None, True), ("mean", 7.5, True), ("mean", torch.tensor(3.0), False),
+    ("none", None, True)])
+def test_reductions_weights_and_avg_factor(backend, name, reduction, avg_factor, weighted):
+    p, t = mixed_pairs()
+    weight = torch.rand(p.shape[0], dtype=torch.float64) if weighted else None
+    per_box = call(name, p, t, reduction="none")
+    got = call(name, p, t, reduction=reduction, weight=weight, avg_factor=avg_factor)
+    assert_close(got, _reduce(per_box, reduction, weight, avg_factor, 1e-7))
+
+
+class TestZeroOverlap:
+    def test_disjoint_boxes_are_pulled_together(self):
+        p, t = far_pairs(20, 32)
+        for name in ("rotated_iou_distance", "rotated_log_iou_distance", "rotated_giou", "rotated_diou"):
+            x = p.clone().requires_grad_()
+            call(name, x, t, reduction="sum").backward()
+            towards = (t[:, :2] - p[:, :2])
+            assert ((-x.grad[:, :2] * towards).sum(1) > 0).all(), name
+
+    def test_textbook_losses_have_no_gradient_when_disjoint(self):
+        p, t = far_pairs(10, 33)
+        for name in ("rotated_iou", "rotated_log_iou"):
+            x = p.clone().requires_grad_()
+            call(name, x, t, reduction="sum").backward()
+            assert torch.equal(x.grad, torch.zeros_like(x.grad)), name
+
+    def test_distance_term_hand_worked_and_continuous_at_contact(self):
+        # a 2×2 square, and the same square turned 45° with its left corner 0.5 to the right of the square's edge
+        r2 = math.sqrt(2)
+        p = torch.tensor([[0.0, 0.0, 2.0, 2.0, 0.0]], dtype=torch.float64)
+        t = torch.tensor([[1.5 + r2, 0.0, 2.0, 2.0, 45.0]], dtype=torch.float64)
+        got = boxloss.iou_loss(p, t, fmt="cxcywhr")
+        assert_close(got, torch.tensor(1 + 0.5 / (2 * r2), dtype=torch.float64), atol=1e-12)
+        touching = torch.tensor([[1.0 + r2, 0.0, 2.0, 2.0, 45.0]], dtype=torch.float64)
+        assert_close(boxloss.iou_loss(p, touching, fmt="cxcywhr"), torch.tensor(1.0, dtype=torch.float64))
+
+    def test_descent_from_a_disjoint_start(self):
+        # the IoU losses with the distance term pull with a constant force: every pair reaches overlap; GIoU,
+        # DIoU, KLD and GWD pull more weakly from far away (their penalties saturate): the centres come closer
+        # for every pair. (ProbIoU saturates completely: its Bhattacharyya distance is clamped at 100, as in the
+        # authors' code, and 1 − e^−B is flat long before that; documented.)
+        p, t = far_pairs(16, 34)
+        for name in ("rotated_iou_distance", "rotated_log_iou_distance", "rotated_giou", "rotated_diou",
+                     "kld_log1p", "gwd_log1p"):
+            x = p.clone().requires_grad_()
+            opt = torch.optim.SGD([x], lr=2.0)
+            for _ in range(300):
+                opt.zero_grad()
+                call(name, x, t, reduction="sum").backward()
+                opt.step()
+            gap_before = (p[:, :2] - t[:, :2]).norm(dim=1)
+            gap_after = (x.detach()[:, :2] - t[:, :2]).norm(dim=1)
+            assert (gap_after < gap_before).all(), name
+            if name.endswith("_distance"):
+                assert (boxloss.box_iou(x.detach(), t, aligned=True, fmt="cxcywhr") > 0).all(), name
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the Gaussian losses against the matrix formulas
+# ----------------------------------------------------------------------------------------------------------
+def _gaussian(box, k):
+    cx, cy, w, h, r = (float(x) for x in box)
+    th = math.radians(r)
+    u = torch.tensor([math.cos(th), -math.sin(th)], dtype=torch.float64)
+    v = torch.tensor([math.sin(th), math.cos(th)], dtype=torch.float64)
+    return torch.tensor([cx, cy], dtype=torch.float64), w * w / k * torch.outer(u, u) + h * h / k * torch.outer(v, v)
+
+
+def _matrix_losses(p, t):
+    """The authors' formulas with 2 × 2 matrices (torch.linalg), float64."""
+    mp, sp = _gaussian(p, 12)
+    mt, st = _gaussian(t, 12)
+    d = mp - mt
+    s = (sp + st) / 2
+    bd = d @ torch.linalg.inv(s) @ d / 8 + 0.5 * torch.log(torch.det(s) / torch.sqrt(torch.det(sp) * torch.det(st)))
+    bd = min(bd.item(), 100.0)  # the authors' clamp
+    out = {"probiou_l1": math.sqrt(1 - math.exp(-bd)), "probiou_l2": bd}
+    mp, sp = _gaussian(p, 4)
+    mt, st = _gaussian(t, 4)
+    d = mp - mt
+    w2 = d @ d + torch.trace(sp) + torch.trace(st) - 2 * torch.sqrt(
+        torch.trace(sp @ st) + 2 * torch.sqrt(torch.det(sp) * torch.det(st)))
+    dist = math.sqrt(w2) / (2 * (torch.det(sp) * torch.det(st)) ** 0.125)
+    inv = torch.linalg.inv(sp)
+    kl = 0.5 * (d @ inv @ d + torch.trace(inv @ st) + torch.log(torch.det(sp) / torch.det(st)) - 2)
+    for fun, f in (("log1p", math.log1p), ("sqrt", math.sqrt), ("none", lambda x: x)):
+        out[f"gwd_{fun}"] = 1 - 1 / (2.0 + f(dist))
+        out[f"kld_{fun}"] = 1 - 1 / (1.5 + f(math.sqrt(kl)))
+    sig = sp - sp @ torch.linalg.inv(sp + st) @ sp
+    vb, vp, vt = (4 * torch.sqrt(torch.det(x)) for x in (sig, sp, st))
+    kf = (vb / (vp + vt - vb)).item()
+    th = math.radians(float(t[4]))
+    du = abs(d[0] * math.cos(th) - d[1] * math.sin(th)) / float(t[2])
+    dv = abs(d[0] * math.sin(th) + d[1] * math.cos(th)) / float(t[3])
+    xy = sum(0.5 * x * x / 0.2 if x < 0.2 else x - 0.1 for x in (float(du), float(dv)))
+    out["kfiou_none"] = xy + 1 - kf
+    out["kfiou_ln"] = xy - math.log(kf)
+    out["kfiou_exp"] = xy + math.exp(1 - kf) - 1
+    return out
+
+
+@pytest.mark.parametrize("seed", [40, 41])
+def test_gaussian_losses_equal_the_matrix_formulas(seed):
+    p, t = near_pairs(15, seed)
+    a, b = far_pairs(5, seed)
+    p, t = torch.cat([p, a]), torch.cat([t, b])
+    want = [_matrix_losses(x, y) for x, y in zip(p, t)]
+    for name in NAMES:
+        if name.startswith("rotated"):
+            continue
+        got = call(name, p, t, reduction="none")
+        expected = torch.tensor([w[name] for w in want], dtype=torch.float64)
+        assert_close(got, expected, rtol=1e-6, atol=1e-6)  # (KFIoU's ε enters in the pair's scale)
+
+
+def test_gaussian_hand_worked_values():
+    box = torch.tensor([[0.0, 0.0, 4.0, 2.0, 0.0]], dtype=torch.float64)
+    moved = torch.tensor([[1.0, 0.0, 4.0, 2.0, 0.0]], dtype=torch.float64)
+    # same covariance diag(16, 4)/12: B = ⅛ Δᵀ Σ⁻¹ Δ = ⅛ · 1 · 12/16 = 3/32
+    assert_close(boxloss.probiou_loss(box, moved, mode="l2"), torch.tensor(3 / 32, dtype=torch.float64))
+    # KL with equal covariances diag(4, 1): ½ Δᵀ Σ⁻¹ Δ = 1/8; loss = 1 − 1/(1 + ln(1 + √(1/8)))
+    want = 1 - 1 / (1 + math.log1p(math.sqrt(1 / 8)))
+    assert_close(boxloss.kld_loss(box, moved), torch.tensor(want, dtype=torch.float64))
+    # GWD with equal covariances: d = 1, normalised by 2 (4 · 4)^⅛ · ... = 2 · (det diag(4,1))^¼ = 2√2
+    want = 1 - 1 / (1 + math.log1p(1 / (2 * math.sqrt(2))))
+    assert_close(boxloss.gwd_loss(box, moved), torch.tensor(want, dtype=torch.float64))
+
+
+def test_gaussian_modules_and_options():
+    p, t = near_pairs(10, 42)
+    for module, fn, options in [
+        (boxloss.ProbIoULoss(mode="l2"), boxloss.probiou_loss, {"mode": "l2"}),
+        (boxloss.GWDLoss(fun="sqrt", tau=2.0), boxloss.gwd_loss, {"fun": "sqrt", "tau": 2.0}),
+        (boxloss.KLDLoss(tau=0.0), boxloss.kld_loss, {"tau": 0.0}),
+        (boxloss.KFIoULoss(fun="ln"), boxloss.kfiou_loss, {"fun": "ln"}),
+    ]:
+        assert_close(module(p, t), fn(p, t, **options))
+        assert "fmt='cxcywhr'" in repr(module)
+    # tau < 1: the distance itself (the authors' convention)
+    d = boxloss.kld_loss(p, t, tau=0.0, fun="none", reduction="none")
+    assert_close(boxloss.kld_loss(p, t, tau=1.0, fun="none", reduction="none"), 1 - 1 / (1 + d))
+    with pytest.raises(ValueError, match="mode must be one of"):
+        boxloss.ProbIoULoss(mode="l3")
+    with pytest.raises(ValueError, match="fun must be one of"):
+        boxloss.gwd_loss(p, t, fun="log")
+    with pytest.raises(ValueError, match="tau"):
+        boxloss.kld_loss(p, t, tau=-1.0)
+    with pytest.raises(ValueError, match="beta"):
+        boxloss.kfiou_loss(p, t, beta=0.0)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# errors
+# ----------------------------------------------------------------------------------------------------------
+def test_errors_name_the_argument():
+    p = torch.rand(3, 5)
+    with pytest.raises(ValueError, match="CIoU's aspect term"):
+        boxloss.complete_box_iou(p, p, fmt="cxcywhr")
+    with pytest.raises(ValueError, match="rotated boxes are supported by"):
+        boxloss.ciou_loss(p, p, fmt="cxcywhr")
+    with pytest.raises(ValueError, match="rotated boxes are supported by"):
+        boxloss.siou_loss(p, p, fmt="xywhr")
+    with pytest.raises(ValueError, match=r"boxes1 must have shape \(\.\.\., 5\)"):
+        boxloss.box_iou(torch.rand(3, 4), p, fmt="cxcywhr")
+    with pytest.raises(ValueError, match=r"pred must have shape \(\.\.\., 8\)"):
+        boxloss.giou_loss(p, p, fmt="xyxyxyxy")
+    with pytest.raises(ValueError, match="fmt must be one of 'cxcywhr'"):
+        boxloss.probiou_loss(p, p, fmt="xyxy")
+    with pytest.raises(ValueError, match="fmt must be one of 'cxcywhr'"):
+        boxloss.GWDLoss(fmt="xyxy")
+    assert boxloss.GIoULoss(fmt="cxcywhr")(p, p).shape == ()
+    with pytest.raises(TypeError, match="boxes2 must be a torch.Tensor of shape"):
+        boxloss.box_iou(p, [[0, 0, 1, 1, 0]], fmt="cxcywhr")
+
+
+def test_empty_inputs():
+    e = torch.zeros(0, 5)
+    assert boxloss.box_iou(e, torch.rand(3, 5), fmt="cxcywhr").shape == (0, 3)
+    for name in NAMES:
+        x = e.clone().requires_grad_()
+        loss = call(name, x, e)
+        loss.backward()
+        assert loss.item() == 0 and x.grad.shape == (0, 5)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# operators: torch.compile, jit.trace, torch.func
+# ----------------------------------------------------------------------------------------------------------
+def test_compile_trace_and_func():
+    p, t = near_pairs(12, 43, dtype=torch.float32)
+    p.requires_grad_()
+
+    def f(a, b):
+        return boxloss.giou_loss(a, b, fmt="cxcywhr") + boxloss.kld_loss(a, b)
+
+    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
+    got = compiled(p, t)
+    (g,) = torch.autograd.grad(got, p)
+    want = f(p, t)
+    (wg,) = torch.autograd.grad(want, p)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(g, wg)
+    traced = torch.jit.trace(lambda a, b: boxloss.iou_loss(a, b, fmt="cxcywhr", reduction="none"), (p.detach(), t))
+    assert "boxloss::aligned_loss" in str(traced.graph)
+    pd = p.detach().double()
+    td = t.double()
+    h = torch.func.hessian(lambda a: boxloss.probiou_loss(a, td[:3], reduction="sum"))(pd[:3])
+    with boxloss._fast.reference_path():
+        assert_close(h, torch.func.hessian(lambda a: boxloss.probiou_loss(a, td[:3], reduction="sum"))(pd[:3]))
+    v = torch.func.vmap(lambda a: boxloss.diou_loss(a, td, fmt="cxcywhr", reduction="none"))(pd[None].expand(2, -1, -1))
+    assert_close(v[1], boxloss.diou_loss(pd, td, fmt="cxcywhr", reduction="none"))
+
+
+def test_opcheck_on_a_rotated_kind(backend):
+    p, t = near_pairs(12, 44, dtype=torch.float32)
+    torch.library.opcheck(torch.ops.boxloss.aligned_loss.default,
+                          (p.requires_grad_(), t, None, None, "rotated_giou", 1e-7, False, 1.0, True, False))
+    a, b = rotated_boxes(4, 45, dtype=torch.float32), rotated_boxes(3, 46, dtype=torch.float32)
+    torch.library.opcheck(torch.ops.boxloss.pairwise_score.default, (a[None], b[None], "rotated_iou", 1e-7))
+
+
+def test_the_rotated_library_is_generated_and_built():
+    source = variants.c_source("rotated")
+    for name in CALLS:
+        assert f"void {variants.symbol(name)}_f32(" in source
+    assert "boxloss_rotated_iou_pairwise" in source and "boxloss_pw_rotated_giou_f64" in source
+    from boxloss._fast import cpu
+
+    if cpu.load() is not None:
+        assert cpu.load_variants("rotated") is not None
+        assert cpu.variants_status("rotated")["backend"] == "compiled C kernel"
+
+
+def test_features_and_canonical_angle():
+    from boxloss._fast.expr import TorchMath
+
+    m = TorchMath(1e-7)
+    r = torch.tensor([0.0, 89.999, 90.0, 179.0, 180.0, -90.0, -1e4, 1e4])
+    w, h = torch.full_like(r, 3.0), torch.full_like(r, 1.0)
+    cw, ch, cr = rotated.canonical(w, h, r, m)
+    assert ((cr >= 0) & (cr < 90)).all()
+    # same rectangle: the corners as a set
+    for i in range(len(r)):
+        a = rotated_boxes(1, 47)
+        x = torch.tensor([[0.0, 0.0, 3.0, 1.0, float(r[i])]], dtype=torch.float64)
+        y = torch.tensor([[0.0, 0.0, float(cw[i]), float(ch[i]), float(cr[i])]], dtype=torch.float64)
+        assert_close(boxloss.box_iou(x, y, aligned=True, fmt="cxcywhr"), torch.ones(1, dtype=torch.float64),
+                     atol=1e-6)
+        del a
