@@ -251,7 +251,7 @@ class TestGIoUAndDIoU:
         for phi in (17.0, 90.0, 133.0):
             c, s = math.cos(math.radians(phi)), math.sin(math.radians(phi))
 
-            def turn(x):
+            def turn(x, c=c, s=s, phi=phi):
                 # the image turned by phi counter-clockwise (y points down): centres by (c, s; −s, c), angles + phi
                 cx, cy = x[:, 0] * c + x[:, 1] * s + 5, -x[:, 0] * s + x[:, 1] * c - 3
                 return torch.stack([cx, cy, x[:, 2], x[:, 3], x[:, 4] + phi], 1)
