@@ -696,3 +696,10 @@ def test_features_and_canonical_angle():
         assert_close(boxloss.box_iou(x, y, aligned=True, fmt="cxcywhr"), torch.ones(1, dtype=torch.float64),
                      atol=1e-6)
         del a
+
+
+def test_the_triton_module_is_the_generators_output():
+    # Triton compiles from source files, so the rotated scores' kernels are generated into the package; this keeps
+    # the file equal to what boxloss/rotated.py generates (regenerate with python -m boxloss._fast.generate)
+    with open(variants.TRITON_MODULE) as f:
+        assert f.read() == variants.triton_source()

@@ -17,7 +17,8 @@ ARCHS = "80,90"
 
 def test_every_launchable_specialisation_compiles_for_sm80_and_sm90():
     specs = triton_kernels.launch_specialisations()
-    assert len(specs) == 3 * (7 * 2 * 2 + 4)  # dtypes × (kinds × grad × reduce + pairwise kinds)
+    # dtypes × (kinds × grad × reduce + pairwise kinds) + the rotated pairwise scores (float32 features)
+    assert len(specs) == 3 * (7 * 2 * 2 + 4) + 3
     script = os.path.join(os.path.dirname(__file__), "triton_aot_compile.py")
     workers = 2
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}

@@ -2,6 +2,7 @@
 on a machine without a GPU. Arguments: WORKER_INDEX WORKER_COUNT ARCH[,ARCH...]. Prints one line per kernel and
 exits non-zero if any fails to compile."""
 
+import importlib
 import sys
 import time
 
@@ -17,7 +18,8 @@ def main() -> int:
     jobs = [(arch, spec) for arch in archs for spec in triton_kernels.launch_specialisations()]
     failures = 0
     for arch, (name, signature, constexprs) in jobs[index::count]:
-        fn = getattr(triton_kernels, name)
+        module, _, attr = name.rpartition(".")
+        fn = getattr(importlib.import_module(f"boxloss._fast.{module}") if module else triton_kernels, attr)
         start = time.perf_counter()
         try:
             kernel = triton.compile(ASTSource(fn, signature, constexprs), target=GPUTarget("cuda", arch, 32))

@@ -77,6 +77,17 @@ def main() -> int:
         expected = ops.reference_pairwise(kind, boxes1, boxes2, 1e-7)
         ok = torch.allclose(got, expected, rtol=2e-6, atol=2e-6, equal_nan=True) and bool(got[0, 2].isnan().all())
         failures += check(f"pairwise {kind}", ok, f"max abs err {(got - expected).abs().nan_to_num().max():.2e}")
+    # the rotated scores: the kernels generated from boxloss/rotated.py (rotated_triton.py)
+    from test_rotated import mixed_pairs  # noqa: E402
+
+    rp, rt = mixed_pairs(torch.float32)
+    rp, rt = rp[::7].reshape(1, -1, 5).clone(), rt[::5].reshape(1, -1, 5)
+    rp[0, 3, 4] = NAN
+    for kind in ("rotated_iou", "rotated_giou", "rotated_diou"):
+        got = triton_kernels.launch_pairwise(kind, rp, rt, 1e-7)
+        expected = ops.reference_pairwise(kind, rp, rt, 1e-7)
+        ok = torch.allclose(got, expected, rtol=1e-5, atol=2e-6, equal_nan=True) and bool(got[0, 3].isnan().all())
+        failures += check(f"pairwise {kind}", ok, f"max abs err {(got - expected).abs().nan_to_num().max():.2e}")
     # the registered operators: autograd (closed form and create_graph), vmap
     p, t = overlapping_pairs(16, seed=5, dtype=torch.float32)
     p.requires_grad_()

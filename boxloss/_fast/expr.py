@@ -604,3 +604,73 @@ def generate_library(kernels: Sequence[Tuple[str, Callable, int]], columns: int 
         parts.append(extra)
         parts.append("#undef R\n#undef SFX\n" + "".join(f"#undef BL_{k}\n" for k in names if k != "R"))
     return "\n".join(parts)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Triton generation (forward only): the pairwise scores on CUDA
+# ----------------------------------------------------------------------------------------------------------
+_T_BIN = {"add": "({a} + {b})", "sub": "({a} - {b})", "mul": "({a} * {b})", "div": "({a} / {b})",
+          "gt": "({a} > {b})", "ge": "({a} >= {b})", "lt": "({a} < {b})", "le": "({a} <= {b})",
+          "eq": "({a} == {b})", "ne": "({a} != {b})", "and": "({a} & {b})", "or": "({a} | {b})",
+          "max": "tl.maximum({a}, {b})", "min": "tl.minimum({a}, {b})", "clamp_min": "tl.maximum({a}, {b})",
+          "clamp_max": "tl.minimum({a}, {b})"}
+_T_UN = {"neg": "(-{a})", "not": "(~{a})", "detach": "{a}", "exp": "tl.exp({a})", "log": "tl.log({a})",
+         "log1p": "tl.log(1.0 + {a})", "expm1": "(tl.exp({a}) - 1.0)", "sqrt": "tl.sqrt({a})", "sin": "tl.sin({a})",
+         "cos": "tl.cos({a})", "abs": "tl.abs({a})", "floor": "tl.floor({a})"}
+
+
+def generate_triton_pairwise(name: str, fn: Callable, columns: int) -> str:
+    """Source of a ``@triton.jit`` kernel ``name(A, B, OUT, n, m, eps, ulp, BLOCK_N, BLOCK_M)``: ``fn(a, b, m)``
+    for a ``BLOCK_N × BLOCK_M`` tile of pairs of rows of ``A`` ``(batch, n, columns)`` and ``B``
+    ``(batch, m, columns)`` (float32, contiguous), forward only, into ``OUT`` ``(batch, n, m)`` float32. The
+    formula's min/max do not propagate NaN: only for formulas that propagate it themselves."""
+    g = Graph()
+    m = SymbolicMath(g)
+    a = [g.input(f"p{k}") for k in range(columns)]
+    b = [g.input(f"t{k}") for k in range(columns)]
+    out = fn(tuple(a), tuple(b), m)
+    live = _live(out)
+    lines = [
+        "@triton.jit",
+        f"def {name}(A, B, OUT, n, m, eps, ulp, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr):",
+        "    bid = tl.program_id(2).to(tl.int64)",
+        "    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)",
+        "    cols = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)",
+        "    rm = rows < n",
+        "    cm = cols < m",
+        f"    ab = (bid * n + rows) * {columns}",
+        f"    bb = (bid * m + cols) * {columns}",
+    ]
+    names = {}
+    for e in g.nodes:
+        if not live[e.index]:
+            continue
+        v = f"v{e.index}"
+        x = [names[arg.index] for arg in e.args]
+        if e.op == "const":
+            expr = repr(float(e.value)) if math.isfinite(e.value) else ("float('inf')" if e.value > 0 else
+                                                                         "float('-inf')")
+        elif e.op == "input":
+            key = e.value
+            if key in ("eps", "ulp"):
+                expr = key
+            elif key[0] == "p":
+                expr = f"tl.load(A + ab + {key[1:]}, mask=rm, other=1.0).to(tl.float32)[:, None]"
+            else:
+                expr = f"tl.load(B + bb + {key[1:]}, mask=cm, other=1.0).to(tl.float32)[None, :]"
+        elif e.op == "where":
+            expr = f"tl.where({x[0]}, {x[1]}, {x[2]})"
+        elif e.op in _T_BIN:
+            expr = _T_BIN[e.op].format(a=x[0], b=x[1])
+        elif e.op in _T_UN:
+            expr = _T_UN[e.op].format(a=x[0])
+        else:
+            raise NotImplementedError(f"no Triton form for {e.op}")
+        lines.append(f"    {v} = {expr}")
+        names[e.index] = v
+    lines += [
+        f"    res = {names[out.index]} + tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)",
+        "    ptr = OUT + (bid * n + rows[:, None]) * m + cols[None, :]",
+        "    tl.store(ptr, res, mask=rm[:, None] & cm[None, :])",
+    ]
+    return "\n".join(lines) + "\n"

@@ -36,6 +36,8 @@ NEG_LOG_TAU = 0.35667494393873245  # −ln 0.7
 MIN_CAPABILITY = (7, 5)  # Turing: the oldest NVIDIA architecture the installed Triton generations still support
 BLOCK = 512
 PAIRWISE_BLOCKS = (32, 64)
+ROTATED_BLOCKS = (16, 32)  # the rotated scores hold ~900 values per pair: smaller tiles keep them in registers
+FLOAT32_ULP = 2.0 ** -23
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
@@ -377,10 +379,21 @@ def launch_aligned(kind: str, p: Tensor, t: Tensor, weight: Optional[Tensor], di
 
 def launch_pairwise(kind: str, a: Tensor, b: Tensor, eps: float, use_libdevice: bool = True,
                     blocks=PAIRWISE_BLOCKS, wrap=lambda kernel: kernel) -> Tensor:
-    """Scores ``(batch, n, m)`` float32 for contiguous ``a`` ``(batch, n, 4)`` and ``b`` ``(batch, m, 4)``."""
+    """Scores ``(batch, n, m)`` float32 for contiguous ``a`` ``(batch, n, 4)`` and ``b`` ``(batch, m, 4)`` (rotated
+    kinds: ``(batch, n, 5)`` and ``(batch, m, 5)`` cxcywhr)."""
     batch, n, m = a.shape[0], a.shape[1], b.shape[1]
     out = torch.empty(batch, n, m, device=a.device, dtype=torch.float32)
-    if out.numel():
+    if out.numel() and kind.startswith("rotated_"):
+        # generated from boxloss/rotated.py (rotated_triton.py), on the boxes' features
+        from ..rotated import box_features
+        from .rotated_triton import KERNELS
+
+        fa = box_features(a.to(torch.float32)).contiguous()
+        fb = box_features(b.to(torch.float32)).contiguous()
+        grid = (triton.cdiv(n, ROTATED_BLOCKS[0]), triton.cdiv(m, ROTATED_BLOCKS[1]), batch)
+        wrap(KERNELS[kind])[grid](fa, fb, out, n, m, float(eps), FLOAT32_ULP, BLOCK_N=ROTATED_BLOCKS[0],
+                                  BLOCK_M=ROTATED_BLOCKS[1])
+    elif out.numel():
         grid = (triton.cdiv(n, blocks[0]), triton.cdiv(m, blocks[1]), batch)
         wrap(_pairwise_kernel)[grid](a, b, out, n, m, float(eps), KIND=PAIRWISE_CODES[kind],
                                      USE_LIBDEVICE=use_libdevice, BLOCK_N=blocks[0], BLOCK_M=blocks[1])
@@ -436,4 +449,12 @@ def launch_specialisations():
             specs.append(("_pairwise_kernel", pairwise_sig,
                           {"KIND": code, "USE_LIBDEVICE": True, "BLOCK_N": PAIRWISE_BLOCKS[0],
                            "BLOCK_M": PAIRWISE_BLOCKS[1]}))
+    # the rotated scores read float32 features whatever the boxes' dtype
+    from .rotated_triton import KERNELS
+
+    rotated_sig = {"A": "*fp32", "B": "*fp32", "OUT": "*fp32", "n": "i32", "m": "i32", "eps": "fp32", "ulp": "fp32",
+                   "BLOCK_N": "constexpr", "BLOCK_M": "constexpr"}
+    for kernel in KERNELS.values():
+        specs.append((f"rotated_triton.{kernel.__name__}", rotated_sig,
+                      {"BLOCK_N": ROTATED_BLOCKS[0], "BLOCK_M": ROTATED_BLOCKS[1]}))
     return specs
