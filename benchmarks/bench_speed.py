@@ -10,6 +10,8 @@ peak). Only the public API is used.
     python benchmarks/bench_speed.py --device cuda         # adds torch.compile and the GPU sizes
     python benchmarks/bench_speed.py --mode speed --sizes 10000,1000000 --repeats 20
     python benchmarks/bench_speed.py --mode variants       # each variant against torchvision's GIoU loss, N = 1e6
+    python benchmarks/bench_speed.py --mode rotated        # rotated boxes: pairwise IoU against torchvision's,
+                                                           # aligned losses against the plain-PyTorch reference
 
 Writes bench_<device>.json and scaling_<device>.png to --out.
 """
@@ -182,24 +184,90 @@ def bench_pairwise(n: int, m: int, device, repeats, memory: bool) -> list:
     return rows
 
 
+ROTATED_LOSSES = {
+    "iou_loss": (boxloss.iou_loss, {"fmt": "cxcywhr"}), "giou_loss": (boxloss.giou_loss, {"fmt": "cxcywhr"}),
+    "diou_loss": (boxloss.diou_loss, {"fmt": "cxcywhr"}), "probiou_loss": (boxloss.probiou_loss, {}),
+    "gwd_loss": (boxloss.gwd_loss, {}), "kld_loss": (boxloss.kld_loss, {}), "kfiou_loss": (boxloss.kfiou_loss, {}),
+}
+
+
+def random_rotated(n: int, device, spread: float, size=(10.0, 100.0), seed=0):
+    """cxcywhr boxes: centres uniform in a ``spread``-sized square, sides in ``size``, any angle."""
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(n, 2, generator=g) * spread
+    wh = torch.rand(n, 2, generator=g) * (size[1] - size[0]) + size[0]
+    r = torch.rand(n, 1, generator=g) * 360 - 180
+    return torch.cat([xy, wh, r], 1).to(device)
+
+
+def _threads(fn, k: int):
+    def run():
+        before = torch.get_num_threads()
+        torch.set_num_threads(k)
+        try:
+            fn()
+        finally:
+            torch.set_num_threads(before)
+    return run
+
+
+def bench_rotated(n_pair: int, n_aligned: int, device, repeats, memory: bool) -> list:
+    """Pairwise rotated IoU without gradient against torchvision's (no gradient, one CPU thread), on boxes that
+    mostly overlap and on detection-like boxes spread over a 1000-px image; the aligned rotated losses with
+    their gradient against boxloss' plain-PyTorch reference (the same formula, differentiated by autograd)."""
+    rows = []
+    for label, spread in (("dense, centres within 60 px", 60.0), ("spread over 1000 px", 1000.0)):
+        a = random_rotated(n_pair, device, spread, seed=5)
+        b = random_rotated(n_pair, device, spread, seed=6)
+        ours = lambda: boxloss.box_iou(a, b, fmt="cxcywhr")  # noqa: E731
+        impls = {"boxloss": ours, "torchvision": lambda: tvops.box_iou(a, b, fmt="cxcywhr")}
+        if device.type == "cpu":
+            impls["boxloss, 1 thread"] = _threads(ours, 1)
+        frac = (tvops.box_iou(a[:500], b[:500], fmt="cxcywhr") > 0).float().mean().item()
+        row = {"op": f"rotated box_iou pairwise, {label} ({frac:.0%} of pairs overlap)", "n": f"{n_pair}x{n_pair}",
+               "times": time_interleaved(impls, device, max(3, repeats // 2)), "output_bytes": n_pair * n_pair * 4}
+        if memory:
+            row["peak_extra_bytes"] = {k: peak_extra_memory(impls[k], device) for k in ("boxloss", "torchvision")}
+        rows.append(row)
+        print(_row_text(row), file=sys.stderr)
+    p = random_rotated(n_aligned, device, 1000.0, seed=7).requires_grad_()
+    t = (p.detach() + random_rotated(n_aligned, device, 20.0, size=(-5.0, 5.0), seed=8) - 10).contiguous()
+    for name, (fn, options) in ROTATED_LOSSES.items():
+        ours = loss_step(lambda x, y, reduction, fn=fn, o=options: fn(x, y, reduction=reduction, **o), p, t)
+
+        def reference(ours=ours):
+            with boxloss._fast.reference_path():
+                ours()
+
+        impls = {"boxloss": ours, "reference": reference}
+        row = {"op": f"rotated {name} fwd+bwd (peer: the plain-PyTorch reference)", "n": n_aligned,
+               "times": time_interleaved(impls, device, repeats), "peer": "reference"}
+        if memory:
+            row["peak_extra_bytes"] = {k: peak_extra_memory(f, device) for k, f in impls.items()}
+        rows.append(row)
+        print(_row_text(row), file=sys.stderr)
+    return rows
+
+
 def _row_text(row) -> str:
     t = row["times"]
     return f"{row['op']} n={row['n']}: " + ", ".join(f"{k} {v[0] * 1e3:.3f} ms" for k, v in t.items())
 
 
 def table(rows) -> str:
-    lines = ["| op | n | boxloss ms | torchvision ms | speed-up | other | peak extra MB boxloss / torchvision | "
-             "memory ratio |", "|---|---|---:|---:|---:|---|---:|---:|"]
+    lines = ["| op | n | boxloss ms | peer ms (torchvision, or as named) | speed-up | other | peak extra MB boxloss / "
+             "peer | memory ratio |", "|---|---|---:|---:|---:|---|---:|---:|"]
     for r in rows:
         t = r["times"]
-        b, tv = t["boxloss"][0], t["torchvision"][0]
+        peer = r.get("peer", "torchvision")  # the column "torchvision" holds the row's peer
+        b, tv = t["boxloss"][0], t[peer][0]
         other = ", ".join(f"{k} {v[0] * 1e3:.3f} ms ({v[0] / b:.2f}× boxloss)" for k, v in t.items()
-                          if k not in ("boxloss", "torchvision"))
+                          if k not in ("boxloss", peer))
         mem = r.get("peak_extra_bytes")
-        mem_txt = f"{mem['boxloss'] / 2**20:.1f} / {mem['torchvision'] / 2**20:.1f}" if mem else "–"
-        ratio = f"{mem['boxloss'] / max(mem['torchvision'], 1):.2f}" if mem else "–"
+        mem_txt = f"{mem['boxloss'] / 2**20:.1f} / {mem[peer] / 2**20:.1f}" if mem else "–"
+        ratio = f"{mem['boxloss'] / max(mem[peer], 1):.2f}" if mem else "–"
         lines.append(f"| {r['op']} | {r['n']} | {b * 1e3:.3f} (±{t['boxloss'][1] * 1e3:.3f}) | "
-                     f"{tv * 1e3:.3f} (±{t['torchvision'][1] * 1e3:.3f}) | {tv / b:.2f}× | {other or '–'} | "
+                     f"{tv * 1e3:.3f} (±{t[peer][1] * 1e3:.3f}) | {tv / b:.2f}× | {other or '–'} | "
                      f"{mem_txt} | {ratio} |")
     return "\n".join(lines)
 
@@ -242,7 +310,8 @@ def _reexec_with_fixed_mmap_threshold() -> None:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--mode", choices=["all", "speed", "pairwise", "scaling", "variants"], default="all")
+    parser.add_argument("--mode", choices=["all", "speed", "pairwise", "scaling", "variants", "rotated"],
+                        default="all")
     parser.add_argument("--sizes", help="comma-separated N for the aligned losses (default: the issue's)")
     parser.add_argument("--repeats", type=int, default=None, help="default 7 on CPU, 50 on CUDA")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
@@ -268,6 +337,9 @@ def main(argv=None) -> dict:
     if args.mode in ("all", "pairwise"):
         n, m = (200_000, 1_000) if cuda else (20_000, 1_000)
         rows["pairwise"] = bench_pairwise(n, m, device, repeats, memory)
+    if args.mode in ("all", "rotated"):
+        n_pair, n_aligned = (20_000, 1_000_000) if cuda else (2_000, 100_000)
+        rows["rotated"] = bench_rotated(n_pair, n_aligned, device, repeats, memory)
     if args.mode in ("all", "scaling"):
         sizes = [1_000, 10_000, 100_000, 1_000_000, 10_000_000]
         rows["scaling"] = bench_aligned(["giou"], sizes, device, max(3, repeats // 2), with_compile, False)
