@@ -219,8 +219,8 @@ def bench_rotated(n_pair: int, n_aligned: int, device, repeats, memory: bool) ->
     for label, spread in (("dense, centres within 60 px", 60.0), ("spread over 1000 px", 1000.0)):
         a = random_rotated(n_pair, device, spread, seed=5)
         b = random_rotated(n_pair, device, spread, seed=6)
-        ours = lambda: boxloss.box_iou(a, b, fmt="cxcywhr")  # noqa: E731
-        impls = {"boxloss": ours, "torchvision": lambda: tvops.box_iou(a, b, fmt="cxcywhr")}
+        ours = lambda a=a, b=b: boxloss.box_iou(a, b, fmt="cxcywhr")  # noqa: E731
+        impls = {"boxloss": ours, "torchvision": lambda a=a, b=b: tvops.box_iou(a, b, fmt="cxcywhr")}
         if device.type == "cpu":
             impls["boxloss, 1 thread"] = _threads(ours, 1)
         frac = (tvops.box_iou(a[:500], b[:500], fmt="cxcywhr") > 0).float().mean().item()
