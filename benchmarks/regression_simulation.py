@@ -9,8 +9,20 @@ step is the sum over all cases of the ℓ1 distance between the regressed box an
     python benchmarks/regression_simulation.py                # 5,000 points: 1,715,000 cases per loss
     python benchmarks/regression_simulation.py --quick        # 300 points, 200 iterations, a minute on 2 cores
     python benchmarks/regression_simulation.py --device cuda --dtype float64 --out runs/sim
+    python benchmarks/regression_simulation.py --rotated      # rotated boxes (below)
 
 Writes results.json, error_curves.png and final_error_map.png to --out and prints the error table.
+
+``--rotated``: the same design with angles. Every case gets a target angle uniform in [0°, 180°) and an anchor
+angle uniform within ±90° of it; gradient descent moves (cx, cy, w, h, θ) with θ in radians (the losses read
+degrees); both angles are stored in [−90°, 90°). Compared: smooth-L1 on (cx, cy, w, h, θ) (β = 1/9, the
+angle difference not wrapped, as a plain five-parameter regression has it), the rotated IoU, −ln IoU, GIoU and
+DIoU losses, the four Gaussian losses, and, for the choice of GIoU's and DIoU's enclosing region, three
+alternatives: the rectangle aligned with the target only, the axis-aligned box of the eight corners (used by
+several code bases; not rotation invariant) and the convex hull (its area for GIoU, its diameter for DIoU). The
+error is geometric — Σ (1 − IoU) over the cases, and the mean distance between matched corners (the smallest over
+the four ways a rectangle can be labelled) — because (w, h, θ) and (h, w, θ + 90°) are the same box. Default
+1,000 points (343,000 cases).
 """
 
 from __future__ import annotations
@@ -136,7 +148,8 @@ def error_table(results: dict, iterations: int) -> str:
     return "\n".join(lines)
 
 
-def plot(results: dict, maps: dict, centres, out_dir: str) -> None:
+def plot(results: dict, maps: dict, centres, out_dir: str, ylabel: str = "total ℓ1 error over all cases",
+         title: str = "DIoU-paper regression simulation (boxloss losses)") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -147,8 +160,8 @@ def plot(results: dict, maps: dict, centres, out_dir: str) -> None:
         ax.plot(range(1, len(r["error"]) + 1), r["error"], label=name)
     ax.set_yscale("log")
     ax.set_xlabel("iteration")
-    ax.set_ylabel("total ℓ1 error over all cases")
-    ax.set_title("DIoU-paper regression simulation (boxloss losses)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -180,11 +193,196 @@ def plot(results: dict, maps: dict, centres, out_dir: str) -> None:
     plt.close(fig)
 
 
+# ----------------------------------------------------------------------------------------------------------
+# rotated mode
+# ----------------------------------------------------------------------------------------------------------
+def _smooth_l1_5(p, t):
+    d = (p - t).abs()
+    d = torch.cat([d[:, :4], d[:, 4:] * (math.pi / 180)], 1)  # the angle in radians
+    beta = 1 / 9
+    return torch.where(d < beta, 0.5 * d * d / beta, d - 0.5 * beta).sum()
+
+
+def _corners(b):
+    """(n, 4, 2) corners of cxcywhr boxes, counter-clockwise from (−w/2, −h/2)."""
+    cx, cy, w, h, r = b.unbind(-1)
+    rad = r * (math.pi / 180)
+    c, s = torch.cos(rad), torch.sin(rad)
+    out = []
+    for su, sv in ((-1, -1), (1, -1), (1, 1), (-1, 1)):
+        out.append(torch.stack([cx + su * w / 2 * c + sv * h / 2 * s, cy - su * w / 2 * s + sv * h / 2 * c], -1))
+    return torch.stack(out, -2)
+
+
+def _hull(p, t):
+    """Area and squared diameter of the convex hull of both boxes' eight corners: a directed pair of corners is a
+    hull edge when every corner lies on or left of it (generic cases: no repeated corners)."""
+    pts = torch.cat([_corners(p), _corners(t)], -2)
+    pts = pts - pts.mean(-2, keepdim=True).detach()
+    d = pts[:, None, :, :] - pts[:, :, None, :]  # d[n, i, j] = P_j − P_i
+    cross = d[:, :, :, None, 0] * d[:, :, None, :, 1] - d[:, :, :, None, 1] * d[:, :, None, :, 0]
+    scale = d.detach().abs().amax((1, 2, 3)).clamp_min(1e-12)
+    edge = (cross >= -1e-6 * scale[:, None, None, None] ** 2).all(-1)
+    edge = edge & ~torch.eye(8, dtype=torch.bool, device=p.device)
+    wedge = pts[:, :, None, 0] * pts[:, None, :, 1] - pts[:, :, None, 1] * pts[:, None, :, 0]
+    area = 0.5 * torch.where(edge, wedge, torch.zeros_like(wedge)).sum((1, 2))
+    diameter2 = (d * d).sum(-1).amax((1, 2))
+    return area, diameter2
+
+
+def _enclosing_alternative(p, t, frame: str):
+    """(width, height) of the enclosing rectangle aligned with the target only, or with the image axes."""
+    pts = torch.cat([_corners(p), _corners(t)], -2)
+    if frame == "target":
+        rad = t[:, 4] * (math.pi / 180)
+        u = torch.stack([torch.cos(rad), -torch.sin(rad)], -1)
+        v = torch.stack([torch.sin(rad), torch.cos(rad)], -1)
+    else:
+        u = torch.tensor([1.0, 0.0], dtype=p.dtype).expand(len(p), 2)
+        v = torch.tensor([0.0, 1.0], dtype=p.dtype).expand(len(p), 2)
+    pu = (pts * u[:, None]).sum(-1)
+    pv = (pts * v[:, None]).sum(-1)
+    return pu.amax(-1) - pu.amin(-1), pv.amax(-1) - pv.amin(-1)
+
+
+def _giou_alt(frame):
+    def loss(p, t):
+        iou = boxloss.box_iou(p, t, aligned=True, fmt="cxcywhr")
+        if frame == "hull":
+            area_c = _hull(p, t)[0].clamp_min(1e-7)
+        else:
+            cw, ch = _enclosing_alternative(p, t, frame)
+            area_c = (cw * ch).clamp_min(1e-7)
+        union = p[:, 2].clamp_min(0) * p[:, 3].clamp_min(0) + t[:, 2] * t[:, 3]
+        union = union - iou * union / (1 + iou)  # |A ∪ B| from IoU: I = IoU·(A + B)/(1 + IoU)
+        return (1 - iou + (area_c - union) / area_c).sum()
+    return loss
+
+
+def _diou_alt(frame):
+    def loss(p, t):
+        iou = boxloss.box_iou(p, t, aligned=True, fmt="cxcywhr")
+        if frame == "hull":
+            c2 = _hull(p, t)[1]
+        else:
+            cw, ch = _enclosing_alternative(p, t, frame)
+            c2 = cw * cw + ch * ch
+        rho2 = ((p[:, :2] - t[:, :2]) ** 2).sum(-1)
+        return (1 - iou + rho2 / c2.clamp_min(1e-7)).sum()
+    return loss
+
+
+ROTATED_LOSSES = {
+    "smooth_l1": _smooth_l1_5,
+    "iou": lambda p, t: boxloss.iou_loss(p, t, reduction="sum", fmt="cxcywhr"),
+    "log_iou": lambda p, t: boxloss.log_iou_loss(p, t, reduction="sum", fmt="cxcywhr"),
+    "giou": lambda p, t: boxloss.giou_loss(p, t, reduction="sum", fmt="cxcywhr"),
+    "diou": lambda p, t: boxloss.diou_loss(p, t, reduction="sum", fmt="cxcywhr"),
+    "giou_target_frame": _giou_alt("target"),
+    "giou_image_axes": _giou_alt("image"),
+    "giou_convex_hull": _giou_alt("hull"),
+    "diou_target_frame": _diou_alt("target"),
+    "diou_image_axes": _diou_alt("image"),
+    "diou_hull_diameter": _diou_alt("hull"),
+    "probiou": lambda p, t: boxloss.probiou_loss(p, t, reduction="sum"),
+    "gwd": lambda p, t: boxloss.gwd_loss(p, t, reduction="sum"),
+    "kld": lambda p, t: boxloss.kld_loss(p, t, reduction="sum"),
+    "kfiou": lambda p, t: boxloss.kfiou_loss(p, t, reduction="sum"),
+}
+
+
+def make_rotated_cases(points: int, seed: int, dtype=torch.float64, device="cpu"):
+    """The axis-aligned cases of :func:`make_cases` with angles: target angles uniform in [0°, 180°), anchor
+    angles within ±90° of their target's; both stored in [−90°, 90°) as a detector's box coder stores them (so
+    a small turn across ±90° is a jump of nearly 180° in the parameter)."""
+    anchors, targets, centres = make_cases(points, seed, torch.float64)
+    g = torch.Generator().manual_seed(seed + 1)
+    n = len(anchors)
+    theta_t = torch.rand(n, 1, generator=g, dtype=torch.float64) * 180
+    theta_a = theta_t + (torch.rand(n, 1, generator=g, dtype=torch.float64) - 0.5) * 180
+    theta_t, theta_a = (torch.remainder(x + 90, 180) - 90 for x in (theta_t, theta_a))
+    return (torch.cat([anchors, theta_a], 1).to(dtype=dtype, device=device),
+            torch.cat([targets, theta_t], 1).to(dtype=dtype, device=device), centres)
+
+
+def corner_error(p, t):
+    """Mean distance between matched corners, the smallest over the four labellings of the rectangle."""
+    cp, ct = _corners(p), _corners(t)
+    best = None
+    for k in range(4):
+        d = (torch.roll(cp, k, dims=-2) - ct).norm(dim=-1).mean(-1)
+        best = d if best is None else torch.minimum(best, d)
+    return best
+
+
+def regress_rotated(loss_fn, anchors, targets, iterations: int, progress=None):
+    """Gradient descent on (cx, cy, w, h, θ in radians); returns Σ (1 − IoU) after each iteration, the final mean
+    corner error, the final mean IoU and the per-case final 1 − IoU."""
+    deg = 180 / math.pi
+    params = torch.cat([anchors[:, :4], anchors[:, 4:] / deg], 1)
+    errors = []
+    for it in range(1, iterations + 1):
+        params.requires_grad_(True)
+        boxes = torch.cat([params[:, :4], params[:, 4:] * deg], 1)
+        (grad,) = torch.autograd.grad(loss_fn(boxes, targets), params)
+        with torch.no_grad():
+            iou = boxloss.box_iou(boxes, targets, aligned=True, fmt="cxcywhr")
+            params = params - learning_rate(it) * (2 - iou).unsqueeze(-1).to(params.dtype) * grad
+            final = torch.cat([params[:, :4], params[:, 4:] * deg], 1)
+            iou = boxloss.box_iou(final, targets, aligned=True, fmt="cxcywhr")
+            errors.append((1 - iou).sum().item())
+        if progress is not None:
+            progress.update(1)
+    return errors, corner_error(final, targets).mean().item(), iou.mean().item(), 1 - iou
+
+
+def rotated_table(results: dict, iterations: int) -> str:
+    cols = [i for i in TABLE_ITERATIONS if i <= iterations] or [iterations]
+    lines = ["| loss | " + " | ".join(f"Σ(1−IoU) it {i}" for i in cols) + " | final mean IoU | final corner error "
+             "| seconds |", "|---|" + "---:|" * (len(cols) + 3)]
+    for name, r in results.items():
+        lines.append(f"| {name} | " + " | ".join(f"{r['error'][i - 1]:.4g}" for i in cols)
+                     + f" | {r['mean_iou']:.4f} | {r['corner_error']:.4g} | {r['seconds']:.1f} |")
+    return "\n".join(lines)
+
+
+def main_rotated(args) -> dict:
+    from tqdm import tqdm
+
+    dtype = getattr(torch, args.dtype)
+    anchors, targets, centres = make_rotated_cases(args.points, args.seed, dtype, args.device)
+    per_point = anchors.shape[0] // args.points
+    print(f"{anchors.shape[0]:,} rotated regression cases ({args.points} points × {per_point}), "
+          f"{args.iterations} iterations on (cx, cy, w, h, θ), {args.device}, {args.dtype}", file=sys.stderr)
+    results, maps = {}, {}
+    os.makedirs(args.out, exist_ok=True)
+    path = boxloss._fast.reference_path() if args.reference else contextlib.nullcontext()
+    with path:
+        for name in args.losses:
+            start = time.perf_counter()
+            with tqdm(total=args.iterations, desc=name, file=sys.stderr) as bar:
+                errors, corner, mean_iou, final = regress_rotated(ROTATED_LOSSES[name], anchors, targets,
+                                                                  args.iterations, bar)
+            results[name] = {"error": errors, "final_error": errors[-1], "corner_error": corner,
+                             "mean_iou": mean_iou, "seconds": time.perf_counter() - start}
+            maps[name] = final.reshape(args.points, per_point).sum(-1).cpu().double()
+            payload = _payload(args, anchors, results)  # partial results survive a failure in a later loss
+            with open(os.path.join(args.out, "results.json"), "w") as f:
+                json.dump(payload, f, indent=1)
+    plot(results, maps, centres, args.out, ylabel="Σ (1 − IoU) over all cases",
+         title="rotated regression simulation (boxloss losses)")
+    print(rotated_table(results, args.iterations))
+    print(f"wrote {args.out}/results.json, error_curves.png, final_error_map.png", file=sys.stderr)
+    return payload
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--points", type=int, default=5000, help="anchor centres (default 5000)")
+    parser.add_argument("--points", type=int, default=None, help="anchor centres (default 5000; --rotated: 1000)")
     parser.add_argument("--iterations", type=int, default=200)
-    parser.add_argument("--losses", default=",".join(LOSSES), help=f"comma-separated, from {', '.join(LOSSES)}")
+    parser.add_argument("--losses", default=None, help=f"comma-separated, from {', '.join(LOSSES)}; with --rotated "
+                                                       f"from {', '.join(ROTATED_LOSSES)} (default: all)")
+    parser.add_argument("--rotated", action="store_true", help="rotated boxes (see the module docstring)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
@@ -194,14 +392,20 @@ def parse_args(argv=None):
     parser.add_argument("--reference", action="store_true",
                         help="run boxloss' plain-PyTorch reference path instead of its fast path")
     parser.add_argument("--out", default="runs/regression_simulation")
-    parser.add_argument("--quick", action="store_true", help="300 points (103,000 cases per loss)")
+    parser.add_argument("--quick", action="store_true", help="300 points (103,000 cases per loss; --rotated: 50 "
+                                                             "points, 17,150 cases)")
     args = parser.parse_args(argv)
+    table = ROTATED_LOSSES if args.rotated else LOSSES
+    if args.points is None:
+        args.points = 1000 if args.rotated else 5000
     if args.quick:
-        args.points = 300
-    losses = [s.strip() for s in args.losses.split(",") if s.strip()]
-    unknown = [s for s in losses if s not in LOSSES]
+        args.points = 50 if args.rotated else 300
+    losses = [s.strip() for s in (args.losses or ",".join(table)).split(",") if s.strip()]
+    unknown = [s for s in losses if s not in table]
     if unknown or not losses:
-        parser.error(f"--losses: unknown {unknown}; choose from {', '.join(LOSSES)}")
+        parser.error(f"--losses: unknown {unknown}; choose from {', '.join(table)}")
+    if args.rotated and args.param != "xywh":
+        parser.error("--param applies to the axis-aligned simulation only")
     if args.points < 1 or args.iterations < 1:
         parser.error("--points and --iterations must be positive")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -212,6 +416,8 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.rotated:
+        return main_rotated(args)
     from tqdm import tqdm
 
     dtype = getattr(torch, args.dtype)

@@ -26,11 +26,14 @@ How the intersection is computed (exactly, with no polygon clipping loop and no 
   boxes turned by 90° all have, would be counted twice or not at all.
 
 GIoU's enclosing region and DIoU's enclosing diagonal use the smallest rectangle enclosing both boxes that is
-aligned with one of them (of the two candidates, the one of smaller area for GIoU and of shorter diagonal for
-DIoU): it is rotation invariant, continuous, a closed form, and for two boxes at the same angle (θ = 0 in
-particular) it is exactly the enclosing box of the axis-aligned GIoU and DIoU. The rotated simulation in
-``benchmarks/RESULTS.md`` compares it with the axis-aligned box of the eight corners, the choice of several code
-bases (not rotation invariant).
+aligned with the second box (the target, in the losses). It is rotation invariant, continuous, a closed form,
+and for two boxes at the same angle (θ = 0 in particular) it is exactly the enclosing box of the axis-aligned GIoU
+and DIoU. It makes rotated GIoU and DIoU asymmetric in their two arguments (symmetric at equal angles). The
+rotated regression simulation chose it (``benchmarks/RESULTS.md``, "Rotated boxes"): against the convex hull of
+the eight corners (hull area for GIoU, hull diameter for DIoU), the smaller of the two boxes' aligned rectangles,
+and the axis-aligned box of the corners (used by several code bases, not rotation invariant), the target-aligned
+rectangle ended with the smallest error for both GIoU and DIoU; a frame that follows the prediction pays the
+prediction for turning to shrink its own enclosure.
 """
 
 from __future__ import annotations
@@ -226,22 +229,19 @@ class RotatedPair:
         return 2 * a + far[0] + far[1], 2 * b + far[2] + far[3]
 
     @cached_property
-    def enclosing_b(self):
+    def enclosing(self):
+        """Width and height of the smallest rectangle aligned with the second box (the target) enclosing both."""
         return self._enclosing(self._table_ab[0], self.b)
 
     @cached_property
-    def enclosing_a(self):
-        return self._enclosing(self._table_ba[0], self.a)
-
-    @cached_property
     def enclosing_area(self):
-        (wa, ha), (wb, hb) = self.enclosing_a, self.enclosing_b
-        return self.m.minimum(wa * ha, wb * hb)
+        w, h = self.enclosing
+        return w * h
 
     @cached_property
     def enclosing_diagonal2(self):
-        (wa, ha), (wb, hb) = self.enclosing_a, self.enclosing_b
-        return self.m.minimum(wa * wa + ha * ha, wb * wb + hb * hb)
+        w, h = self.enclosing
+        return w * w + h * h
 
     @cached_property
     def rho2(self):

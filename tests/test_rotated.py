@@ -271,20 +271,24 @@ class TestGIoUAndDIoU:
         assert (boxloss.distance_box_iou(a2, b, aligned=True, fmt="cxcywhr") < diou).all()
 
     def test_enclosing_rectangle_hand_worked(self):
-        # a 2×2 square at the origin and the same square at 45° centred at (3, 0): in the square's frame the
-        # enclosing rectangle spans x in [−1, 3 + √2], y in [−√2, √2]; in the diamond's frame it is wider.
+        # a 2×2 square at the origin and, as the target, the same square turned 45° centred at (3, 0). In the
+        # target's frame (u, v) = ((1, −1), (1, 1))/√2 the square's corners project to u, v ∈ [−5/√2, −1/√2] and
+        # the target spans [−1, 1]: the enclosing rectangle is (1 + 5/√2)² (the square's own frame would give
+        # (4 + √2)·2√2: a different, smaller rectangle; not the one used)
         a = torch.tensor([[0.0, 0.0, 2.0, 2.0, 0.0]], dtype=torch.float64)
         b = torch.tensor([[3.0, 0.0, 2.0, 2.0, 45.0]], dtype=torch.float64)
-        r2 = math.sqrt(2)
-        area_c = (4 + r2) * (2 * r2)
-        # intersection: the diamond's left corner is at x = 3 − √2 ≈ 1.586 > 1: disjoint
-        want_giou = 0 - (area_c - 8) / area_c
+        side = 1 + 5 / math.sqrt(2)
+        # the diamond's left corner is at x = 3 − √2 ≈ 1.586 > 1: disjoint, IoU 0
+        want_giou = 0 - (side * side - 8) / (side * side)
         got = boxloss.generalized_box_iou(a, b, aligned=True, fmt="cxcywhr")
-        # the diamond's frame gives a larger rectangle: check it is not the one used
         assert_close(got, torch.tensor([want_giou], dtype=torch.float64), atol=1e-12)
-        want_diou = -9 / ((4 + r2) ** 2 + 8)
+        want_diou = -9 / (2 * side * side)
         got = boxloss.distance_box_iou(a, b, aligned=True, fmt="cxcywhr")
         assert_close(got, torch.tensor([want_diou], dtype=torch.float64), atol=1e-12)
+        # the second argument's frame: swapping the boxes changes the value (the square's frame)
+        swapped = boxloss.generalized_box_iou(b, a, aligned=True, fmt="cxcywhr")
+        area = (4 + math.sqrt(2)) * 2 * math.sqrt(2)
+        assert_close(swapped, torch.tensor([-(area - 8) / area], dtype=torch.float64), atol=1e-12)
 
 
 # ----------------------------------------------------------------------------------------------------------
