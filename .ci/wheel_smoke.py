@@ -35,6 +35,20 @@ vstatus = cpu.variants_status()
 assert vstatus["backend"] == "compiled C kernel" and vstatus["reason"] == "built now", vstatus
 assert vstatus["cache_file"].startswith(os.environ["BOXLOSS_CACHE"]), vstatus
 
+# rotated boxes: the generated library (with the hand-written pairwise IoU, from the C file inside the wheel)
+assert os.path.exists(os.path.join(here, "_fast", "rotated_iou.c")), "the wheel lacks rotated_iou.c"
+assert os.path.exists(os.path.join(here, "_fast", "rotated_triton.py")), "the wheel lacks rotated_triton.py"
+square = torch.tensor([[0.0, 0.0, 2.0, 2.0, 0.0]])
+diamond = torch.tensor([[0.0, 0.0, 2.0, 2.0, 45.0]])
+iou = boxloss.box_iou(square, diamond, fmt="cxcywhr").item()
+assert abs(iou - (8 * (math.sqrt(2) - 1)) / (8 - 8 * (math.sqrt(2) - 1))) < 1e-6, iou  # octagon over union
+rp = diamond.clone().requires_grad_()
+boxloss.giou_loss(rp, square + torch.tensor([[0.5, 0.0, 0.0, 0.0, 0.0]]), fmt="cxcywhr").backward()
+assert torch.isfinite(rp.grad).all()
+assert boxloss.kld_loss(diamond, diamond).item() == 0.0
+rstatus = cpu.variants_status("rotated")
+assert rstatus["backend"] == "compiled C kernel" and rstatus["reason"] == "built now", rstatus
+
 name, reason = backend_for(torch.device("cpu"))
 status = cpu.status()
 assert name == "compiled C kernel", (name, reason)

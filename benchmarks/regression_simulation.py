@@ -215,19 +215,29 @@ def _corners(b):
 
 
 def _hull(p, t):
-    """Area and squared diameter of the convex hull of both boxes' eight corners: a directed pair of corners is a
-    hull edge when every corner lies on or left of it (generic cases: no repeated corners)."""
+    """Area and squared diameter of the convex hull of both boxes' eight corners, differentiable: a directed pair
+    of corners (i, j) is a hull edge when every corner lies strictly left of it or on the segment between them
+    (so only maximal collinear edges count), among repeated corners only the first one counts; the area is
+    ½ Σ P_i × P_j over the hull edges."""
     pts = torch.cat([_corners(p), _corners(t)], -2)
     pts = pts - pts.mean(-2, keepdim=True).detach()
     d = pts[:, None, :, :] - pts[:, :, None, :]  # d[n, i, j] = P_j − P_i
+    scale = d.detach().abs().amax((1, 2, 3)).clamp_min(1e-12)[:, None, None]
+    tol = 64 * torch.finfo(pts.dtype).eps * scale
+    length2 = (d * d).sum(-1)  # |P_j − P_i|²
+    dup = length2 <= tol * tol
+    index = torch.arange(8, device=p.device)
+    first = ~(dup & (index[None, None, :] < index[None, :, None])).any(-1)  # no earlier repeat of P_i
+    # cross[n, i, j, k] = (P_j − P_i) × (P_k − P_i); t[n, i, j, k] = position of P_k along P_i → P_j
     cross = d[:, :, :, None, 0] * d[:, :, None, :, 1] - d[:, :, :, None, 1] * d[:, :, None, :, 0]
-    scale = d.detach().abs().amax((1, 2, 3)).clamp_min(1e-12)
-    edge = (cross >= -1e-6 * scale[:, None, None, None] ** 2).all(-1)
-    edge = edge & ~torch.eye(8, dtype=torch.bool, device=p.device)
+    dot = (d[:, :, :, None, :] * d[:, :, None, :, :]).sum(-1)
+    along = dot / length2.clamp_min(1e-30)[..., None]
+    on_segment = (cross.abs() <= (tol * scale)[..., None]) & (along >= -1e-9) & (along <= 1 + 1e-9)
+    left = cross > (tol * scale)[..., None]
+    edge = (left | on_segment).all(-1) & first[:, :, None] & first[:, None, :] & ~dup
     wedge = pts[:, :, None, 0] * pts[:, None, :, 1] - pts[:, :, None, 1] * pts[:, None, :, 0]
     area = 0.5 * torch.where(edge, wedge, torch.zeros_like(wedge)).sum((1, 2))
-    diameter2 = (d * d).sum(-1).amax((1, 2))
-    return area, diameter2
+    return area, length2.amax((1, 2))
 
 
 def _enclosing_alternative(p, t, frame: str):

@@ -32,6 +32,7 @@ def report() -> dict:
         warnings.simplefilter("ignore")  # gathered into "fallbacks" below instead
         ops.cpu_library()
         ops.variant_library()
+        ops.variant_library("rotated")
         devices = [torch.device("cpu")]
         if torch.cuda.is_available():
             devices += [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
@@ -46,11 +47,18 @@ def report() -> dict:
                 entry["loss variants"] = (f"compiled C kernel generated from their formulas ({vst.get('reason')}: "
                                           f"{vst.get('cache_file')})" if vst.get("backend") and ops.USE_COMPILED_CPU
                                           else f"PyTorch closed form ({vst.get('reason')})")
+                rst = cpu.variants_status("rotated")
+                entry["rotated boxes"] = (f"compiled C kernel generated from their formulas, hand-written pairwise "
+                                          f"IoU ({rst.get('reason')}: {rst.get('cache_file')})"
+                                          if rst.get("backend") and ops.USE_COMPILED_CPU
+                                          else f"PyTorch closed form ({rst.get('reason')})")
                 entry["threads"] = torch.get_num_threads()
             else:
                 cap = torch.cuda.get_device_capability(device)
                 entry.update(gpu=torch.cuda.get_device_name(device), capability=f"{cap[0]}.{cap[1]}")
                 entry["loss variants"] = "PyTorch closed form generated from their formulas (no Triton kernels)"
+                entry["rotated boxes"] = ("pairwise scores: Triton kernels generated from their formulas; aligned "
+                                          "losses: PyTorch closed form generated from their formulas")
             backends[str(device)] = entry
     try:
         import triton

@@ -84,3 +84,33 @@ def test_ablation_script_runs_and_ranks_the_target_normaliser_first(tmp_path, mo
     iou_terms = {k: v for k, v in sim_final.items() if k.startswith("iou+")}
     assert min(iou_terms, key=iou_terms.get) == "iou+target"
     assert (tmp_path / "ablation.json").exists()
+
+
+def test_rotated_cases_and_a_tiny_rotated_run(tmp_path):
+    anchors, targets, _ = sim.make_rotated_cases(points=2, seed=0)
+    assert anchors.shape == targets.shape == (2 * 343, 5)
+    # stored angles in [−90°, 90°); the anchor within ±90° of its target (as a turn, not as stored numbers)
+    assert ((anchors[:, 4] >= -90) & (anchors[:, 4] < 90)).all() and ((targets[:, 4] >= -90) & (targets[:, 4] < 90)).all()
+    turn = torch.remainder(anchors[:, 4] - targets[:, 4] + 90, 180) - 90
+    assert (turn.abs() <= 90).all() and (turn.abs() > 45).any()
+    out = tmp_path / "rot"
+    payload = sim.main(["--rotated", "--points", "2", "--iterations", "30", "--out", str(out),
+                        "--losses", "smooth_l1,iou,giou,giou_convex_hull,diou_target_frame,probiou,kfiou"])
+    results = json.loads((out / "results.json").read_text())
+    assert results == json.loads(json.dumps(payload))
+    for name, r in results["losses"].items():
+        assert len(r["error"]) == 30 and all(math.isfinite(e) for e in r["error"]), name
+        assert r["error"][-1] < 343 * 2, name  # Σ (1 − IoU) below its value with no overlap at all
+        assert 0 <= r["mean_iou"] <= 1
+    assert (out / "error_curves.png").stat().st_size > 10_000
+
+
+def test_hull_area_and_corner_error_hand_worked():
+    sq = torch.tensor([[0.0, 0.0, 2.0, 2.0, 0.0]], dtype=torch.float64)
+    far = torch.tensor([[4.0, 0.0, 2.0, 2.0, 0.0]], dtype=torch.float64)
+    area, diameter2 = sim._hull(sq, far)
+    torch.testing.assert_close(area, torch.tensor([12.0], dtype=torch.float64))  # the 6 × 2 hull
+    torch.testing.assert_close(diameter2, torch.tensor([40.0], dtype=torch.float64))  # 6² + 2²
+    # the same box labelled differently has no corner error
+    same = torch.tensor([[0.0, 0.0, 2.0, 2.0, 90.0]], dtype=torch.float64)
+    assert sim.corner_error(sq, same).item() < 1e-12
