@@ -17,9 +17,10 @@ Writes results.json, error_curves.png and final_error_map.png to --out and print
 angle uniform within ±90° of it; gradient descent moves (cx, cy, w, h, θ) with θ in radians (the losses read
 degrees); both angles are stored in [−90°, 90°). Compared: smooth-L1 on (cx, cy, w, h, θ) (β = 1/9, the
 angle difference not wrapped, as a plain five-parameter regression has it), the rotated IoU, −ln IoU, GIoU and
-DIoU losses, the four Gaussian losses, and, for the choice of GIoU's and DIoU's enclosing region, three
-alternatives: the rectangle aligned with the target only, the axis-aligned box of the eight corners (used by
-several code bases; not rotation invariant) and the convex hull (its area for GIoU, its diameter for DIoU). The
+DIoU losses, the four Gaussian losses, and, for the choice of GIoU's and DIoU's enclosing region (boxloss: the
+rectangle aligned with the target), three alternatives: the smaller of the rectangles aligned with either box,
+the axis-aligned box of the eight corners (used by several code bases; not rotation invariant) and the convex
+hull (its area for GIoU, its diameter for DIoU). The
 error is geometric — Σ (1 − IoU) over the cases, and the mean distance between matched corners (the smallest over
 the four ways a rectangle can be labelled) — because (w, h, θ) and (h, w, θ + 90°) are the same box. Default
 1,000 points (343,000 cases).
@@ -241,10 +242,15 @@ def _hull(p, t):
 
 
 def _enclosing_alternative(p, t, frame: str):
-    """(width, height) of the enclosing rectangle aligned with the target only, or with the image axes."""
+    """(width, height) of the enclosing rectangle aligned with the prediction ("pred"), the target ("target") or
+    the image axes ("image"); "smaller": the smaller (by area) of the prediction's and the target's."""
+    if frame == "smaller":
+        (wp, hp), (wt, ht) = _enclosing_alternative(p, t, "pred"), _enclosing_alternative(p, t, "target")
+        pick = wp * hp <= wt * ht
+        return torch.where(pick, wp, wt), torch.where(pick, hp, ht)
     pts = torch.cat([_corners(p), _corners(t)], -2)
-    if frame == "target":
-        rad = t[:, 4] * (math.pi / 180)
+    if frame in ("target", "pred"):
+        rad = (t if frame == "target" else p)[:, 4] * (math.pi / 180)
         u = torch.stack([torch.cos(rad), -torch.sin(rad)], -1)
         v = torch.stack([torch.sin(rad), torch.cos(rad)], -1)
     else:
@@ -288,10 +294,11 @@ ROTATED_LOSSES = {
     "log_iou": lambda p, t: boxloss.log_iou_loss(p, t, reduction="sum", fmt="cxcywhr"),
     "giou": lambda p, t: boxloss.giou_loss(p, t, reduction="sum", fmt="cxcywhr"),
     "diou": lambda p, t: boxloss.diou_loss(p, t, reduction="sum", fmt="cxcywhr"),
-    "giou_target_frame": _giou_alt("target"),
+    # the alternatives to boxloss' enclosing rectangle (aligned with the target) for GIoU and DIoU
+    "giou_smaller_frame": _giou_alt("smaller"),
     "giou_image_axes": _giou_alt("image"),
     "giou_convex_hull": _giou_alt("hull"),
-    "diou_target_frame": _diou_alt("target"),
+    "diou_smaller_frame": _diou_alt("smaller"),
     "diou_image_axes": _diou_alt("image"),
     "diou_hull_diameter": _diou_alt("hull"),
     "probiou": lambda p, t: boxloss.probiou_loss(p, t, reduction="sum"),

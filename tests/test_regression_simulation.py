@@ -95,7 +95,7 @@ def test_rotated_cases_and_a_tiny_rotated_run(tmp_path):
     assert (turn.abs() <= 90).all() and (turn.abs() > 45).any()
     out = tmp_path / "rot"
     payload = sim.main(["--rotated", "--points", "2", "--iterations", "30", "--out", str(out),
-                        "--losses", "smooth_l1,iou,giou,giou_convex_hull,diou_target_frame,probiou,kfiou"])
+                        "--losses", "smooth_l1,iou,giou,giou_convex_hull,diou_smaller_frame,giou_image_axes,probiou,kfiou"])
     results = json.loads((out / "results.json").read_text())
     assert results == json.loads(json.dumps(payload))
     for name, r in results["losses"].items():
@@ -111,6 +111,10 @@ def test_hull_area_and_corner_error_hand_worked():
     area, diameter2 = sim._hull(sq, far)
     torch.testing.assert_close(area, torch.tensor([12.0], dtype=torch.float64))  # the 6 × 2 hull
     torch.testing.assert_close(diameter2, torch.tensor([40.0], dtype=torch.float64))  # 6² + 2²
+    # the alternatives' enclosing rectangles at equal angles: the axis-aligned enclosing box (6 × 2)
+    for frame in ("pred", "target", "image", "smaller"):
+        w, h = sim._enclosing_alternative(sq, far, frame)
+        torch.testing.assert_close(torch.cat([w, h]), torch.tensor([6.0, 2.0], dtype=torch.float64))
     # the same box labelled differently has no corner error
     same = torch.tensor([[0.0, 0.0, 2.0, 2.0, 90.0]], dtype=torch.float64)
     assert sim.corner_error(sq, same).item() < 1e-12
