@@ -380,6 +380,16 @@ def box_features(boxes: Tensor) -> Tensor:
     return torch.stack(features(boxes.unbind(-1), m), -1)
 
 
+def score_reference(kind: str, boxes1: Tensor, boxes2: Tensor, eps: float) -> Tensor:
+    """The pairwise score ``kind`` (``"rotated_iou"``, …) of broadcastable cxcywhr tensors, from its formula on
+    tensors: the reference of the pairwise kernels, differentiable by autograd and ``torch.func``."""
+    from ._fast.expr import TorchMath
+
+    fa = box_features(boxes1).unbind(-1)
+    fb = box_features(boxes2).unbind(-1)
+    return PAIRWISE_SCORES[kind][0](fa, fb, TorchMath(eps, torch.finfo(boxes1.dtype).eps))
+
+
 def _safe_norm(x: Tensor, y: Tensor) -> Tensor:
     r2 = x * x + y * y
     ok = r2 > 0

@@ -205,12 +205,9 @@ def pairwise(kind: str, b1: Tensor, b2: Tensor, eps: float) -> Tensor:
         # (plain forward-mode AD: the reference is differentiated forward as it is)
         cd = ops.compute_dtype(b1.dtype)
         if kind.startswith("rotated_"):
-            from .. import rotated
-            from .expr import TorchMath
+            from ..rotated import score_reference
 
-            fa = rotated.box_features(_upcast(b1, cd)).unsqueeze(-2).unbind(-1)
-            fb = rotated.box_features(_upcast(b2, cd)).unsqueeze(-3).unbind(-1)
-            return rotated.PAIRWISE_SCORES[kind][0](fa, fb, TorchMath(eps, torch.finfo(cd).eps))
+            return score_reference(kind, _upcast(b1, cd).unsqueeze(-2), _upcast(b2, cd).unsqueeze(-3), eps)
         from ..boxes import _SCORE_KERNELS
 
         return _SCORE_KERNELS[kind](_upcast(b1, cd).unsqueeze(-2), _upcast(b2, cd).unsqueeze(-3), eps)[0]

@@ -100,12 +100,9 @@ def reference_aligned(kind, p, t, weight, divisor, eps, reduce, scale):
 def reference_pairwise(kind, a, b, eps):
     cd = compute_dtype(a.dtype)
     if kind.startswith("rotated_"):  # cxcywhr boxes: the score formula on their features
-        from .. import rotated
-        from .expr import TorchMath
+        from ..rotated import score_reference
 
-        fa = rotated.box_features(a.to(cd))[:, :, None, :].unbind(-1)
-        fb = rotated.box_features(b.to(cd))[:, None, :, :].unbind(-1)
-        return rotated.PAIRWISE_SCORES[kind][0](fa, fb, TorchMath(eps, torch.finfo(cd).eps))
+        return score_reference(kind, a.to(cd)[:, :, None, :], b.to(cd)[:, None, :, :], eps)
     from ..boxes import _SCORE_KERNELS
 
     return _SCORE_KERNELS[kind](a.to(cd)[:, :, None, :], b.to(cd)[:, None, :, :], eps)[0]
@@ -344,7 +341,7 @@ def pairwise_score_op(boxes1: Tensor, boxes2: Tensor, kind: str, eps: float) -> 
         if rotated:
             from ..rotated import box_features
 
-            # the second set column-major: the kernel's inner loop reads it contiguously (and vectorises)
+            # the second set column-major: the kernel's inner loop reads it contiguously
             return cpu.run_generated_pairwise(lib, variants.pairwise_symbol(kind), box_features(a).contiguous(),
                                               box_features(b).transpose(1, 2).contiguous(), eps)
         return cpu.run_pairwise(lib, kind, a, b, eps)
