@@ -138,6 +138,7 @@ def test_info_reports_backends_and_fallbacks(tmp_path):
     cpu_entry = info["backends"]["cpu"]
     assert cpu_entry["aligned losses and box functions"] in ("compiled C kernel", "PyTorch closed form")
     assert cpu_entry["reason"]
+    assert cpu_entry["rotated boxes"].startswith(("compiled C kernel", "PyTorch closed form"))
     text = subprocess.run([sys.executable, "-m", "boxloss.info"], env={**env, "CC": "false", "HOME": str(tmp_path)},
                           capture_output=True, text=True, timeout=300, check=True).stdout
     assert "[cpu]" in text and "reason:" in text
