@@ -149,6 +149,29 @@ def error_table(results: dict, iterations: int) -> str:
     return "\n".join(lines)
 
 
+def plot_curves(results: dict, out_dir: str, ylabel: str, title: str) -> None:
+    """error_curves.png: one line per loss, each with its own colour (20 colours, then dashed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    colours = plt.get_cmap("tab20").colors
+    for i, (name, r) in enumerate(results.items()):
+        ax.plot(range(1, len(r["error"]) + 1), r["error"], label=name, color=colours[(2 * i) % 20 + (i // 10) % 2],
+                linestyle="-" if i < 20 else "--")
+    ax.set_yscale("log")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "error_curves.png"), dpi=120)
+    plt.close(fig)
+
+
 def plot(results: dict, maps: dict, centres, out_dir: str, ylabel: str = "total ℓ1 error over all cases",
          title: str = "DIoU-paper regression simulation (boxloss losses)") -> None:
     import matplotlib
@@ -156,18 +179,7 @@ def plot(results: dict, maps: dict, centres, out_dir: str, ylabel: str = "total 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, r in results.items():
-        ax.plot(range(1, len(r["error"]) + 1), r["error"], label=name)
-    ax.set_yscale("log")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, "error_curves.png"), dpi=120)
-    plt.close(fig)
+    plot_curves(results, out_dir, ylabel, title)
 
     n = len(maps)
     cols = min(n, 3)
