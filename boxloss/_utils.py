@@ -223,7 +223,10 @@ LOSS_ARGS_DOC = """
             below at ``eps``.
         eps (float): lower bound of every denominator, at least the smallest normal number of the compute dtype
             (1.2e-38 for float32). Default: ``1e-7``.
-        fmt (str): box format, ``"xyxy"`` (default), ``"xywh"`` or ``"cxcywh"``."""
+        fmt (str): box format, ``"xyxy"`` (default), ``"xywh"`` or ``"cxcywh"``. ``iou_loss``, ``log_iou_loss``,
+            ``giou_loss`` and ``diou_loss`` also take rotated boxes: ``"cxcywhr"``, ``"xywhr"`` (``(..., 5)``,
+            angle in degrees as torchvision) and ``"xyxyxyxy"`` (``(..., 8)``), with the exact rotated geometry
+            of :mod:`boxloss.rotated` (GIoU/DIoU: the enclosing rectangle aligned with the target)."""
 
 LOSS_RETURNS_DOC = """
     Returns:
@@ -233,7 +236,7 @@ LOSS_RETURNS_DOC = """
 
     Raises:
         TypeError: ``pred``, ``target`` or ``weight`` not a tensor, or a non-real dtype.
-        ValueError: a last dimension other than 4, ``pred`` and ``target`` of different shapes, an unknown
+        ValueError: a last dimension other than the format's (4; rotated: 5, or 8 for ``xyxyxyxy``), ``pred`` and ``target`` of different shapes, an unknown
             ``reduction`` or ``fmt``, ``weight`` not broadcastable to ``pred.shape[:-1]``, ``avg_factor`` without
             ``reduction="mean"`` or negative, an ``eps`` that is not positive or is below the compute dtype's
             smallest normal number (refused rather than clamped: it would make 1/eps overflow).

@@ -221,7 +221,9 @@ _SHAPES_DOC = """
             (``(N, 4) × (M, 4) → (N, M)``, batched ``(B, N, 4) × (B, M, 4) → (B, N, M)``, batch dimensions
             broadcast); ``True`` compares them elementwise, ``(..., 4) × (..., 4) → (...)`` with broadcasting.
         fmt (str): box format, ``"xyxy"`` (default), ``"xywh"`` or ``"cxcywh"``, as in
-            ``torchvision.ops.box_convert``.
+            ``torchvision.ops.box_convert``; except for ``complete_box_iou``, also the rotated formats
+            ``"cxcywhr"`` and ``"xywhr"`` (``Tensor[..., 5]``, angle in degrees, counter-clockwise, the width along
+            (cos θ, −sin θ), as torchvision) and ``"xyxyxyxy"`` (``Tensor[..., 8]``, four corners).
         eps (float): lower bound of every denominator. Default: ``1e-7``.
 
     Returns:
@@ -230,12 +232,18 @@ _SHAPES_DOC = """
 
     Raises:
         TypeError: a box argument that is not a real-valued tensor, or a non-bool ``aligned``.
-        ValueError: a last dimension other than 4, shapes that do not broadcast, an unknown ``fmt``, a
+        ValueError: a last dimension other than the format's (4; rotated: 5, or 8 for ``xyxyxyxy``), shapes that do not broadcast, an unknown ``fmt``, a
             non-positive ``eps``, or inputs on different devices.
 
     Edge cases: widths and heights are clamped at 0 (an inverted box has zero area) and denominators at
     ``eps``, so every finite input gives a finite value; a zero-area box has IoU 0 with everything. Empty
-    inputs give empty outputs."""
+    inputs give empty outputs.
+
+    Rotated boxes (:mod:`boxloss.rotated`): the exact area of the intersection polygon, computed in the pair's
+    own scale (tiny boxes are as exact as large ones); a box turned by 180° or given as (h, w, θ + 90°) is the
+    same box. GIoU's enclosing region and DIoU's enclosing diagonal are those of the smallest rectangle
+    enclosing both boxes aligned with the box of ``boxes2``, so rotated GIoU and DIoU are not symmetric in their
+    arguments when the angles differ (at equal angles they equal the axis-aligned values)."""
 
 
 def box_iou(boxes1: Tensor, boxes2: Tensor, *, aligned: bool = False, fmt: str = "xyxy",
