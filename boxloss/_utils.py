@@ -236,7 +236,8 @@ LOSS_RETURNS_DOC = """
 
     Raises:
         TypeError: ``pred``, ``target`` or ``weight`` not a tensor, or a non-real dtype.
-        ValueError: a last dimension other than the format's (4; rotated: 5, or 8 for ``xyxyxyxy``), ``pred`` and ``target`` of different shapes, an unknown
+        ValueError: a last dimension other than the format's (4; rotated: 5, or 8 for ``xyxyxyxy``), ``pred``
+            and ``target`` of different shapes, an unknown
             ``reduction`` or ``fmt``, ``weight`` not broadcastable to ``pred.shape[:-1]``, ``avg_factor`` without
             ``reduction="mean"`` or negative, an ``eps`` that is not positive or is below the compute dtype's
             smallest normal number (refused rather than clamped: it would make 1/eps overflow).

@@ -232,7 +232,8 @@ _SHAPES_DOC = """
 
     Raises:
         TypeError: a box argument that is not a real-valued tensor, or a non-bool ``aligned``.
-        ValueError: a last dimension other than the format's (4; rotated: 5, or 8 for ``xyxyxyxy``), shapes that do not broadcast, an unknown ``fmt``, a
+        ValueError: a last dimension other than the format's (4; rotated: 5, or 8 for ``xyxyxyxy``), shapes
+            that do not broadcast, an unknown ``fmt``, a
             non-positive ``eps``, or inputs on different devices.
 
     Edge cases: widths and heights are clamped at 0 (an inverted box has zero area) and denominators at
