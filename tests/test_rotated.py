@@ -707,3 +707,18 @@ def test_the_triton_module_is_the_generators_output():
     # the file equal to what boxloss/rotated.py generates (regenerate with python -m boxloss._fast.generate)
     with open(variants.TRITON_MODULE) as f:
         assert f.read() == variants.triton_source()
+
+
+def test_pairwise_backward_runs_in_bounded_row_chunks(monkeypatch):
+    # the backward of the pairwise scores recomputes the reference; for rotated boxes (~400 temporaries per
+    # pair) it runs in row chunks: the gradients equal the unchunked ones, first and second order
+    a, b = rotated_boxes(9, 48), rotated_boxes(7, 49)
+    a.requires_grad_()
+    b.requires_grad_()
+    want = torch.autograd.grad(boxloss.generalized_box_iou(a, b, fmt="cxcywhr").square().sum(), (a, b))
+    monkeypatch.setattr(ops, "PAIRWISE_CHUNK_BYTES", 400 * 7 * 8 * 2)  # two rows per chunk
+    got = torch.autograd.grad(boxloss.generalized_box_iou(a, b, fmt="cxcywhr").square().sum(), (a, b),
+                              create_graph=True)
+    for x, y in zip(got, want):
+        assert_close(x, y)
+    assert torch.autograd.gradcheck(lambda x, y: boxloss.box_iou(x, y, fmt="cxcywhr"), (a[:3], b[:2]))

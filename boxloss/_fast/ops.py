@@ -46,7 +46,8 @@ __all__ = ["aligned_loss_op", "pairwise_score_op", "call_pairwise", "EagerAligne
 
 USE_COMPILED_CPU = True  # tests switch this off to exercise the PyTorch closed form on the CPU
 CPU_CHUNK = 1 << 16  # boxes per chunk of the PyTorch closed form: its ~40 (2, c) temporaries stay in cache
-PAIRWISE_CHUNK_BYTES = 1 << 24  # temporaries per row chunk of the reference pairwise fallback
+PAIRWISE_CHUNK_BYTES = 1 << 24  # temporaries per row chunk of the reference pairwise fallback and backward
+_PER_PAIR = {False: 12, True: 400}  # the reference's temporaries per pair, in elements (axis-aligned, rotated)
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -347,8 +348,7 @@ def pairwise_score_op(boxes1: Tensor, boxes2: Tensor, kind: str, eps: float) -> 
         return cpu.run_pairwise(lib, kind, a, b, eps)
     batch, n, m = a.shape[0], a.shape[1], b.shape[1]
     out = a.new_empty(batch, n, m)
-    per_pair = 400 if rotated else 12  # temporaries of the reference, in elements per pair
-    rows = max(1, PAIRWISE_CHUNK_BYTES // max(1, per_pair * m * a.element_size()))
+    rows = max(1, PAIRWISE_CHUNK_BYTES // max(1, _PER_PAIR[rotated] * m * a.element_size()))
     for s in range(0, n, rows):
         out[:, s:s + rows] = reference_pairwise(kind, a[:, s:s + rows], b, eps)
     return out
@@ -371,7 +371,20 @@ def _pairwise_backward(ctx, g):
     a, b = ctx.saved_tensors
     kind, eps = ctx.args
     needs = ctx.needs_input_grad
-    da, db = _reference_vjp(lambda x, y: reference_pairwise(kind, x, y, eps), (a, b), needs[:2], g)
+    fn = lambda x, y: reference_pairwise(kind, x, y, eps)  # noqa: E731
+    # in row chunks that bound the reference's temporaries (a rotated pair holds ~400 of them)
+    rows = max(1, PAIRWISE_CHUNK_BYTES // max(1, _PER_PAIR[kind.startswith("rotated_")] * b.shape[1]
+                                               * a.element_size()))
+    if rows >= a.shape[1]:
+        da, db = _reference_vjp(fn, (a, b), needs[:2], g)
+    else:
+        das, db = [], None
+        for s in range(0, a.shape[1], rows):
+            da_s, db_s = _reference_vjp(fn, (a[:, s:s + rows], b), needs[:2], g[:, s:s + rows])
+            das.append(da_s)
+            if db_s is not None:
+                db = db_s if db is None else db + db_s
+        da = torch.cat(das, 1) if needs[0] else None
     return (_saturate(da, a.dtype) if da is not None else None,
             _saturate(db, b.dtype) if db is not None else None, None, None)
 
