@@ -722,3 +722,12 @@ def test_pairwise_backward_runs_in_bounded_row_chunks(monkeypatch):
     for x, y in zip(got, want):
         assert_close(x, y)
     assert torch.autograd.gradcheck(lambda x, y: boxloss.box_iou(x, y, fmt="cxcywhr"), (a[:3], b[:2]))
+
+
+def test_closed_form_chunks_bound_the_graph_memory_on_accelerators():
+    # on CUDA the aligned rotated losses run the generated closed form, which keeps one value per graph node and
+    # box until the reverse pass: the chunk keeps that under CLOSED_FORM_BYTES
+    for kind in ("rotated_iou_distance", "rotated_giou", _kind("kld_log1p"), _kind("kfiou_none")):
+        rows = variants.closed_form_rows(kind, 4)
+        nodes = len(variants._program(variants.parse(kind)[0])[0])
+        assert 1024 <= rows and 2 * nodes * rows * 4 <= variants.CLOSED_FORM_BYTES

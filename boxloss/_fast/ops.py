@@ -124,8 +124,12 @@ def _aligned_fake(pred, target, weight, divisor, kind, eps, reduce, scale, need_
 def _closed_form(kind, p, t, eps, need_p, need_t):
     """The PyTorch closed form in cache-sized chunks (any device): per-box loss and local gradients."""
     n = p.shape[0]
-    chunk = CPU_CHUNK if p.device.type == "cpu" else max(n, 1)
-    step = variants.closed_form_chunk if variants.is_variant(kind) else fused.fused_loss_and_grad
+    variant = variants.is_variant(kind)
+    if p.device.type == "cpu":
+        chunk = CPU_CHUNK
+    else:  # one chunk for the fused kinds; the generated graphs hold one value per node and box: bounded chunks
+        chunk = variants.closed_form_rows(kind, p.element_size()) if variant else max(n, 1)
+    step = variants.closed_form_chunk if variant else fused.fused_loss_and_grad
     loss = p.new_empty(n)
     grad_p = p.new_empty(n, p.shape[1]) if need_p else p.new_empty(0)
     grad_t = p.new_empty(n, p.shape[1]) if need_t else p.new_empty(0)

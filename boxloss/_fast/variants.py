@@ -250,6 +250,16 @@ def _evaluate(name: str, params, p: Tensor, t: Tensor, eps: float, need_grad: bo
     return loss, grads[0], grads[1]
 
 
+CLOSED_FORM_BYTES = 1 << 28  # temporaries of one chunk of the closed form on an accelerator
+
+
+def closed_form_rows(kind: str, element_size: int) -> int:
+    """Boxes per chunk of the closed form on an accelerator: every node of the graph holds one value per box
+    until the reverse pass has used it (~2,000 nodes for a rotated loss), so the chunk bounds the memory."""
+    nodes = len(_program(parse(kind)[0])[0])
+    return max(1024, CLOSED_FORM_BYTES // (2 * nodes * element_size))
+
+
 def closed_form_chunk(kind: str, p: Tensor, t: Tensor, eps: float, need_grad: bool):
     """Per-box loss and, with ``need_grad``, local gradients of one chunk (the generated forward and reverse
     pass on tensors); ``ops`` runs it chunk by chunk as it runs ``fused.fused_loss_and_grad``."""
