@@ -16,7 +16,7 @@ How the intersection is computed (exactly, with no polygon clipping loop and no 
   each rectangle's edges that lie inside the other rectangle. For an edge ``P → P + E`` the part inside the
   other box is the parameter interval ``[lo, hi]`` left after clipping against that box's four half-planes
   (Cyrus–Beck), and it contributes ``½ (hi − lo) · (P × E)``. Eight edges, four planes each: straight-line code
-  that vectorises and differentiates like any other formula.
+  that differentiates like any other formula.
 * Coordinates are taken relative to the centre of the smaller box and divided by the largest half-side (both
   held constant: every quantity here is a ratio, invariant to them), so tiny and huge boxes are computed with the
   same relative precision — torchvision's kernel uses absolute tolerances and is wrong for boxes of size 0.01.
@@ -44,11 +44,11 @@ from functools import cached_property
 import torch
 from torch import Tensor
 
-ROTATED_FORMATS = ("cxcywhr", "xywhr", "xyxyxyxy")
+from .boxes import LOG_IOU_LINEAR_BELOW
+
 FEATURES = 6  # per-box columns of the pairwise kernels: (cx, cy, w/2, h/2, cos θ, sin θ)
 DEGREE = math.pi / 180
 SNAP_ULPS = 64  # distances this many ulps (of the pair's coordinate scale) from a plane count as on it
-LOG_IOU_LINEAR_BELOW = 0.7  # as boxes.LOG_IOU_LINEAR_BELOW (the rotated −ln IoU continues as its tangent below)
 
 # the edges of a box as corners k → k+1, corners at (σu·w/2, σv·h/2) in the box's frame, counter-clockwise
 _CORNER_SIGNS = ((-1.0, -1.0), (1.0, -1.0), (1.0, 1.0), (-1.0, 1.0))
@@ -313,6 +313,7 @@ def rotated_log_iou_formula(p, t, m):
 
 
 def _smooth_neg_log(iou, m, tau=LOG_IOU_LINEAR_BELOW):
+    """boxes._smooth_neg_log in the formula namespace: −ln IoU above τ, its tangent below."""
     above = iou >= tau
     return m.where(above, -m.log(m.where(above, iou, 1.0)), -math.log(tau) + (tau - iou) / tau)
 
@@ -416,6 +417,3 @@ def to_cxcywhr(boxes: Tensor, fmt: str) -> Tensor:
     c, s = torch.cos(rad), torch.sin(rad)
     return torch.stack((x1 + 0.5 * w * c + 0.5 * h * s, y1 - 0.5 * w * s + 0.5 * h * c, w, h, rad / DEGREE), -1)
 
-
-def columns_of(fmt: str) -> int:
-    return 8 if fmt == "xyxyxyxy" else 5
