@@ -57,8 +57,8 @@ def report() -> dict:
                 cap = torch.cuda.get_device_capability(device)
                 entry.update(gpu=torch.cuda.get_device_name(device), capability=f"{cap[0]}.{cap[1]}")
                 entry["loss variants"] = "PyTorch closed form generated from their formulas (no Triton kernels)"
-                entry["rotated boxes"] = ("pairwise scores: Triton kernels generated from their formulas; aligned "
-                                          "losses: PyTorch closed form generated from their formulas")
+                entry["rotated boxes"] = ("Triton kernels generated from their formulas (aligned losses and pairwise "
+                                          "scores) where the Triton kernels run; else the PyTorch closed form")
             backends[str(device)] = entry
     try:
         import triton

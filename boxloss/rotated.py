@@ -7,8 +7,8 @@ converts them.
 
 The formulas are written once against the math namespace of :mod:`boxloss._fast.expr`, like the loss variants:
 evaluated on tensors they are the reference (differentiated by autograd); traced, they become the compiled CPU
-kernels (aligned losses with their gradient in one pass, and the pairwise scores without gradient) and the
-PyTorch closed form used on other devices.
+kernels (aligned losses with their gradient in one pass, and the pairwise scores without gradient), the Triton
+kernels for CUDA (the same two) and the PyTorch closed form used where neither can run.
 
 How the intersection is computed (exactly, with no polygon clipping loop and no sorting):
 

@@ -731,3 +731,23 @@ def test_closed_form_chunks_bound_the_graph_memory_on_accelerators():
         rows = variants.closed_form_rows(kind, 4)
         nodes = len(variants._program(variants.parse(kind)[0])[0])
         assert 1024 <= rows and 2 * nodes * rows * 4 <= variants.CLOSED_FORM_BYTES
+
+
+def test_rotated_kinds_take_the_devices_kernel_and_axis_variants_the_closed_form(monkeypatch):
+    # on CUDA, _ops_for gives the Triton operators: the rotated kinds (generated Triton kernels) go there, the
+    # axis-aligned variants (no Triton kernels) stay on the operator with the closed form
+    from boxloss import _fast
+
+    calls = []
+
+    def fake_op(*args):
+        calls.append(args[4])
+        return ops.aligned_loss_op(*args)
+
+    monkeypatch.setattr(_fast, "_ops_for", lambda x: (fake_op, ops.pairwise_score_op))
+    monkeypatch.setattr(_fast, "_run_guarded", lambda x, call, op, fallback, *args: call(op, *args))
+    p, t = near_pairs(4, 50)
+    boxloss.giou_loss(p, t, fmt="cxcywhr")
+    boxloss.kld_loss(p, t)
+    boxloss.siou_loss(p[:, :4], p[:, :4] + 1)
+    assert calls == ["rotated_giou", variants.kind_of("kld_log1p", 1.0)]

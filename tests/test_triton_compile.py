@@ -17,8 +17,9 @@ ARCHS = "80,90"
 
 def test_every_launchable_specialisation_compiles_for_sm80_and_sm90():
     specs = triton_kernels.launch_specialisations()
-    # dtypes × (kinds × grad × reduce + pairwise kinds) + the rotated pairwise scores (float32 features)
-    assert len(specs) == 3 * (7 * 2 * 2 + 4) + 3
+    # dtypes × (kinds × grad × reduce + pairwise kinds) + the rotated pairwise scores (float32 features) + the
+    # generated aligned rotated losses (one each)
+    assert len(specs) == 3 * (7 * 2 * 2 + 4) + 3 + 17
     script = os.path.join(os.path.dirname(__file__), "triton_aot_compile.py")
     workers = 2
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}

@@ -88,6 +88,29 @@ def main() -> int:
         expected = ops.reference_pairwise(kind, rp, rt, 1e-7)
         ok = torch.allclose(got, expected, rtol=1e-5, atol=2e-6, equal_nan=True) and bool(got[0, 3].isnan().all())
         failures += check(f"pairwise {kind}", ok, f"max abs err {(got - expected).abs().nan_to_num().max():.2e}")
+    # the aligned rotated losses: the kernels generated from their formulas, against the compiled CPU kernel of
+    # the same formulas (itself tested against the formula's autograd); gradients on the generic pairs
+    from test_rotated import CALLS, _kind  # noqa: E402
+
+    ap, at = mixed_pairs(torch.float32)
+    ap, at = ap[::3].contiguous(), at[::3].contiguous()
+    generic = torch.arange(len(ap)) < 100  # rows 0..299 of mixed_pairs are generic pairs
+    for name in sorted(CALLS):
+        kind = _kind(name)
+        got = triton_kernels.launch_generated_aligned(kind, ap, at, None, None, 1e-7, False, 1.0, True, True)
+        want = ops.aligned_loss_op(ap, at, None, None, kind, 1e-7, False, 1.0, True, True)
+        ok = (torch.allclose(got[0], want[0], rtol=1e-4, atol=1e-4)
+              and torch.allclose(got[1][generic], want[1][generic], rtol=1e-3, atol=1e-3)
+              and torch.allclose(got[2][generic], want[2][generic], rtol=1e-3, atol=1e-3)
+              and bool(got[1].isfinite().all()))
+        failures += check(f"aligned {name}", ok, f"max abs err {(got[0] - want[0]).abs().max():.2e}")
+    w = torch.rand(len(ap), generator=torch.Generator().manual_seed(1))
+    kind = _kind("rotated_giou")
+    got = triton_kernels.launch_generated_aligned(kind, ap, at, w, torch.tensor(7.0), 1e-7, True, 0.5, True, False)
+    want = ops.aligned_loss_op(ap, at, w, torch.tensor(7.0), kind, 1e-7, True, 0.5, True, False)
+    ok = torch.allclose(got[0], want[0], rtol=1e-5) and torch.allclose(got[1][generic], want[1][generic], rtol=1e-3,
+                                                                       atol=1e-5)
+    failures += check("aligned rotated_giou weighted mean", ok)
     # the registered operators: autograd (closed form and create_graph), vmap
     p, t = overlapping_pairs(16, seed=5, dtype=torch.float32)
     p.requires_grad_()

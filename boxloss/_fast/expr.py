@@ -370,6 +370,39 @@ def generate_c(name: str, fn: Callable, n_params: int, columns: int = 4) -> str:
     bwd = [f"R a{e.index} = 0;" for e in nodes if needs[e.index]]
     if needs[out.index]:
         bwd.append(f"a{out.index} = 1;")
+    bwd += [f"a{i} += {expr};" for i, expr in _reverse(nodes, needs, _C_SPELLING)]
+    grad_p = [f"a{e.index}" if needs.get(e.index) and live[e.index] else "(R)0" for e in p]
+    grad_t = [f"a{e.index}" if needs.get(e.index) and live[e.index] else "(R)0" for e in t]
+
+    body = "\n        ".join(fwd)
+    back = "\n            ".join(bwd)
+    gp = "\n                ".join(f"GP[{columns} * i + {k}] = f * (loss != loss ? loss : {grad_p[k]});"
+                                  for k in range(columns))
+    gt = "\n                ".join(f"GT[{columns} * i + {k}] = f * (loss != loss ? loss : {grad_t[k]});"
+                                  for k in range(columns))
+    return _KERNEL.format(name=name, body=body, out=v(out), back=back, gp=gp, gt=gt)
+
+
+class _Spelling:
+    """How a generated program writes a select, a number and a library function (C or Triton)."""
+
+    def __init__(self, sel: Callable, num: Callable, fn: Callable) -> None:
+        self.sel, self.num, self.fn = sel, num, fn
+
+
+_C_SPELLING = _Spelling(sel=lambda c, a, b: f"({c} ? {a} : {b})", num=lambda x: f"(R){x}",
+                        fn=lambda name, x: f"BL_{name.upper()}({x})")
+_TRITON_SPELLING = _Spelling(sel=lambda c, a, b: f"tl.where({c}, {a}, {b})", num=lambda x: f"{float(x)!r}",
+                             fn=lambda name, x: f"tl.{name}({x})")
+
+
+def _reverse(nodes: Sequence[Expr], needs: Dict[int, bool], sp: _Spelling) -> List[Tuple[int, str]]:
+    """The reverse pass, node by node from the output: ``(index, expression)`` to add to adjoint ``a<index>``,
+    with PyTorch's conventions at the kinks (ties of max/min split evenly; clamps and unselected branches pass
+    nothing)."""
+    v = lambda e: f"v{e.index}"  # noqa: E731
+    out: List[Tuple[int, str]] = []
+    one, zero, half = sp.num("1"), sp.num("0"), sp.num("0.5")
     for e in reversed(nodes):
         if not needs[e.index] or e.op == "input":
             continue
@@ -379,7 +412,7 @@ def generate_c(name: str, fn: Callable, n_params: int, columns: int = 4) -> str:
 
         def acc(target, expr):
             if needs[target.index]:
-                bwd.append(f"a{target.index} += {expr};")
+                out.append((target.index, expr))
 
         if e.op == "add":
             acc(x, ga)
@@ -397,49 +430,40 @@ def generate_c(name: str, fn: Callable, n_params: int, columns: int = 4) -> str:
             acc(x, f"-{ga}")
         elif e.op in ("max", "min"):
             cmp = ">" if e.op == "max" else "<"
-            s = f"({v(x)} {cmp} {v(y)} ? (R)1 : ({v(x)} == {v(y)} ? (R)0.5 : (R)0))"
+            s = sp.sel(f"{v(x)} {cmp} {v(y)}", one, sp.sel(f"{v(x)} == {v(y)}", half, zero))
             acc(x, f"{ga} * {s}")
-            acc(y, f"{ga} * ((R)1 - {s})")
+            acc(y, f"{ga} * ({one} - {s})")
         elif e.op == "clamp_min":
-            acc(x, f"({v(x)} > {v(y)} ? {ga} : (R)0)")
+            acc(x, sp.sel(f"{v(x)} > {v(y)}", ga, zero))
         elif e.op == "clamp_max":
-            acc(x, f"({v(x)} < {v(y)} ? {ga} : (R)0)")
+            acc(x, sp.sel(f"{v(x)} < {v(y)}", ga, zero))
         elif e.op == "where":
             c = v(e.args[0])
-            acc(e.args[1], f"({c} ? {ga} : (R)0)")
-            acc(e.args[2], f"({c} ? (R)0 : {ga})")
+            acc(e.args[1], sp.sel(c, ga, zero))
+            acc(e.args[2], sp.sel(c, zero, ga))
         elif e.op == "exp":
             acc(x, f"{ga} * {v(e)}")
         elif e.op == "log":
             acc(x, f"{ga} / {v(x)}")
         elif e.op == "log1p":
-            acc(x, f"{ga} / ((R)1 + {v(x)})")
+            acc(x, f"{ga} / ({one} + {v(x)})")
         elif e.op == "expm1":
-            acc(x, f"{ga} * ({v(e)} + (R)1)")
+            acc(x, f"{ga} * ({v(e)} + {one})")
         elif e.op == "sqrt":
-            acc(x, f"{ga} * (R)0.5 / {v(e)}")
+            acc(x, f"{ga} * {half} / {v(e)}")
         elif e.op == "sin":
-            acc(x, f"{ga} * BL_COS({v(x)})")
+            acc(x, f"{ga} * {sp.fn('cos', v(x))}")
         elif e.op == "cos":
-            acc(x, f"-{ga} * BL_SIN({v(x)})")
+            acc(x, f"-{ga} * {sp.fn('sin', v(x))}")
         elif e.op == "abs":
-            acc(x, f"{ga} * ({v(x)} > 0 ? (R)1 : ({v(x)} < 0 ? (R)-1 : (R)0))")
+            acc(x, f"{ga} * {sp.sel(f'{v(x)} > 0', one, sp.sel(f'{v(x)} < 0', sp.num('-1'), zero))}")
         elif e.op == "atan2":  # atan2(y=x, x=y): d/dy = x / r², d/dx = −y / r²
             r2 = f"({v(x)} * {v(x)} + {v(y)} * {v(y)})"
-            acc(x, f"({r2} > 0 ? {ga} * {v(y)} / {r2} : (R)0)")
-            acc(y, f"({r2} > 0 ? -{ga} * {v(x)} / {r2} : (R)0)")
+            acc(x, sp.sel(f"{r2} > 0", f"{ga} * {v(y)} / {r2}", zero))
+            acc(y, sp.sel(f"{r2} > 0", f"-{ga} * {v(x)} / {r2}", zero))
         else:
             raise NotImplementedError(f"no derivative for {e.op}")
-    grad_p = [f"a{e.index}" if needs.get(e.index) and live[e.index] else "(R)0" for e in p]
-    grad_t = [f"a{e.index}" if needs.get(e.index) and live[e.index] else "(R)0" for e in t]
-
-    body = "\n        ".join(fwd)
-    back = "\n            ".join(bwd)
-    gp = "\n                ".join(f"GP[{columns} * i + {k}] = f * (loss != loss ? loss : {grad_p[k]});"
-                                  for k in range(columns))
-    gt = "\n                ".join(f"GT[{columns} * i + {k}] = f * (loss != loss ? loss : {grad_t[k]});"
-                                  for k in range(columns))
-    return _KERNEL.format(name=name, body=body, out=v(out), back=back, gp=gp, gt=gt)
+    return out
 
 
 def _forward_lines(nodes: Sequence[Expr], inputs: Dict[str, str]) -> List[str]:
@@ -619,6 +643,70 @@ _T_UN = {"neg": "(-{a})", "not": "(~{a})", "detach": "{a}", "exp": "tl.exp({a})"
          "cos": "tl.cos({a})", "abs": "tl.abs({a})", "floor": "tl.floor({a})"}
 
 
+def _triton_expr(e: Expr, inputs: Dict[str, str]) -> str:
+    x = [f"v{arg.index}" for arg in e.args]
+    if e.op == "const":
+        return repr(float(e.value)) if math.isfinite(e.value) else ("float('inf')" if e.value > 0 else
+                                                                    "float('-inf')")
+    if e.op == "input":
+        return inputs[e.value]
+    if e.op == "where":
+        return f"tl.where({x[0]}, {x[1]}, {x[2]})"
+    if e.op in _T_BIN:
+        return _T_BIN[e.op].format(a=x[0], b=x[1])
+    if e.op in _T_UN:
+        return _T_UN[e.op].format(a=x[0])
+    raise NotImplementedError(f"no Triton form for {e.op}")
+
+
+def generate_triton_aligned(name: str, fn: Callable, n_params: int, columns: int) -> str:
+    """Source of a ``@triton.jit`` kernel ``name(P, T, PRM, W, L, GP, GT, n, eps, ulp, scale, has_w, need_p,
+    need_t, reduce, BLOCK)``: per box of ``P``, ``T`` ``(n, columns)`` float32, the loss ``fn(p, t, m, *prm)``
+    and its local gradients (the reverse pass of :func:`generate_c`, spelled in Triton), times the weight and
+    ``scale``; ``reduce != 0``: one partial weighted sum per block into ``L``. The flags are runtime arguments:
+    one compiled kernel per formula. Only for formulas that propagate NaN themselves (min/max here do not)."""
+    g, out, p, t, _params = trace(fn, n_params, columns)
+    live = _live(out)
+    nodes = [e for e in g.nodes if live[e.index]]
+    needs = _needs_grad(nodes)
+    inputs = {"eps": "eps", "ulp": "ulp"}
+    inputs.update({f"p{k}": f"tl.load(P + base + {k}, mask=mask, other=1.0)" for k in range(columns)})
+    inputs.update({f"t{k}": f"tl.load(T + base + {k}, mask=mask, other=1.0)" for k in range(columns)})
+    inputs.update({f"q{k}": f"tl.load(PRM + {k})" for k in range(n_params)})
+    lines = [
+        "@triton.jit",
+        f"def {name}(P, T, PRM, W, L, GP, GT, n, eps, ulp, scale, has_w, need_p, need_t, reduce,",
+        "        BLOCK: tl.constexpr):",
+        "    pid = tl.program_id(0)",
+        "    offs = pid * BLOCK + tl.arange(0, BLOCK)",
+        "    mask = offs < n",
+        f"    base = offs.to(tl.int64) * {columns}",
+        "    zero = tl.zeros((BLOCK,), dtype=tl.float32)",
+    ]
+    lines += [f"    v{e.index} = {_triton_expr(e, inputs)}" for e in nodes]
+    lines += [
+        f"    loss = v{out.index} + zero",
+        "    f = tl.load(W + offs, mask=mask & (has_w != 0), other=1.0) * scale",
+        "    if reduce != 0:",
+        "        tl.store(L + pid, tl.sum(tl.where(mask, f * loss, 0.0), axis=0))",
+        "    else:",
+        "        tl.store(L + offs, loss, mask=mask)",
+        "    if need_p + need_t != 0:",
+    ]
+    body = [f"a{e.index} = zero" for e in nodes if needs[e.index]]
+    if needs[out.index]:
+        body.append(f"a{out.index} = zero + 1.0")
+    body += [f"a{i} = a{i} + {expr}" for i, expr in _reverse(nodes, needs, _TRITON_SPELLING)]
+    body.append("nan = loss != loss")
+    for cols, ptr, flag in ((p, "GP", "need_p"), (t, "GT", "need_t")):
+        body.append(f"if {flag} != 0:")
+        for k, e in enumerate(cols):
+            grad = f"a{e.index}" if needs.get(e.index) and live[e.index] else "zero"
+            body.append(f"    tl.store({ptr} + base + {k}, f * tl.where(nan, loss, {grad}), mask=mask)")
+    lines += [f"        {line}" for line in body]
+    return "\n".join(lines) + "\n"
+
+
 def generate_triton_pairwise(name: str, fn: Callable, columns: int) -> str:
     """Source of a ``@triton.jit`` kernel ``name(A, B, OUT, n, m, eps, ulp, BLOCK_N, BLOCK_M)``: ``fn(a, b, m)``
     for a ``BLOCK_N × BLOCK_M`` tile of pairs of rows of ``A`` ``(batch, n, columns)`` and ``B``
@@ -641,35 +729,14 @@ def generate_triton_pairwise(name: str, fn: Callable, columns: int) -> str:
         f"    ab = (bid * n + rows) * {columns}",
         f"    bb = (bid * m + cols) * {columns}",
     ]
-    names = {}
-    for e in g.nodes:
-        if not live[e.index]:
-            continue
-        v = f"v{e.index}"
-        x = [names[arg.index] for arg in e.args]
-        if e.op == "const":
-            expr = repr(float(e.value)) if math.isfinite(e.value) else ("float('inf')" if e.value > 0 else
-                                                                         "float('-inf')")
-        elif e.op == "input":
-            key = e.value
-            if key in ("eps", "ulp"):
-                expr = key
-            elif key[0] == "p":
-                expr = f"tl.load(A + ab + {key[1:]}, mask=rm, other=1.0).to(tl.float32)[:, None]"
-            else:
-                expr = f"tl.load(B + bb + {key[1:]}, mask=cm, other=1.0).to(tl.float32)[None, :]"
-        elif e.op == "where":
-            expr = f"tl.where({x[0]}, {x[1]}, {x[2]})"
-        elif e.op in _T_BIN:
-            expr = _T_BIN[e.op].format(a=x[0], b=x[1])
-        elif e.op in _T_UN:
-            expr = _T_UN[e.op].format(a=x[0])
-        else:
-            raise NotImplementedError(f"no Triton form for {e.op}")
-        lines.append(f"    {v} = {expr}")
-        names[e.index] = v
+    inputs = {"eps": "eps", "ulp": "ulp"}
+    inputs.update({f"p{k}": f"tl.load(A + ab + {k}, mask=rm, other=1.0).to(tl.float32)[:, None]"
+                   for k in range(columns)})
+    inputs.update({f"t{k}": f"tl.load(B + bb + {k}, mask=cm, other=1.0).to(tl.float32)[None, :]"
+                   for k in range(columns)})
+    lines += [f"    v{e.index} = {_triton_expr(e, inputs)}" for e in g.nodes if live[e.index]]
     lines += [
-        f"    res = {names[out.index]} + tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)",
+        f"    res = v{out.index} + tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)",
         "    ptr = OUT + (bid * n + rows[:, None]) * m + cols[None, :]",
         "    tl.store(ptr, res, mask=rm[:, None] & cm[None, :])",
     ]

@@ -352,11 +352,85 @@ def _dummy(device) -> Tensor:
     return torch.empty(1, device=device, dtype=torch.float32)
 
 
+_GENERATED = {}
+
+
+def generated_aligned_module():
+    """The module of generated aligned kernels (:func:`variants.triton_aligned_source`), written once into the
+    kernel cache under the hash of its source and imported from there (Triton compiles from source files)."""
+    if "module" not in _GENERATED:
+        import hashlib
+        import importlib.util
+        import tempfile
+
+        from . import cpu, variants
+
+        text = variants.triton_aligned_source()
+        digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+        name = f"boxloss_triton_aligned_{digest}"
+        path = None
+        for directory in cpu.cache_dirs():
+            candidate = os.path.join(directory, name + ".py")
+            if os.path.exists(candidate):
+                with open(candidate) as f:
+                    if f.read() == text:
+                        path = candidate
+                        break
+        if path is None:
+            directory = next((d for d in cpu.cache_dirs() if cpu._writable(d)), None) or tempfile.mkdtemp()
+            path = os.path.join(directory, name + ".py")
+            tmp = f"{path}.{os.getpid()}.tmp"
+            with open(tmp, "w") as f:
+                f.write(text)
+            os.replace(tmp, path)
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        _GENERATED["module"] = module
+    return _GENERATED["module"]
+
+
+def launch_generated_aligned(kind: str, p: Tensor, t: Tensor, weight: Optional[Tensor], divisor: Optional[Tensor],
+                             eps: float, reduce: bool, scale: float, need_p: bool, need_t: bool,
+                             wrap=lambda kernel: kernel):
+    """A generated kind (the rotated losses) through its generated kernel: the outputs of
+    ``boxloss::aligned_loss`` (float32) for ``(n, 5)`` boxes."""
+    from . import variants
+
+    name, _, params = variants.parse(kind)
+    kernel = getattr(generated_aligned_module(), variants.triton_aligned_symbol(name))
+    p, t = p.to(torch.float32).contiguous(), t.to(torch.float32).contiguous()
+    n, cols = p.shape
+    device = p.device
+    block = variants.TRITON_ALIGNED_BLOCK
+    blocks = triton.cdiv(n, block)
+    loss = torch.empty(blocks if reduce else n, device=device, dtype=torch.float32)
+    grad_p = torch.empty(n, cols, device=device, dtype=torch.float32) if need_p else torch.empty(0, device=device)
+    grad_t = torch.empty(n, cols, device=device, dtype=torch.float32) if need_t else torch.empty(0, device=device)
+    if n:
+        dummy = _dummy(device)
+        prm = torch.tensor(list(params) or [0.0], device=device, dtype=torch.float32)
+        w = dummy if weight is None else weight.to(torch.float32).contiguous()
+        wrap(kernel)[(blocks,)](p, t, prm, w, loss, grad_p if need_p else dummy, grad_t if need_t else dummy, n,
+                                float(eps), FLOAT32_ULP, float(scale), int(weight is not None), int(need_p),
+                                int(need_t), int(reduce), BLOCK=block)
+    if reduce:
+        loss = loss.sum()
+    if divisor is not None:  # avg_factor as a tensor: divided on the device (no host sync)
+        inv = 1 / divisor.to(torch.float32).reshape(()).clamp_min(eps)
+        loss = loss * inv
+        grad_p = grad_p * inv if need_p else grad_p
+        grad_t = grad_t * inv if need_t else grad_t
+    return loss, grad_p, grad_t
+
+
 def launch_aligned(kind: str, p: Tensor, t: Tensor, weight: Optional[Tensor], divisor: Optional[Tensor], eps: float,
                    reduce: bool, scale: float, need_p: bool, need_t: bool, use_libdevice: bool = True,
                    wrap=lambda kernel: kernel):
     """Run the aligned kernel on contiguous ``(n, 4)`` boxes (float32, float16 or bfloat16): the outputs of
-    ``boxloss::aligned_loss`` (float32)."""
+    ``boxloss::aligned_loss`` (float32). Generated kinds (the rotated losses) run their generated kernel."""
+    if kind not in KIND_CODES:
+        return launch_generated_aligned(kind, p, t, weight, divisor, eps, reduce, scale, need_p, need_t, wrap)
     n = p.shape[0]
     device = p.device
     blocks = triton.cdiv(n, BLOCK)
@@ -457,4 +531,13 @@ def launch_specialisations():
     for kernel in KERNELS.values():
         specs.append((f"rotated_triton.{kernel.__name__}", rotated_sig,
                       {"BLOCK_N": ROTATED_BLOCKS[0], "BLOCK_M": ROTATED_BLOCKS[1]}))
+    # the aligned rotated losses: one generated kernel each (float32 boxes, runtime flags)
+    from . import variants
+
+    generated_sig = {"P": "*fp32", "T": "*fp32", "PRM": "*fp32", "W": "*fp32", "L": "*fp32", "GP": "*fp32",
+                     "GT": "*fp32", "n": "i32", "eps": "fp32", "ulp": "fp32", "scale": "fp32", "has_w": "i32",
+                     "need_p": "i32", "need_t": "i32", "reduce": "i32", "BLOCK": "constexpr"}
+    for name in variants._members("rotated"):
+        specs.append((f"generated.{variants.triton_aligned_symbol(name)}", generated_sig,
+                      {"BLOCK": variants.TRITON_ALIGNED_BLOCK}))
     return specs

@@ -15,7 +15,8 @@ widths and heights are clamped below at ``1e-4`` of it (mmrotate clamps at an ab
 inverse covariance of a thin box overflow float32). Determinants are the closed forms ``λ₁λ₂`` and inverses
 are the adjugate over them; no ``torch.linalg`` call, nothing to fail on a singular matrix. Square roots are
 ``safe_sqrt`` (zero gradient at exactly 0). Every formula is registered as a rotated variant: a generated C
-kernel with its gradient in one pass on the CPU and the generated closed form elsewhere.
+kernel with its gradient in one pass on the CPU, a generated Triton kernel on CUDA, and the generated closed form
+elsewhere.
 """
 
 from __future__ import annotations
