@@ -342,17 +342,6 @@ ROTATED_LOSS_FORMULAS = {
 }
 
 
-def _apart(fa, fb, m):
-    """The axis-aligned bounding boxes of the two rotated boxes are disjoint (so the IoU is 0)."""
-    xa, ya, aa, ba, ca, sa = fa
-    xb, yb, ab, bb, cb, sb = fb
-    exa = aa * m.abs(ca) + ba * m.abs(sa)
-    eya = aa * m.abs(sa) + ba * m.abs(ca)
-    exb = ab * m.abs(cb) + bb * m.abs(sb)
-    eyb = ab * m.abs(sb) + bb * m.abs(cb)
-    return (m.abs(xa - xb) > exa + exb) | (m.abs(ya - yb) > eya + eyb)
-
-
 def _score(name):
     def score(fa, fb, m):
         return getattr(RotatedPair(fa, fb, m), name) + _nan_guard(list(fa) + list(fb))
@@ -361,13 +350,9 @@ def _score(name):
     return score
 
 
-# pairwise kind -> (score formula on features, condition under which the score is 0 without evaluating it)
-PAIRWISE_SCORES = {
-    "rotated_iou": (_score("iou"), _apart),
-    "rotated_giou": (_score("giou"), None),
-    "rotated_diou": (_score("diou"), None),
-}
-SCORE_OF_KIND = {"iou": "rotated_iou", "giou": "rotated_giou", "diou": "rotated_diou"}
+# pairwise kind -> score formula on the features (the pairwise kernels' reference; the CPU kernel of the IoU is
+# written by hand, boxloss/_fast/rotated_iou.c, and skips pairs whose bounding boxes are apart)
+PAIRWISE_SCORES = {"rotated_iou": _score("iou"), "rotated_giou": _score("giou"), "rotated_diou": _score("diou")}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -388,7 +373,7 @@ def score_reference(kind: str, boxes1: Tensor, boxes2: Tensor, eps: float) -> Te
 
     fa = box_features(boxes1).unbind(-1)
     fb = box_features(boxes2).unbind(-1)
-    return PAIRWISE_SCORES[kind][0](fa, fb, TorchMath(eps, torch.finfo(boxes1.dtype).eps))
+    return PAIRWISE_SCORES[kind](fa, fb, TorchMath(eps, torch.finfo(boxes1.dtype).eps))
 
 
 def _safe_norm(x: Tensor, y: Tensor) -> Tensor:

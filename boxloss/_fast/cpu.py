@@ -41,7 +41,7 @@ from .fused import KIND_CODES, PAIRWISE_CODES
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "aligned.c")
 FLAG_SETS = (
-    # -fno-trapping-math lets GCC turn the formulas' selects into vector blends; NaN and Inf results are unchanged
+    # -fno-trapping-math lets GCC if-convert the formulas' selects (it assumes no FP traps); results are unchanged
     ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fopenmp"],
     ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fopenmp"],  # a compiler or CPU without -march=native
     ["-O3", "-fno-math-errno", "-fno-trapping-math"],              # no OpenMP (e.g. Apple clang): one thread

@@ -100,8 +100,8 @@ def c_source(which: str = "axis") -> str:
     if which == "rotated":
         from .. import rotated
 
-        pairwise = [(pairwise_symbol(kind), fn, rotated.FEATURES, skip, 0.0)
-                    for kind, (fn, skip) in rotated.PAIRWISE_SCORES.items() if kind not in HAND_WRITTEN]
+        pairwise = [(pairwise_symbol(kind), fn, rotated.FEATURES)
+                    for kind, fn in rotated.PAIRWISE_SCORES.items() if kind not in HAND_WRITTEN]
         with open(HAND_WRITTEN_SOURCE) as f:
             extra = f.read()
     # the rotated formulas propagate NaN themselves (rotated._nan_guard): their min/max need no NaN test
@@ -305,7 +305,7 @@ def triton_source() -> str:
               '(``rotated.box_features``), computed in float32."""\n\n'
               "import triton\nimport triton.language as tl\n\n\n")
     kernels = [expr.generate_triton_pairwise(triton_symbol(kind), fn, rotated.FEATURES)
-               for kind, (fn, _skip) in rotated.PAIRWISE_SCORES.items()]
+               for kind, fn in rotated.PAIRWISE_SCORES.items()]
     table = "KERNELS = {\n" + "".join(f"    {kind!r}: {triton_symbol(kind)},\n"
                                         for kind in rotated.PAIRWISE_SCORES) + "}\n"
     return header + "\n\n".join(kernels) + "\n\n" + table
