@@ -46,36 +46,45 @@ from torch import Tensor
 
 from .boxes import LOG_IOU_LINEAR_BELOW
 
-FEATURES = 6  # per-box columns of the pairwise kernels: (cx, cy, w/2, h/2, cos θ, sin θ)
+FEATURES = 7  # per-box columns of the pairwise kernels: (cx, cy, w/2, h/2, θ in [−45°, 45°), cos θ, sin θ)
 DEGREE = math.pi / 180
-SNAP_ULPS = 64  # distances this many ulps (of the pair's coordinate scale) from a plane count as on it
+# edges whose directions differ by less than this (|sin|) count as parallel: a crossing parameter d / sin and its
+# derivative d / sin² stay finite in float32 for coordinates up to 1/ulp
+PARALLEL_BELOW = 1e-15
+# below this |sin δ| the intersection's gradient is the exact shape derivative (RotatedPair.inter)
+NEAR_PARALLEL = 0.01
 
 # the edges of a box as corners k → k+1, corners at (σu·w/2, σv·h/2) in the box's frame, counter-clockwise
 _CORNER_SIGNS = ((-1.0, -1.0), (1.0, -1.0), (1.0, 1.0), (-1.0, 1.0))
 
 
-def canonical(w, h, r, m):
-    """The same rectangle with its angle in [0°, 90°): ``(w, h, θ)`` → ``(h, w, θ − 90°)`` and ``θ − 180°`` are
-    the same box. Reducing first makes the symmetries exact in floating point — the box turned by 180°, and
-    ``(h, w, θ + 90°)``, give bitwise the same sides and angle — and keeps sin/cos accurate for θ = ±1e4°.
-    The reduction has derivative 1 in θ (``floor`` has none)."""
-    quarter = m.floor(r * (1.0 / 90.0))
+def canonical(w, h, r, m, centred: bool = False):
+    """The same rectangle with its angle in [0°, 90°), or in [−45°, 45°) with ``centred``: ``(w, h, θ)`` →
+    ``(h, w, θ − 90°)`` and ``θ − 180°`` are the same box. Reducing first makes the symmetries exact in floating
+    point — the box turned by 180°, and ``(h, w, θ + 90°)``, give bitwise the same sides and angle — and keeps
+    sin/cos accurate for θ = ±1e4°. ``r − 90k`` is exact in floating point (an integer multiple of 90 taken from
+    a number of the same binade or above), so the reduced angle keeps every bit of the given one; the centred
+    range keeps the precision of angles near 0° (axis-aligned boxes), where [0°, 90°) would round −1e-4° to
+    ulp(90°). The reduction has derivative 1 in θ (``floor`` has none)."""
+    low = -45.0 if centred else 0.0
+    quarter = m.floor((r - low) * (1.0 / 90.0))
     rr = r - 90.0 * quarter
-    # rounding can land r − 90k on 90 (r just under a multiple of 90): fold it back
-    over = rr >= 90.0
-    rr = m.where(over, rr - 90.0, rr)
-    quarter = m.where(over, quarter + 1.0, quarter)
+    # rounding of (r − low) / 90 can land r − 90k just outside [low, low + 90): fold it back
+    over = rr >= low + 90.0
+    under = rr < low
+    rr = m.where(over, rr - 90.0, m.where(under, rr + 90.0, rr))
+    quarter = m.where(over, quarter + 1.0, m.where(under, quarter - 1.0, quarter))
     odd = (quarter - 2.0 * m.floor(quarter * 0.5)) == 1.0
     return m.where(odd, h, w), m.where(odd, w, h), rr
 
 
 def features(box, m):
-    """(cx, cy, w/2, h/2, cos θ, sin θ) of the five columns of a cxcywhr box (sizes clamped at 0, the angle
-    reduced by :func:`canonical`)."""
+    """(cx, cy, w/2, h/2, θ, cos θ, sin θ) of the five columns of a cxcywhr box (sizes clamped at 0, the angle
+    reduced to [−45°, 45°) by :func:`canonical`)."""
     cx, cy, w, h, r = box
-    w, h, r = canonical(w, h, r, m)
+    w, h, r = canonical(w, h, r, m, centred=True)
     rad = r * DEGREE
-    return (cx, cy, m.clamp_min(w, 0.0) * 0.5, m.clamp_min(h, 0.0) * 0.5, m.cos(rad), m.sin(rad))
+    return (cx, cy, m.clamp_min(w, 0.0) * 0.5, m.clamp_min(h, 0.0) * 0.5, r, m.cos(rad), m.sin(rad))
 
 
 def _nan_guard(values):
@@ -88,7 +97,8 @@ def _nan_guard(values):
 
 class RotatedPair:
     """Lazily computed geometry of two rotated boxes given as features (:func:`features`); ``b`` is the target
-    (the zero-overlap term is normalised by its diagonal)."""
+    (the zero-overlap term is normalised by its diagonal, GIoU's and DIoU's enclosing rectangle is aligned with
+    it)."""
 
     def __init__(self, fa, fb, m) -> None:
         self.fa, self.fb, self.m = fa, fb, m
@@ -96,31 +106,41 @@ class RotatedPair:
     # the common frame -------------------------------------------------------------------------------------
     @cached_property
     def _frame(self):
+        """Both boxes in the frame of ``b``: its axes, the origin at the smaller box's centre, lengths in the
+        pair's largest half-side. ``a``'s orientation there is the difference of the two reduced angles (exact
+        for nearby angles), turned into [−45°, 45°) by swapping ``a``'s sides: nearly parallel boxes get
+        sin δ with full relative precision instead of a difference of nearly equal sines and cosines."""
         m = self.m
-        xa, ya, aa, ba = self.fa[:4]
-        xb, yb, ab, bb = self.fb[:4]
-        smaller = aa * ba <= ab * bb
-        ox = m.detach(m.where(smaller, xa, xb))
-        oy = m.detach(m.where(smaller, ya, yb))
-        dx, dy = xa - xb, ya - yb
-        spread = m.abs(m.detach(dx)) + m.abs(m.detach(dy))
-        half = m.maximum(m.maximum(aa, ba), m.maximum(ab, bb))
+        xa, ya, a1, b1, ra = self.fa[:5]
+        xb, yb, a2, b2, rb, cb, sb = self.fb
+        d = ra - rb
+        up, down = d >= 45.0, d < -45.0
+        swap = up | down
+        d = m.where(up, d - 90.0, m.where(down, d + 90.0, d))
+        a1, b1 = m.where(swap, b1, a1), m.where(swap, a1, b1)
+        rx, ry = xa - xb, ya - yb
+        pu = rx * cb - ry * sb  # a's centre along b's axes
+        pv = rx * sb + ry * cb
+        spread = m.abs(m.detach(pu)) + m.abs(m.detach(pv))
+        half = _max4([a1, b1, a2, b2], m)
         # a zero-size pair far apart: the offset sets the unit (keeps squares finite); both zero: any unit
         unit = m.detach(m.clamp_min(m.maximum(half, spread * m.ulp), 1e-30))
-        return ox, oy, unit
-
-    def _box(self, f):
-        x, y, a, b, c, s = f
-        ox, oy, unit = self._frame
-        return (x - ox) / unit, (y - oy) / unit, a / unit, b / unit, c, s
+        pu, pv = pu / unit, pv / unit
+        smaller = a1 * b1 <= a2 * b2
+        rad = d * DEGREE
+        box_a = (m.where(smaller, 0.0, pu), m.where(smaller, 0.0, pv), a1 / unit, b1 / unit, m.cos(rad), m.sin(rad))
+        box_b = (m.where(smaller, -pu, 0.0), m.where(smaller, -pv, 0.0), a2 / unit, b2 / unit)
+        return box_a, box_b, rad
 
     @cached_property
     def a(self):
-        return self._box(self.fa)
+        """``(x, y, w/2, h/2, cos δ, sin δ)`` of the first box in the frame."""
+        return self._frame[0]
 
     @cached_property
     def b(self):
-        return self._box(self.fb)
+        """``(x, y, w/2, h/2)`` of the second box in the frame (axis-aligned there)."""
+        return self._frame[1]
 
     @cached_property
     def area_a(self):
@@ -130,86 +150,121 @@ class RotatedPair:
     def area_b(self):
         return 4 * self.b[2] * self.b[3]
 
-    @staticmethod
-    def _corners(box):
-        x, y, a, b, c, s = box
-        # u = (c, −s), v = (s, c)
-        return [(x + su * a * c + sv * b * s, y - su * a * s + sv * b * c) for su, sv in _CORNER_SIGNS]
+    @cached_property
+    def _edges_a(self):
+        """Corners P_k, unit directions t_k and lengths of the first box's edges k → k+1 (counter-clockwise)."""
+        x, y, a, b, c, s = self.a
+        corners = [(x + su * a * c + sv * b * s, y - su * a * s + sv * b * c) for su, sv in _CORNER_SIGNS]
+        directions = [(c, -s), (s, c), (-c, s), (-s, -c)]
+        lengths = [2 * a, 2 * b, 2 * a, 2 * b]
+        return corners, directions, lengths
 
-    @staticmethod
-    def _distances(box, other):
-        """Signed distances of ``box``'s corners to ``other``'s four edge lines (outward normals +u, −u, +v, −v;
-        ≤ 0 inside), as a 4 × 4 table, from the frame-to-frame dot products (no corner coordinates needed)."""
-        x, y, a, b, c, s = box
-        xo, yo, ao, bo, co, so = other
-        rx, ry = x - xo, y - yo
-        pu = rx * co - ry * so  # u_o · r
-        pv = rx * so + ry * co  # v_o · r
-        uu = c * co + s * so  # u_o · u
-        uv = s * co - c * so  # u_o · v
-        vu = c * so - s * co  # v_o · u
-        vv = s * so + c * co  # v_o · v
-        rows = []
-        for su, sv in _CORNER_SIGNS:
-            proj_u = pu + su * a * uu + sv * b * uv
-            proj_v = pv + su * a * vu + sv * b * vv
-            rows.append((proj_u - ao, -proj_u - ao, proj_v - bo, -proj_v - bo))
-        return rows, (uu, uv, vu, vv)
+    @cached_property
+    def _lines_b(self):
+        """The second box's edge lines as (axis, outward sign σ, coordinate, range along the edge)."""
+        x, y, a, b = self.b
+        along_x, along_y = (x - a, x + a), (y - b, y + b)
+        return [(0, 1.0, x + a, along_y), (0, -1.0, x - a, along_y), (1, 1.0, y + b, along_x),
+                (1, -1.0, y - b, along_x)]
 
     @cached_property
     def _table_ab(self):
-        return self._distances(self.a, self.b)  # corners of a against the edges of b
+        """Signed distances of the first box's corners to the second's edge lines (+u, −u, +v, −v; ≤ 0 inside)."""
+        x, y, a, b = self.b
+        return [(px - x - a, x - px - a, py - y - b, y - py - b) for px, py in self._edges_a[0]]
 
     @cached_property
     def _table_ba(self):
-        return self._distances(self.b, self.a)
+        """Signed distances of the second box's corners to the first's edge lines (+u, −u, +v, −v)."""
+        ax, ay, a1, b1, c, s = self.a
+        x, y, a, b = self.b
+        rows = []
+        for su, sv in _CORNER_SIGNS:
+            qx, qy = x + su * a - ax, y + sv * b - ay
+            pu = qx * c - qy * s
+            pv = qx * s + qy * c
+            rows.append((pu - a1, -pu - a1, pv - b1, -pv - b1))
+        return rows
 
     @cached_property
-    def _tolerance(self):
-        ax, ay = self.a[:2]
-        bx, by = self.b[:2]
+    def _clipped(self):
+        """Cyrus–Beck clipping of each box's edges against the other's four half-planes, with every crossing of
+        an edge line of ``a`` with one of ``b`` computed once and used by both edges (so that near-parallel
+        crossings, which are ill-conditioned along the lines, close the boundary exactly). Returns the clipped
+        parameter intervals of ``a``'s edges (from their first corner) and lengths of ``b``'s edges."""
         m = self.m
-        scale = 1 + m.abs(ax) + m.abs(ay) + m.abs(bx) + m.abs(by)
-        return m.detach(scale * (SNAP_ULPS * m.ulp))
-
-    def _edge_sum(self, box, table, dots, first: bool):
-        """½ Σ over ``box``'s edges of (hi − lo)·(P × E): its boundary's share of the intersection's area."""
-        m = self.m
-        tol = self._tolerance
-        d = [[m.where(m.abs(x) <= tol, 0.0, x) for x in row] for row in table]
-        uu, uv, vu, vv = dots
-        # outward normals of this box's edges k (−v, +u, +v, −u) dotted with the other's planes (+u, −u, +v, −v)
-        normal_dots = ((-uv, uv, -vv, vv), (uu, -uu, vu, -vu), (uv, -uv, vv, -vv), (-uu, uu, -vu, vu))
-        corners = self._corners(box)
-        total = None
-        for k in range(4):
-            p0, p1 = corners[k], corners[(k + 1) % 4]
-            lo = hi = None
-            for j in range(4):
-                d0, d1 = d[k][j], d[(k + 1) % 4][j]
-                out0, out1 = d0 > 0, d1 > 0
-                crossing = out0 != out1
-                t = d0 / m.where(crossing, d0 - d1, 1.0)
-                lo_j = m.where(out0, m.where(out1, 1.0, t), 0.0)
-                hi_j = m.where(out1, m.where(out0, 0.0, t), 1.0)
-                # an edge on the other's edge line: kept once, from the first box, when both lie on one side
-                on_line = (d0 == 0) & (d1 == 0)
-                drop = on_line & ~(normal_dots[k][j] > 0) if first else on_line
-                hi_j = m.where(drop, 0.0, hi_j)
-                lo = lo_j if lo is None else m.maximum(lo, lo_j)
-                hi = hi_j if hi is None else m.minimum(hi, hi_j)
-            ex, ey = p1[0] - p0[0], p1[1] - p0[1]
-            term = m.clamp_min(hi - lo, 0.0) * (p0[0] * ey - p0[1] * ex)
-            total = term if total is None else total + term
-        return total * 0.5
+        corners, directions, lengths = self._edges_a
+        lines = self._lines_b
+        a_lo = [[] for _ in range(4)]
+        a_hi = [[] for _ in range(4)]
+        a_out = [None] * 4
+        b_lo = [[rng[0]] for *_, rng in lines]
+        b_hi = [[rng[1]] for *_, rng in lines]
+        b_out = [None] * 4
+        for i in range(4):
+            p, t = corners[i], directions[i]
+            for j, (axis, sign, line, _) in enumerate(lines):
+                other = 1 - axis
+                t_ax = t[axis]
+                par = m.abs(t_ax) < PARALLEL_BELOW
+                diff = p[axis] - line
+                lam = (line - p[axis]) / m.where(par, 1.0, t_ax)  # the crossing, along a's edge
+                cross = p[other] + lam * t[other]  # the same crossing, along b's edge
+                comp = t_ax if sign > 0 else -t_ax  # b's outward normal · a's direction
+                a_lo[i].append(m.where(~par & (comp < 0), lam, 0.0))
+                a_hi[i].append(m.where(~par & (comp > 0), lam, lengths[i]))
+                # a's outward normal n = (t_y, −t_x) along b's edge: an upper or a lower bound there
+                n_other = -t_ax if axis == 0 else t_ax
+                b_hi[j].append(m.where(~par & (n_other > 0), cross, b_hi[j][0]))
+                b_lo[j].append(m.where(~par & (n_other < 0), cross, b_lo[j][0]))
+                # parallel lines: one signed offset decides both edges; a coincident edge is kept once (from a)
+                # when both boxes lie on one side of it, and not at all when they touch
+                d = diff if sign > 0 else -diff
+                n_axis = t[1] if axis == 0 else -t[0]
+                same = (n_axis > 0) if sign > 0 else (n_axis < 0)
+                out_a = par & ((d > 0) | ((d == 0) & ~same))
+                out_b = par & ((same & (d <= 0)) | (~same & (d >= 0)))
+                a_out[i] = out_a if a_out[i] is None else a_out[i] | out_a
+                b_out[j] = out_b if b_out[j] is None else b_out[j] | out_b
+        lo_a = [_fold(m.maximum, v) for v in a_lo]
+        hi_a = [_fold(m.minimum, v) for v in a_hi]
+        len_a = [m.where(a_out[i], 0.0, m.clamp_min(hi_a[i] - lo_a[i], 0.0)) for i in range(4)]
+        len_b = [m.where(b_out[j], 0.0, m.clamp_min(_fold(m.minimum, b_hi[j]) - _fold(m.maximum, b_lo[j]), 0.0))
+                 for j in range(4)]
+        return lo_a, hi_a, len_a, len_b
 
     # scores -----------------------------------------------------------------------------------------------
     @cached_property
     def inter(self):
+        """Area of the intersection by Green's theorem: ½ Σ (length inside the other box) × (distance of the
+        edge's line from the origin), over both boxes' edges.
+
+        Near-parallel boxes (|sin δ| < ``NEAR_PARALLEL``): the value is the same sum, the gradient the exact
+        shape derivative of the area at the clipped edges (how far each boundary piece moves along its normal:
+        translation, side lengths, and τ dδ for a turn, τ measured from the edge's midpoint), instead of
+        autograd through the crossing points, whose positions move as 1/sin δ and whose large derivatives
+        cancel only to rounding (the second derivatives there hold the clipped edges fixed)."""
         m = self.m
-        rows_ab, dots_ab = self._table_ab
-        rows_ba, dots_ba = self._table_ba
-        area = self._edge_sum(self.a, rows_ab, dots_ab, True) + self._edge_sum(self.b, rows_ba, dots_ba, False)
+        corners, directions, lengths = self._edges_a
+        lo_a, hi_a, len_a, len_b = self._clipped
+        lines = self._lines_b
+        arm_a = [p[0] * t[1] - p[1] * t[0] for p, t in zip(corners, directions)]
+        arm_b = [line if sign > 0 else -line for _, sign, line, _ in lines]
+        sa = [len_a[i] * arm_a[i] for i in range(4)]
+        sb = [len_b[j] * arm_b[j] for j in range(4)]
+        # opposite edges first: an unclipped rectangle sums to 4ab exactly
+        green = (((sa[0] + sa[2]) + (sa[1] + sa[3])) + ((sb[0] + sb[2]) + (sb[1] + sb[3]))) * 0.5
+        ax, ay, a1, b1, c, s = self.a
+        rad = self._frame[2]
+        halves = [b1, a1, b1, a1]
+        shape = rad * m.detach(sum(len_a[i] * (hi_a[i] + lo_a[i] - lengths[i]) for i in range(4)) * 0.5)
+        for i, t in enumerate(directions):
+            nx, ny = m.detach(t[1]), m.detach(-t[0])
+            shape = shape + m.detach(len_a[i]) * (nx * ax + ny * ay + halves[i])
+        for j in range(4):
+            shape = shape + m.detach(len_b[j]) * arm_b[j]
+        near = m.abs(s) < NEAR_PARALLEL
+        area = m.where(near, m.detach(green) + (shape - m.detach(shape)), green)
         return m.minimum(m.clamp_min(area, 0.0), m.minimum(self.area_a, self.area_b))
 
     @cached_property
@@ -220,18 +275,14 @@ class RotatedPair:
     def iou(self):
         return self.m.safe_div(self.inter, self.union)
 
-    def _enclosing(self, rows, own):
-        """Width and height of the smallest rectangle aligned with box ``own`` enclosing both boxes, from the
-        other box's corner distances to ``own``'s edge lines."""
-        m = self.m
-        a, b = own[2], own[3]
-        far = [m.clamp_min(_max4([r[j] for r in rows], m), 0.0) for j in range(4)]
-        return 2 * a + far[0] + far[1], 2 * b + far[2] + far[3]
-
     @cached_property
     def enclosing(self):
-        """Width and height of the smallest rectangle aligned with the second box (the target) enclosing both."""
-        return self._enclosing(self._table_ab[0], self.b)
+        """Width and height of the smallest rectangle aligned with the second box (the target) enclosing both,
+        from the first box's corner distances to the second's edge lines."""
+        m = self.m
+        a, b = self.b[2], self.b[3]
+        far = [m.clamp_min(_max4([r[j] for r in self._table_ab], m), 0.0) for j in range(4)]
+        return 2 * a + far[0] + far[1], 2 * b + far[2] + far[3]
 
     @cached_property
     def enclosing_area(self):
@@ -266,7 +317,7 @@ class RotatedPair:
         corner-to-rectangle distances."""
         m = self.m
         best = None
-        for rows in (self._table_ab[0], self._table_ba[0]):
+        for rows in (self._table_ab, self._table_ba):
             for r in rows:
                 gx = m.clamp_min(m.maximum(r[0], r[1]), 0.0)
                 gy = m.clamp_min(m.maximum(r[2], r[3]), 0.0)
@@ -278,6 +329,13 @@ class RotatedPair:
         fallback = m.maximum(m.safe_sqrt(self.enclosing_diagonal2), gap)
         term = m.safe_div(gap, m.where(t_diag > m.eps, t_diag, fallback))
         return m.where(self.inter > 0, 0.0, term)
+
+
+def _fold(op, values):
+    out = values[0]
+    for v in values[1:]:
+        out = op(out, v)
+    return out
 
 
 def _max4(values, m):

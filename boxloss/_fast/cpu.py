@@ -40,11 +40,15 @@ from ._warn import warn_once
 from .fused import KIND_CODES, PAIRWISE_CODES
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "aligned.c")
+# The kernels must compute what the reference computes: each multiply and add rounded on its own, as PyTorch's
+# element-wise ops do. -ffp-contract=off forbids fusing them into FMAs (GCC's default for -march=native on CPUs
+# with FMA is to fuse, which moved identical-box losses off 0); no -ffast-math or -Ofast. -fno-trapping-math
+# only lets GCC if-convert the formulas' selects (it assumes no FP traps); results are unchanged.
+STRICT_FP = ["-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math"]
 FLAG_SETS = (
-    # -fno-trapping-math lets GCC if-convert the formulas' selects (it assumes no FP traps); results are unchanged
-    ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fopenmp"],
-    ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fopenmp"],  # a compiler or CPU without -march=native
-    ["-O3", "-fno-math-errno", "-fno-trapping-math"],              # no OpenMP (e.g. Apple clang): one thread
+    ["-O3", "-march=native", *STRICT_FP, "-fopenmp"],
+    ["-O3", *STRICT_FP, "-fopenmp"],  # a compiler or CPU without -march=native
+    ["-O3", *STRICT_FP],              # no OpenMP (e.g. Apple clang): one thread
 )
 SILENCE = "set BOXLOSS_CPU_KERNEL=0 to use the PyTorch path without this warning"
 
