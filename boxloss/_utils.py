@@ -142,6 +142,14 @@ def _prepare_pair(boxes1: Tensor, boxes2: Tensor, fmt: str, eps: float, names=("
     return _to_xyxy(_upcast(boxes1, dtype), fmt), _to_xyxy(_upcast(boxes2, dtype), fmt)
 
 
+def _check_same_device(name: str, value: Tensor, pred: Tensor) -> None:
+    """A tensor argument beside the boxes must be on their device: a kernel would read another device's memory
+    as its own (a CUDA pointer from the CPU kernel, or the uninitialised data of a meta tensor)."""
+    if value.device != pred.device:
+        raise ValueError(f"{name} must be on the boxes' device {pred.device}; got a tensor on {value.device} "
+                         f"(move it with .to(pred.device))")
+
+
 def _check_loss_inputs(pred: Tensor, target: Tensor, reduction: str, weight: Optional[Tensor],
                        avg_factor: Union[None, float, Tensor], fmt: str = "xyxy") -> None:
     _check_boxes("pred", pred, fmt)
@@ -162,6 +170,9 @@ def _check_loss_inputs(pred: Tensor, target: Tensor, reduction: str, weight: Opt
         if not ok:
             raise ValueError(f"weight must be broadcastable to the loss shape pred.shape[:-1] = "
                              f"{tuple(loss_shape)}; got shape {tuple(weight.shape)}")
+        if weight.is_complex():
+            raise TypeError(f"weight must be a real tensor; got dtype {weight.dtype}")
+        _check_same_device("weight", weight, pred)
     if avg_factor is not None:
         if reduction != "mean":
             raise ValueError(f"avg_factor only applies with reduction='mean'; got reduction={reduction!r}")
@@ -170,6 +181,9 @@ def _check_loss_inputs(pred: Tensor, target: Tensor, reduction: str, weight: Opt
             if avg_factor.numel() != 1:
                 raise ValueError(f"avg_factor must be a number or a one-element tensor; "
                                  f"got a tensor of shape {tuple(avg_factor.shape)}")
+            if avg_factor.is_complex():
+                raise TypeError(f"avg_factor must be a real tensor; got dtype {avg_factor.dtype}")
+            _check_same_device("avg_factor", avg_factor, pred)
         elif isinstance(avg_factor, (bool, np.bool_)) or not isinstance(avg_factor, (int, float, np.integer,
                                                                                      np.floating)):
             raise TypeError(f"avg_factor must be a number, a one-element tensor or None; "
@@ -193,6 +207,9 @@ def _reduce(loss: Tensor, reduction: str, weight: Optional[Tensor] = None,
     if reduction == "sum":
         return total
     if avg_factor is None:
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():
+            # traced graphs are replayed on other sizes (torch.jit.trace bakes in a Python number): count at run time
+            return total / torch.ones_like(loss).sum().clamp_min(1)
         return total / max(loss.numel(), 1)
     if isinstance(avg_factor, Tensor):
         # clamp instead of testing the value: no host sync, and 0 positives give 0 rather than NaN

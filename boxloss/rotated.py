@@ -17,13 +17,23 @@ How the intersection is computed (exactly, with no polygon clipping loop and no 
   other box is the parameter interval ``[lo, hi]`` left after clipping against that box's four half-planes
   (Cyrus–Beck), and it contributes ``½ (hi − lo) · (P × E)``. Eight edges, four planes each: straight-line code
   that differentiates like any other formula.
-* Coordinates are taken relative to the centre of the smaller box and divided by the largest half-side (both
-  held constant: every quantity here is a ratio, invariant to them), so tiny and huge boxes are computed with the
-  same relative precision — torchvision's kernel uses absolute tolerances and is wrong for boxes of size 0.01.
-* Signed distances within ``64 ulp`` of a plane count as on it. An edge lying on an edge of the other box is
-  counted once when the two boxes are on the same side of it (from the first box only) and not at all when they
-  are on opposite sides (touching boxes): without this rule coincident edges, which identical boxes, squares and
-  boxes turned by 90° all have, would be counted twice or not at all.
+* Everything is computed in the frame of the second box (its axes), relative to the centre of the smaller box
+  and divided by the largest half-side (both held constant: every quantity here is a ratio, invariant to them),
+  so tiny and huge boxes are computed with the same relative precision — torchvision's kernel uses absolute
+  tolerances and is wrong for boxes of size 0.01. The first box's orientation there is the difference of the two
+  reduced angles, which is exact in floating point for nearby angles: nearly parallel boxes, where training
+  converges, get sin δ to full relative precision.
+* Each crossing of an edge line of one box with an edge line of the other is computed once, as a parameter
+  along the first box's edge, and the same point is used to clip the second box's edge: the crossing of two
+  nearly parallel lines is ill-conditioned along them, and two independent computations of it (one per edge)
+  would leave the boundary open by that error, times the box's size (IoU 0.6 for a 0.0004° turn in float32).
+* Parallel lines (|sin| below 1e-15) are decided by one signed offset, used by both edges. An edge lying on an
+  edge of the other box is counted once when the two boxes are on the same side of it (from the first box only)
+  and not at all when they are on opposite sides (touching boxes): without this rule coincident edges, which
+  identical boxes, squares and boxes turned by 90° all have, would be counted twice or not at all. There is no
+  snapping tolerance.
+* For nearly parallel boxes (|sin δ| < 0.01) the intersection's gradient is its exact shape derivative at the
+  clipped edges, not autograd through the crossing points (see :attr:`RotatedPair.inter`).
 
 GIoU's enclosing region and DIoU's enclosing diagonal use the smallest rectangle enclosing both boxes that is
 aligned with the second box (the target, in the losses). It is rotation invariant, continuous, a closed form,
@@ -39,11 +49,11 @@ prediction for turning to shrink its own enclosure.
 from __future__ import annotations
 
 import math
-from functools import cached_property
 
 import torch
 from torch import Tensor
 
+from ._lazy import lazy
 from .boxes import LOG_IOU_LINEAR_BELOW
 
 FEATURES = 7  # per-box columns of the pairwise kernels: (cx, cy, w/2, h/2, θ in [−45°, 45°), cos θ, sin θ)
@@ -104,7 +114,7 @@ class RotatedPair:
         self.fa, self.fb, self.m = fa, fb, m
 
     # the common frame -------------------------------------------------------------------------------------
-    @cached_property
+    @lazy
     def _frame(self):
         """Both boxes in the frame of ``b``: its axes, the origin at the smaller box's centre, lengths in the
         pair's largest half-side. ``a``'s orientation there is the difference of the two reduced angles (exact
@@ -132,25 +142,25 @@ class RotatedPair:
         box_b = (m.where(smaller, -pu, 0.0), m.where(smaller, -pv, 0.0), a2 / unit, b2 / unit)
         return box_a, box_b, rad
 
-    @cached_property
+    @lazy
     def a(self):
         """``(x, y, w/2, h/2, cos δ, sin δ)`` of the first box in the frame."""
         return self._frame[0]
 
-    @cached_property
+    @lazy
     def b(self):
         """``(x, y, w/2, h/2)`` of the second box in the frame (axis-aligned there)."""
         return self._frame[1]
 
-    @cached_property
+    @lazy
     def area_a(self):
         return 4 * self.a[2] * self.a[3]
 
-    @cached_property
+    @lazy
     def area_b(self):
         return 4 * self.b[2] * self.b[3]
 
-    @cached_property
+    @lazy
     def _edges_a(self):
         """Corners P_k, unit directions t_k and lengths of the first box's edges k → k+1 (counter-clockwise)."""
         x, y, a, b, c, s = self.a
@@ -159,7 +169,7 @@ class RotatedPair:
         lengths = [2 * a, 2 * b, 2 * a, 2 * b]
         return corners, directions, lengths
 
-    @cached_property
+    @lazy
     def _lines_b(self):
         """The second box's edge lines as (axis, outward sign σ, coordinate, range along the edge)."""
         x, y, a, b = self.b
@@ -167,13 +177,13 @@ class RotatedPair:
         return [(0, 1.0, x + a, along_y), (0, -1.0, x - a, along_y), (1, 1.0, y + b, along_x),
                 (1, -1.0, y - b, along_x)]
 
-    @cached_property
+    @lazy
     def _table_ab(self):
         """Signed distances of the first box's corners to the second's edge lines (+u, −u, +v, −v; ≤ 0 inside)."""
         x, y, a, b = self.b
         return [(px - x - a, x - px - a, py - y - b, y - py - b) for px, py in self._edges_a[0]]
 
-    @cached_property
+    @lazy
     def _table_ba(self):
         """Signed distances of the second box's corners to the first's edge lines (+u, −u, +v, −v)."""
         ax, ay, a1, b1, c, s = self.a
@@ -186,7 +196,7 @@ class RotatedPair:
             rows.append((pu - a1, -pu - a1, pv - b1, -pv - b1))
         return rows
 
-    @cached_property
+    @lazy
     def _clipped(self):
         """Cyrus–Beck clipping of each box's edges against the other's four half-planes, with every crossing of
         an edge line of ``a`` with one of ``b`` computed once and used by both edges (so that near-parallel
@@ -234,7 +244,7 @@ class RotatedPair:
         return lo_a, hi_a, len_a, len_b
 
     # scores -----------------------------------------------------------------------------------------------
-    @cached_property
+    @lazy
     def inter(self):
         """Area of the intersection by Green's theorem: ½ Σ (length inside the other box) × (distance of the
         edge's line from the origin), over both boxes' edges.
@@ -265,17 +275,21 @@ class RotatedPair:
             shape = shape + m.detach(len_b[j]) * arm_b[j]
         near = m.abs(s) < NEAR_PARALLEL
         area = m.where(near, m.detach(green) + (shape - m.detach(shape)), green)
-        return m.minimum(m.clamp_min(area, 0.0), m.minimum(self.area_a, self.area_b))
+        # the value kept in [0, min(areas)] against rounding, the gradient the area's own: a box inside the other
+        # has the derivative of its own area there anyway, and a near-identical pair keeps the shape derivative
+        # (its turning direction) where rounding puts the sum a hair above the smaller area
+        bounded = m.minimum(m.clamp_min(area, 0.0), m.minimum(self.area_a, self.area_b))
+        return area + m.detach(bounded - area)
 
-    @cached_property
+    @lazy
     def union(self):
         return self.area_a + self.area_b - self.inter
 
-    @cached_property
+    @lazy
     def iou(self):
-        return self.m.safe_div(self.inter, self.union)
+        return _ratio(self.inter, self.union, self.m)
 
-    @cached_property
+    @lazy
     def enclosing(self):
         """Width and height of the smallest rectangle aligned with the second box (the target) enclosing both,
         from the first box's corner distances to the second's edge lines."""
@@ -284,32 +298,32 @@ class RotatedPair:
         far = [m.clamp_min(_max4([r[j] for r in self._table_ab], m), 0.0) for j in range(4)]
         return 2 * a + far[0] + far[1], 2 * b + far[2] + far[3]
 
-    @cached_property
+    @lazy
     def enclosing_area(self):
         w, h = self.enclosing
         return w * h
 
-    @cached_property
+    @lazy
     def enclosing_diagonal2(self):
         w, h = self.enclosing
         return w * w + h * h
 
-    @cached_property
+    @lazy
     def rho2(self):
         dx, dy = self.a[0] - self.b[0], self.a[1] - self.b[1]
         return dx * dx + dy * dy
 
-    @cached_property
+    @lazy
     def giou(self):
         c = self.enclosing_area
-        return self.iou - self.m.safe_div(c - self.union, c)
+        return self.iou - _ratio(c - self.union, c, self.m)
 
-    @cached_property
+    @lazy
     def diou(self):
         m = self.m
         return self.iou - m.safe_div(self.rho2, m.maximum(self.enclosing_diagonal2, self.rho2))
 
-    @cached_property
+    @lazy
     def gap_term(self):
         """Zero-overlap term: the distance between the boxes' nearest points over the target's diagonal (0 when
         they overlap), as :func:`boxloss.boxes._gap_term` for axis-aligned boxes. The nearest points of two
@@ -329,6 +343,14 @@ class RotatedPair:
         fallback = m.maximum(m.safe_sqrt(self.enclosing_diagonal2), gap)
         term = m.safe_div(gap, m.where(t_diag > m.eps, t_diag, fallback))
         return m.where(self.inter > 0, 0.0, term)
+
+
+def _ratio(num, den, m):
+    """num / den, and 0 with no gradient where den is 0. Areas here are in units of the pair's largest half-side,
+    so a positive area is never small because the boxes are small, only because one is thin (1e-7 for a 1e7 : 1
+    box): no ``eps`` clamp, which would take such a box's IoU with itself below 1."""
+    ok = den > 0
+    return m.where(ok, num / m.where(ok, den, 1.0), 0.0)
 
 
 def _fold(op, values):

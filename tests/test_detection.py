@@ -558,3 +558,45 @@ def test_negative_loss_weight_is_refused(stock_models):
     assert type(model.rpn) is D.rpn.RegionProposalNetwork  # nothing changed before the error
     with pytest.raises(ValueError, match="loss_weight must be a finite number >= 0"):
         decoded_box_loss(torch.zeros(1, 4), torch.ones(1, 4), torch.ones(1, 4), torch.tensor([True]), loss_weight=-2)
+
+
+# ---------------------------------------------------------------------------------------------- stateful and rotated-only modules
+def test_a_wise_iou_module_trains_with_its_own_running_mean_per_head(stock_models):
+    # before: the module was called as a plain callable with reduction="mean" and failed at the first step
+    stock = stock_models["fasterrcnn"]
+    images, targets = _batch("fasterrcnn")
+    criterion = boxloss.WIoULoss(version=3, fmt="cxcywh", momentum=0.5)
+    model = replace_box_loss(copy.deepcopy(stock), criterion)
+    losses = _losses(model, images, targets)
+    assert all(torch.isfinite(v) for v in losses.values())
+    rpn_mean = model.rpn._boxloss_fn.module.iou_mean
+    roi_mean = model.roi_heads._boxloss_fn.module.iou_mean
+    # each head moved its own mean (proposals and RoI boxes have different IoUs); the user's instance is untouched
+    assert float(rpn_mean) < 1 and float(roi_mean) < 1 and float(rpn_mean) != float(roi_mean)
+    assert float(criterion.iou_mean) == 1.0
+    # and the heads read xyxy: the module's cxcywh is not applied to the decoded boxes
+    assert model.roi_heads._boxloss_fn.module.fmt == "xyxy"
+    # a WIoU v1 module (no state) equals the function by name
+    v1 = _losses(replace_box_loss(copy.deepcopy(stock), boxloss.WIoULoss(version=1)), images, targets)
+    by_name = _losses(replace_box_loss(copy.deepcopy(stock), "wiou"), images, targets)
+    torch.testing.assert_close(v1["loss_box_reg"], by_name["loss_box_reg"])
+
+
+def test_rotated_only_modules_and_foreign_head_keys_are_refused_at_the_call(stock_models):
+    model = copy.deepcopy(stock_models["fasterrcnn"])
+    for module in (boxloss.KLDLoss(), boxloss.ProbIoULoss(), boxloss.GWDLoss(), boxloss.KFIoULoss()):
+        with pytest.raises(ValueError, match="takes rotated boxes only"):
+            replace_box_loss(model, module)
+    with pytest.raises(ValueError, match=r"loss keys must be heads of this model \(rpn, roi_heads\).*'fcos'"):
+        replace_box_loss(model, {"fcos": "giou"})  # before: a silent no-op
+    assert type(model.rpn) is D.rpn.RegionProposalNetwork and type(model.roi_heads) is D.roi_heads.RoIHeads
+    retina = copy.deepcopy(stock_models["retinanet"])
+    with pytest.raises(ValueError, match="loss keys must be heads of this model"):
+        replace_box_loss(retina, {"rpn": "giou", "retinanet": "giou"})
+
+
+def test_a_scalar_loss_error_suggests_reduction_none(stock_models):
+    images, targets = _batch("retinanet")
+    bad = replace_box_loss(copy.deepcopy(stock_models["retinanet"]), lambda p, t: boxloss.giou_loss(p, t))
+    with pytest.raises(ValueError, match="build it with reduction='none'"):
+        _losses(bad, images, targets)

@@ -193,3 +193,49 @@ def test_triton_kernels_match_the_reference_under_the_interpreter():
     assert result.stdout.count(" ok") == 7 * 5 + 2 + 4 + 3 + 17 + 1 + 2, result.stdout
 
 
+
+
+# ----------------------------------------------------------------------------------------------------------
+# floating-point semantics of the compiled kernels: those of the reference (no contraction, no fast-math)
+# ----------------------------------------------------------------------------------------------------------
+_PROBE = "double bl_probe(double x, double y, double z) { return x * y - z; }\n"
+
+
+def _probe(flags, tmp_path, name):
+    import ctypes
+
+    from boxloss._fast import cpu
+
+    compiler = cpu._compiler()
+    if compiler is None:
+        pytest.skip("no C compiler here")
+    saved = cpu.FLAG_SETS
+    try:
+        cpu.FLAG_SETS = (flags,)
+        path, _ = cpu._compile(compiler, str(tmp_path), lambda f: name, _PROBE)
+    finally:
+        cpu.FLAG_SETS = saved
+    fn = ctypes.CDLL(path).bl_probe
+    fn.restype = ctypes.c_double
+    fn.argtypes = [ctypes.c_double] * 3
+    x = 1 + 2.0 ** -30
+    return fn(x, x, x * x)  # x·x − fl(x·x): 0 when rounded as written, 2^-60 when fused into an FMA
+
+
+def test_kernels_are_built_without_floating_point_contraction(tmp_path):
+    from boxloss._fast import cpu
+
+    for flags in cpu.FLAG_SETS:
+        assert "-ffp-contract=off" in flags and not any("fast-math" in f or f == "-Ofast" for f in flags), flags
+        assert _probe(flags, tmp_path, f"strict{len(flags)}.so") == 0.0, flags
+    # the probe detects contraction where the compiler fuses by default (GCC with -march=native on an FMA CPU)
+    loose = [f for f in cpu.FLAG_SETS[0] if f != "-ffp-contract=off"]
+    with open("/proc/cpuinfo") if os.path.exists("/proc/cpuinfo") else open(os.devnull) as f:
+        has_fma = " fma " in f.read()
+    if has_fma:
+        try:
+            fused = _probe(loose, tmp_path, "loose.so")
+        except RuntimeError:
+            fused = None  # this compiler does not take -march=native: nothing to compare
+        if fused is not None:
+            assert fused in (0.0, 2.0 ** -60)

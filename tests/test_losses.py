@@ -339,3 +339,90 @@ def test_eps_below_the_smallest_normal_is_refused():
     assert torch.isfinite(iou_loss(p, t, eps=1e-40))  # fine in float64
     with pytest.raises(ValueError, match="eps must be a positive number"):
         giou_loss(p, t, eps=0.0)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# traced graphs, devices and dtypes of the tensor arguments
+# ----------------------------------------------------------------------------------------------------------
+def _every_loss():
+    """(name, call) for every public loss function, axis-aligned and rotated."""
+    axis = [(n, getattr(boxloss, f"{n}_loss")) for n in ("iou", "log_iou", "giou", "diou", "ciou", "siou", "eiou",
+                                                         "focal_eiou", "wiou", "shape_iou", "nwd", "alpha_iou",
+                                                         "inner_iou", "focaler_iou")]
+    axis.append(("mpdiou", lambda p, t, **kw: boxloss.mpdiou_loss(p, t, image_size=(64, 48), **kw)))
+    rotated = [(n, getattr(boxloss, f"{n}_loss")) for n in ("probiou", "gwd", "kld", "kfiou")]
+    rotated += [(f"rotated_{n}", lambda p, t, fn=getattr(boxloss, f"{n}_loss"), **kw: fn(p, t, fmt="cxcywhr", **kw))
+                for n in ("iou", "giou", "diou")]
+    return axis, rotated
+
+
+def _rotated(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.cat([torch.rand(n, 2, generator=g) * 10, torch.rand(n, 2, generator=g) * 4 + 1,
+                      torch.rand(n, 1, generator=g) * 180], 1)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_traced_mean_reads_the_number_of_boxes_at_run_time(weighted):
+    # before: torch.jit.trace baked 1/N in; traced on 4 boxes and called on 2 it returned half the value
+    import warnings
+
+    axis, rotated = _every_loss()
+    for name, fn in axis + rotated:
+        make = (lambda n, s: _rotated(n, s)) if (name in ("probiou", "gwd", "kld", "kfiou")
+                                                 or name.startswith("rotated")) else \
+            (lambda n, s: random_boxes(n, seed=s, dtype=torch.float32))
+        p4, t4, p2, t2 = make(4, 1), make(4, 2), make(2, 3), make(2, 4)
+        if weighted:
+            call = lambda p, t: fn(p, t, weight=torch.ones_like(p[..., 0]))  # noqa: E731
+        else:
+            call = lambda p, t: fn(p, t)  # noqa: E731
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(call, (p4, t4), check_trace=False)
+        assert_close(traced(p2, t2), call(p2, t2), torch.float32)
+        assert_close(traced(p4, t4), call(p4, t4), torch.float32)
+
+
+def test_weight_and_avg_factor_must_be_on_the_boxes_device():
+    # before: a meta weight gave -2.7e8, a meta avg_factor -7.8e21 (the C kernel read them as CPU memory)
+    axis, rotated = _every_loss()
+    for name, fn in axis + rotated:
+        p = _rotated(3, 5) if name in ("probiou", "gwd", "kld", "kfiou") or name.startswith("rotated") else \
+            random_boxes(3, seed=5, dtype=torch.float32)
+        with pytest.raises(ValueError, match="weight must be on the boxes' device cpu; got a tensor on meta"):
+            fn(p, p, weight=torch.ones(3, device="meta"))
+        with pytest.raises(ValueError, match="avg_factor must be on the boxes' device cpu; got a tensor on meta"):
+            fn(p, p, avg_factor=torch.tensor(2.0, device="meta"))
+        with pytest.raises(TypeError, match="weight must be a real tensor"):  # before: accepted with a warning
+            fn(p, p, weight=torch.ones(3, dtype=torch.complex64))
+        with pytest.raises(TypeError, match="avg_factor must be a real tensor"):
+            fn(p, p, avg_factor=torch.tensor(2.0 + 0j))
+    m = boxloss.WIoULoss(version=3)
+    p = random_boxes(3, seed=5, dtype=torch.float32)
+    with pytest.raises(ValueError, match="weight must be on the boxes' device"):
+        m(p, p, weight=torch.ones(3, device="meta"))
+
+
+def test_float32_losses_are_finite_for_coordinates_up_to_1e18():
+    # the documented range (README, Numerics): areas of 1e36 and their derivatives stay within float32's 3.4e38;
+    # at 1e19 the areas themselves overflow
+    g = torch.Generator().manual_seed(80)
+    n = 2000
+    xy = (torch.rand(n, 2, generator=g) * 2 - 1) * 1e18
+    wh = torch.rand(n, 2, generator=g) * 1e18
+    a = torch.cat([xy, xy + wh], 1)
+    b = a + (torch.rand(n, 4, generator=g) - 0.5) * 5e17
+    b[: n // 4] = a[: n // 4]                           # identical
+    b[n // 4: n // 2] = a[n // 4: n // 2] + 2.5e18      # apart
+    axis, _ = _every_loss()
+    for name, fn in axis:
+        for path in ("fast", "reference"):
+            x = a.clone().requires_grad_()
+            if path == "reference":
+                with boxloss._fast.reference_path():
+                    loss = fn(x, b, reduction="none")
+            else:
+                loss = fn(x, b, reduction="none")
+            loss.sum().backward()
+            assert loss.isfinite().all() and x.grad.isfinite().all(), (name, path)

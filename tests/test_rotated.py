@@ -357,6 +357,22 @@ def test_gradcheck(backend, name):
     p, t = near_pairs(5, 25)
     a, b = far_pairs(3, 26)
     p, t = torch.cat([p, a]).requires_grad_(), torch.cat([t, b]).requires_grad_()
+    if name.startswith("kfiou"):
+        # the centre term's anchor (the target's sides, at least the prediction's) is held constant by
+        # definition: the gradient is autograd's of the formula; finite differences apply to the prediction's
+        # offset and angle where the target is the larger box (the anchor does not move with them)
+        got = torch.autograd.grad(call(name, p, t, reduction="sum"), (p, t))
+        with boxloss._fast.reference_path():
+            want = torch.autograd.grad(call(name, p, t, reduction="sum"), (p, t))
+        for g, w in zip(got, want):
+            assert_close(g, w)
+        big = t.detach().clone()
+        big[:, 2:4] = p.detach()[:, 2:4] * 1.5
+        big[:, 4] = p.detach()[:, 4] + 7.0
+        assert torch.autograd.gradcheck(
+            lambda xy, r: call(name, torch.cat([xy, p.detach()[:, 2:4], r], 1), big, reduction="none"),
+            (p.detach()[:, :2].clone().requires_grad_(), p.detach()[:, 4:].clone().requires_grad_()))
+        return
     assert torch.autograd.gradcheck(lambda x, y: call(name, x, y, reduction="none"), (p, t))
     assert torch.autograd.gradgradcheck(lambda x, y: call(name, x, y, reduction="sum"), (p[:3], t[:3]))
 
@@ -751,3 +767,181 @@ def test_rotated_kinds_take_the_devices_kernel_and_axis_variants_the_closed_form
     boxloss.kld_loss(p, t)
     boxloss.siou_loss(p[:, :4], p[:, :4] + 1)
     assert calls == ["rotated_giou", variants.kind_of("kld_log1p", 1.0)]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# precision where training converges: nearly parallel, nearly identical boxes (float32 against float64)
+# ----------------------------------------------------------------------------------------------------------
+def converged_pairs(n, seed, lo, hi):
+    """Targets 40–200 px anywhere in ±500 px at any angle; predictions equal but turned by |Δθ| in [lo, hi]
+    degrees (log-uniform, either sign), a third also moved and resized by up to 5e-4 px. float32."""
+    g = torch.Generator().manual_seed(seed)
+    t = torch.cat([(torch.rand(n, 2, generator=g) * 2 - 1) * 500, 40 + torch.rand(n, 2, generator=g) * 160,
+                   (torch.rand(n, 1, generator=g) * 2 - 1) * 180], 1)
+    err = 10 ** (math.log10(lo) + torch.rand(n, generator=g, dtype=torch.float64) * math.log10(hi / lo))
+    sign = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0).double()
+    p = t.clone()
+    p[:, 4] = (t[:, 4].double() + sign * err).float()
+    moved = torch.rand(n, 1, generator=g) < 1 / 3
+    p[:, :4] += (torch.rand(n, 4, generator=g) - 0.5) * 1e-3 * moved
+    return p, t
+
+
+def _loss_and_angle_gradient(p, t, dtype):
+    x = p.to(dtype).detach().clone().requires_grad_()
+    loss = boxloss.iou_loss(x, t.to(dtype), fmt="cxcywhr", reduction="none")
+    loss.sum().backward()
+    return loss.detach().double(), x.grad[:, 4].double()
+
+
+@pytest.mark.parametrize("lo, hi", [(1e-4, 1e-3), (1e-3, 1e-2), (1e-2, 1e-1)])
+def test_float32_near_parallel_losses_and_angle_gradients_match_float64(backend, lo, hi):
+    # before the frame of the target, shared crossings and the shape derivative: 1 − IoU off by up to 0.67 and
+    # 41 % of the angle gradients of the wrong sign for angle errors below 0.01°
+    p, t = converged_pairs(20_000, 60, lo, hi)
+    l32, g32 = _loss_and_angle_gradient(p, t, torch.float32)
+    l64, g64 = _loss_and_angle_gradient(p, t, torch.float64)  # the same float32 boxes, computed in float64
+    assert (l32 - l64).abs().max() < 1e-5
+    wrong = ((g32 * g64) < 0).double().mean()
+    assert wrong <= 1e-3, f"{float(wrong):.2%} of the angle gradients have the wrong sign"
+    # and the gradients stay of the size of the true ones (the crossings' 1/sin δ derivatives do not leak)
+    assert g32.abs().max() <= 2 * g64.abs().max()
+
+
+def test_near_parallel_pairwise_iou_matches_float64():
+    p, t = converged_pairs(300, 61, 1e-4, 1e-1)
+    want = boxloss.box_iou(p.double(), t.double(), fmt="cxcywhr")
+    got = boxloss.box_iou(p, t, fmt="cxcywhr")  # the hand-written C kernel on the diagonal, the skip elsewhere
+    assert (got.double() - want).abs().max() < 1e-5
+    with boxloss._fast.reference_path():
+        ref = boxloss.box_iou(p, t, fmt="cxcywhr")
+    assert (ref.double() - want).abs().max() < 1e-5
+
+
+def test_review_reproducers_near_parallel():
+    a = torch.tensor([[184.48805, -166.29189, 80.465729, 46.270382, -135.69545]])
+    b = a.clone()
+    b[0, 4] = -135.69501
+    want = boxloss.box_iou(a.double(), b.double(), fmt="cxcywhr")  # 1 − 1.2e-5
+    for fn in (lambda: boxloss.box_iou(a, b, fmt="cxcywhr"), lambda: boxloss.box_iou(a, b, aligned=True,
+                                                                                             fmt="cxcywhr")):
+        assert abs(float(fn().reshape(())) - float(want)) < 1e-6  # was 0.59999
+    for path in ("fast", "reference"):
+        p = torch.tensor([[0.0, 0.0, 40.0, 20.0, 60.001]], requires_grad=True)
+        t = torch.tensor([[0.0, 0.0, 40.0, 20.0, 60.0]])
+        if path == "fast":
+            loss = boxloss.iou_loss(p, t, fmt="cxcywhr")
+        else:
+            with boxloss._fast.reference_path():
+                loss = boxloss.iou_loss(p, t, fmt="cxcywhr")
+        loss.backward()
+        # true: 1 − IoU = 2.18e-5 and dθ = +0.0218 (was 0.0170 and −16.9 on the fast path)
+        assert abs(loss.item() - 2.1816e-5) < 2e-7, path
+        assert abs(p.grad[0, 4].item() - 0.021816) < 1e-4, path
+
+
+def test_float64_tiny_turn_equals_shapely():
+    t = torch.tensor([[0.0, 0.0, 40.0, 20.0, 60.0]], dtype=torch.float64)
+    for turn in (1e-6, 1e-4, 1e-2):
+        p = t.clone()
+        p[0, 4] += turn
+        want = 1 - shapely_iou(p[0], t[0])
+        got = 1 - boxloss.box_iou(p, t, aligned=True, fmt="cxcywhr").item()
+        assert abs(got - want) <= 1e-6 * want, (turn, got, want)  # was 1.02e-8 against 2.18e-8 at 1e-6°
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_identical_thin_boxes_have_iou_one(backend, dtype):
+    # before: the 64-ulp snapping dropped both long edges of a 1e6:1 box, IoU 0
+    sides = [(1000, 1e-3), (1e-3, 1000), (1e4, 1e-4), (1, 1e-7), (3e7, 2.0)]
+    b = torch.tensor([[5.0, -7.0, w, h, r] for w, h in sides for r in (0.0, 10.0, 90.0, -33.3, 1e4)], dtype=dtype)
+    ones = torch.ones(len(b), dtype=dtype)
+    assert torch.equal(boxloss.box_iou(b, b, aligned=True, fmt="cxcywhr"), ones)
+    assert torch.equal(boxloss.box_iou(b, b, fmt="cxcywhr").diagonal(), ones)
+    for fn in (boxloss.iou_loss, boxloss.giou_loss, boxloss.diou_loss, boxloss.log_iou_loss):
+        assert torch.equal(fn(b, b, fmt="cxcywhr", reduction="none"), torch.zeros_like(ones)), fn.__name__
+
+
+def test_identical_boxes_cost_exactly_zero_with_zero_gradient_on_every_path(backend):
+    # before (FMA contraction in the C kernels): giou_loss 0.01275 for a 1e6:1 box at 10°, identical boxes at
+    # 1e4° cost 6e-8, and a float64 identical-box gradient of (−63.4, −11.2) in w, h
+    b = torch.tensor([[0.0, 0.0, 1000.0, 1e-3, 10.0], [3.0, 4.0, 5.0, 2.0, 1e4], [1.0, 1.0, 7.0, 3.0, -1e4]])
+    for dtype in (torch.float32, torch.float64):
+        for fn in (boxloss.iou_loss, boxloss.giou_loss, boxloss.diou_loss):
+            p = b.to(dtype).detach().clone().requires_grad_()
+            loss = fn(p, b.to(dtype), fmt="cxcywhr", reduction="none")
+            assert torch.equal(loss, torch.zeros(3, dtype=dtype)), (fn.__name__, dtype, loss)
+            loss.sum().backward()
+            # a kink: any one-sided derivative of the sides, bounded by that of the box's own area
+            assert (p.grad[:, 2:4].abs() * b[:, 2:4].to(dtype) <= 1.0 + 1e-6).all(), (fn.__name__, p.grad)
+
+
+def test_float32_iou_of_ordinary_boxes_is_as_accurate_as_torchvisions():
+    # before: 5.5e-6 (torchvision: 5.3e-7); the exact reference is shapely on the float32-rounded boxes
+    from torchvision.ops import box_iou as tv_box_iou
+
+    for a, b in ((rotated_boxes(300, 1), rotated_boxes(300, 2)), near_pairs(300, 3)):
+        a32, b32 = a.float(), b.float()
+        want = torch.tensor([shapely_iou(x, y) for x, y in zip(a32.double(), b32.double())], dtype=torch.float64)
+        ours = (boxloss.box_iou(a32, b32, aligned=True, fmt="cxcywhr").double() - want).abs().max()
+        theirs = (tv_box_iou(a32, b32, fmt="cxcywhr").diagonal().double() - want).abs().max()
+        assert ours < 1e-6 and ours <= 2 * theirs, (float(ours), float(theirs))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Gaussian losses at the edges
+# ----------------------------------------------------------------------------------------------------------
+def test_kfiou_is_bounded_for_a_point_target():
+    # before: 8.4e10 (float32) and 4.5e19 (float64) with a point target, gradients to 4.5e22; 5e3 for a 1 × 1
+    # prediction 0.5 px from a point
+    near = boxloss.kfiou_loss(torch.tensor([[0.5, 0.0, 1.0, 1.0, 0.0]]), torch.tensor([[0.0, 0.0, 0.0, 0.0, 0.0]]))
+    assert near.item() == pytest.approx((0.5 - 0.5 / 9) + 1.0, abs=1e-3)  # smooth-L1(0.5/1) + (1 − KFIoU ≈ 0)
+    g = torch.Generator().manual_seed(70)
+    n = 2000
+    p = torch.cat([(torch.rand(n, 2, generator=g) * 2 - 1) * 1e3, torch.rand(n, 2, generator=g) * 100,
+                   torch.rand(n, 1, generator=g) * 360], 1)
+    t = p.clone()
+    t[:, :2] += torch.randn(n, 2, generator=g) * 50
+    t[:, 2:4] = 0  # point targets
+    t[n // 2:, :2] = p[n // 2:, :2] + 1e3  # far
+    for dtype in (torch.float32, torch.float64):
+        x = p.to(dtype).detach().clone().requires_grad_()
+        loss = boxloss.kfiou_loss(x, t.to(dtype), reduction="none")
+        loss.sum().backward()
+        distance = (p[:, :2] - t[:, :2]).norm(dim=1).to(dtype)
+        side = p[:, 2:4].min(1).values.to(dtype)
+        # the centre term: at most (|offset| / the prediction's smaller side) per axis, 1 − KFIoU ≤ 1
+        assert (loss <= 2 * distance / side.clamp_min(1e-3) + 1.0).all()
+        assert x.grad.isfinite().all() and x.grad.abs().max() < 1e4
+    both = boxloss.kfiou_loss(torch.tensor([[0.0, 0.0, 0.0, 0.0, 0.0]]), torch.tensor([[5.0, 0.0, 0.0, 0.0, 0.0]]))
+    assert both.item() <= 2e4 + 1  # two points: 1e4 per axis at most
+
+
+@pytest.mark.parametrize("fun", ["log1p", "sqrt", "none"])
+def test_gwd_and_kld_with_tau_zero_have_finite_gradients_on_identical_boxes(backend, fun):
+    # before: GWD with τ = 0 (documented as valid) gave NaN gradients in w, h on the fast path
+    b = torch.tensor([[3.0, 4.0, 5.0, 2.0, 17.0], [0.0, 0.0, 3.0, 3.0, 0.0]], dtype=torch.float64)
+    for fn in (boxloss.gwd_loss, boxloss.kld_loss):
+        for tau in (0.0, 0.5):
+            p = b.clone().requires_grad_()
+            loss = fn(p, b, tau=tau, fun=fun)
+            loss.backward()
+            assert loss.item() == 0.0 and p.grad.isfinite().all(), (fn.__name__, tau)
+
+
+def test_probiou_of_two_points_apart_has_finite_gradients_on_the_reference_path():
+    # before: NaN angle gradients on the reference path (the quadratic form of two points ~1e23 overflowed in
+    # its derivatives, under the clamp at 100)
+    a = torch.tensor([[1.0, 2.0, 0.0, 0.0, 30.0], [0.0, 0.0, 0.0, 1e-3, 10.0]])
+    b = torch.tensor([[3.0, 2.0, 0.0, 0.0, 10.0], [40.0, 0.0, 1e-3, 0.0, 80.0]])
+    for mode in ("l1", "l2"):
+        for path in ("fast", "reference"):
+            x, y = a.clone().requires_grad_(), b.clone().requires_grad_()
+            if path == "reference":
+                with boxloss._fast.reference_path():
+                    loss = boxloss.probiou_loss(x, y, mode=mode, reduction="sum")
+            else:
+                loss = boxloss.probiou_loss(x, y, mode=mode, reduction="sum")
+            loss.backward()
+            assert loss.isfinite() and x.grad.isfinite().all() and y.grad.isfinite().all(), (mode, path)
+            assert loss.item() == pytest.approx(2.0 if mode == "l1" else 200.0, rel=1e-6)

@@ -32,7 +32,7 @@ def test_hand_worked_values():
     assert boxloss.shape_iou_loss(p, t, scale=1.0).item() == pytest.approx(want1, rel=1e-6)
 
 
-@pytest.mark.parametrize("scale", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("scale", [0.0, 0.5, 1.0, 1.5, 4.0])  # (the weights are computed as a sigmoid: no powers)
 def test_equals_the_papers_equations(scale):
     for p, t in (overlapping_pairs(200, seed=33), disjoint_pairs(200, seed=34)):
         assert_close(boxloss.shape_iou_loss(p, t, reduction="none", scale=scale),

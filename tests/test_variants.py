@@ -275,7 +275,7 @@ def test_the_c_source_is_generated_from_the_formulas():
     (lambda p: boxloss.nwd_loss(p, p, constant=math.inf), "constant"),
     (lambda p: boxloss.alpha_iou_loss(p, p, variant="siou"), "variant must be one of"),
     (lambda p: boxloss.inner_iou_loss(p, p, ratio=0), "ratio"),
-    (lambda p: boxloss.focaler_iou_loss(p, p, d=0.5, u=0.5), "d must be less than u"),
+    (lambda p: boxloss.focaler_iou_loss(p, p, d=0.5, u=0.5), "u must exceed d by at least 0.001"),
     (lambda p: boxloss.focaler_iou_loss(p, p, variant="wiou"), "variant must be one of"),
     (lambda p: boxloss.shape_iou_loss(p, p, scale=-1), "scale"),
 ])
@@ -327,3 +327,81 @@ def test_closed_form_runs_when_no_compiled_kernel(monkeypatch):
     slow = boxloss.siou_loss(p, t, reduction="none")
     monkeypatch.setattr(ops, "USE_COMPILED_CPU", True)
     assert_close(slow, boxloss.siou_loss(p, t, reduction="none"))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# parameters: refused where they cannot be computed, computed finitely elsewhere, fast path = reference
+# ----------------------------------------------------------------------------------------------------------
+def _fast_and_reference(fn, p, t):
+    out = {}
+    for path in ("fast", "reference"):
+        x = p.clone().requires_grad_()
+        if path == "reference":
+            with boxloss._fast.reference_path():
+                loss = fn(x, t)
+        else:
+            loss = fn(x, t)
+        loss.sum().backward()
+        out[path] = (loss.detach(), x.grad)
+    return out
+
+
+def _big_pairs():
+    """1000-px float32 boxes, half of them overlapping."""
+    p, t = overlapping_pairs(50, seed=50)
+    a, b = disjoint_pairs(50, seed=51)
+    return (torch.cat([p, a]) * 100).float(), (torch.cat([t, b]) * 100).float()
+
+
+@pytest.mark.parametrize("call", [
+    lambda p, t: boxloss.shape_iou_loss(p, t, scale=20.0, reduction="none"),     # before: NaN values
+    lambda p, t: boxloss.shape_iou_loss(p, t, scale=1e3, reduction="none"),
+    lambda p, t: boxloss.inner_iou_loss(p, t, ratio=1e3, reduction="none"),
+    lambda p, t: boxloss.inner_iou_loss(p, t, ratio=1e-3, reduction="none"),
+    lambda p, t: boxloss.nwd_loss(p, t, constant=1e-6, reduction="none"),
+    lambda p, t: boxloss.siou_loss(p, t, theta=1e3, reduction="none"),
+    lambda p, t: boxloss.focaler_iou_loss(p, t, d=0.3, u=0.301, reduction="none"),
+    lambda p, t: boxloss.mpdiou_loss(p, t, image_size=(1e-6, 1e-6), reduction="none"),
+    lambda p, t: boxloss.mpdiou_loss(p, t, image_size=(1e18, 1e18), reduction="none"),
+])
+def test_extreme_valid_parameters_give_finite_values_and_gradients_on_both_paths(call):
+    p, t = _big_pairs()
+    out = _fast_and_reference(call, p, t)
+    for loss, grad in out.values():
+        assert loss.isfinite().all() and grad.isfinite().all()
+    assert_close(out["fast"][0], out["reference"][0], torch.float32, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda p: boxloss.inner_iou_loss(p, p, ratio=1e300), r"ratio must be a finite number in \[0.001, 1000\]"),
+    (lambda p: boxloss.inner_iou_loss(p, p, ratio=1e-4), r"ratio must be a finite number in \[0.001, 1000\]"),
+    (lambda p: boxloss.nwd_loss(p, p, constant=1e-300), r"constant must be a finite number in \[1e-06, inf\]"),
+    (lambda p: boxloss.siou_loss(p, p, theta=1e300), r"theta must be a finite number in \(0, 1000\]"),
+    (lambda p: boxloss.focaler_iou_loss(p, p, d=0.3, u=0.3 + 1e-9), "u must exceed d by at least 0.001"),
+    (lambda p: boxloss.mpdiou_loss(p, p, image_size=(1e-30, 1e-30)), r"image_size\[0\] \(width\) must be"),
+    (lambda p: boxloss.mpdiou_loss(p, p, image_size=torch.zeros(3, 2)), r"image_size must hold sides in"),
+    (lambda p: boxloss.mpdiou_loss(p, p, image_size=-torch.ones(3, 2)), r"image_size must hold sides in"),
+    (lambda p: boxloss.mpdiou_loss(p, p, image_size=torch.ones(3, 2, device="meta")),
+     "image_size must be on the boxes' device cpu"),
+])
+def test_parameters_that_cannot_be_computed_are_refused_naming_them(call, message):
+    p = overlapping_pairs(3, seed=53)[0].float()
+    with pytest.raises(ValueError, match=message):
+        call(p)
+
+
+def test_kfiou_tiny_beta_is_plain_l1_and_finite():
+    box = torch.tensor([[0.0, 0.0, 4.0, 2.0, 10.0], [1.0, 1.0, 3.0, 3.0, 20.0]])
+    for beta in (1e-300, 1e-30):  # before: NaN gradients (0.5 d² / β with β rounded to 0)
+        x = box.clone().requires_grad_()
+        loss = boxloss.kfiou_loss(x, box + 0.5, beta=beta)
+        loss.backward()
+        assert loss.isfinite() and x.grad.isfinite().all()
+
+
+def test_mpdiou_with_per_box_sizes_compiles_in_one_graph():
+    # before: "Unsupported context manager ... RLock" (functools.cached_property on Python 3.11)
+    p, t = overlapping_pairs(6, seed=54)
+    size = torch.rand(6, 2, dtype=torch.float64) * 100 + 50
+    compiled = torch.compile(lambda p, t, s: boxloss.mpdiou_loss(p, t, image_size=s), fullgraph=True)
+    assert_close(compiled(p, t, size), boxloss.mpdiou_loss(p, t, image_size=size))

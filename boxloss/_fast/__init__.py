@@ -167,7 +167,10 @@ def aligned_loss(kind: str, p: Tensor, t: Tensor, eps: float, reduction: str = "
         w = None if weight is None else weight.expand(shape).reshape(-1)
         scale, divisor = 1.0, None
         if reduction == "mean":
-            if avg_factor is None:
+            if avg_factor is None and tracing:
+                # a traced graph is replayed on other sizes: the count is read from the tensor at run time
+                divisor = torch.ones_like(p2[:, 0]).sum()
+            elif avg_factor is None:
                 scale = 1.0 / max(n, 1)
             elif isinstance(avg_factor, Tensor):
                 divisor = avg_factor.reshape(())

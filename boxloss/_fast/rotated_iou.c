@@ -94,7 +94,8 @@ static R BL_CAT(bl_rot_iou, SFX)(const R *fa, const R *fb, R eps) {
     R inter = (((sa[0] + sa[2]) + (sa[1] + sa[3])) + ((sb[0] + sb[2]) + (sb[1] + sb[3]))) * (R)0.5;
     inter = BL_MIN(BL_CLAMP_MIN(inter, (R)0), BL_MIN(area_a, area_b));
     const R uni = area_a + area_b - inter;
-    return inter / BL_CLAMP_MIN(uni, eps) + guard;
+    (void)eps; /* areas are in units of the pair's largest half-side: no eps clamp (rotated._ratio) */
+    return (uni > 0 ? inter / uni : (R)0) + guard;
 }
 
 void BL_CAT(boxloss_rotated_iou_pairwise, SFX)(const R *restrict A, const R *restrict B, R *restrict O, long batch,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 from typing import Callable, Iterator, Sequence, Union
 
@@ -10,6 +11,7 @@ import torch
 from torch import Tensor
 
 from .. import losses as _losses
+from .._utils import ROTATED_FORMATS
 from ..modules import _BoxLoss
 from .coder import DEFAULT_CLAMP, decode_boxes
 
@@ -44,6 +46,33 @@ class _PerBoxLoss:
         return f"{self.fn.__name__}({', '.join(f'{k}={v!r}' for k, v in self.options.items())})"
 
 
+class _StatefulPerBoxLoss:
+    """A copy of a loss module with state (:class:`boxloss.WIoULoss`: its running mean), called with
+    ``reduction="none"`` on xyxy boxes. Each head that gets one gets its own copy: the RPN's proposals and the RoI
+    head's boxes have different IoU statistics, and one running mean shared by both would focus neither."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.module = copy.deepcopy(module)
+        self.module.reduction = "none"
+        self.module.fmt = "xyxy"
+
+    def __call__(self, pred: Tensor, target: Tensor) -> Tensor:
+        return self.module(pred, target)
+
+    def __repr__(self) -> str:
+        return f"per-head copy of {self.module!r}"
+
+
+def _check_axis_aligned(loss: torch.nn.Module, fn: Callable) -> None:
+    """The detectors decode axis-aligned xyxy boxes: a loss that cannot take them is refused at the call."""
+    empty = torch.zeros(0, 4)
+    try:
+        fn(empty, empty)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"loss {type(loss).__name__} cannot be a detector's box loss: the heads decode "
+                         f"axis-aligned xyxy boxes, and it refuses them ({exc})") from None
+
+
 def resolve_box_loss(loss: BoxLossSpec) -> Callable[[Tensor, Tensor], Tensor]:
     """A callable ``(pred_boxes, target_boxes) -> per-box loss`` from a name, a boxloss module or a callable.
 
@@ -61,7 +90,15 @@ def resolve_box_loss(loss: BoxLossSpec) -> Callable[[Tensor, Tensor], Tensor]:
                              f"or a callable; got {loss!r}")
         return _PerBoxLoss(LOSS_FUNCTIONS[loss])
     if isinstance(loss, _BoxLoss):
-        return _PerBoxLoss(type(loss)._fn, **{**loss._options(), "fmt": "xyxy"})
+        if loss._formats == ROTATED_FORMATS:  # ProbIoU, GWD, KLD, KFIoU
+            raise ValueError(f"loss {type(loss).__name__} takes rotated boxes only; the detectors' heads decode "
+                             f"axis-aligned xyxy boxes: choose one of {', '.join(repr(n) for n in LOSS_NAMES)} or "
+                             f"its module")
+        fn = _PerBoxLoss(type(loss)._fn, **{**loss._options(), "fmt": "xyxy"})
+        _check_axis_aligned(loss, fn)
+        return fn
+    if isinstance(loss, _losses.WIoULoss):
+        return _StatefulPerBoxLoss(loss)
     if callable(loss):
         return loss
     raise TypeError(f"loss must be one of {', '.join(repr(n) for n in LOSS_NAMES)}, a boxloss loss module or a "
@@ -101,7 +138,9 @@ def _per_box(loss_fn: Callable[[Tensor, Tensor], Tensor], pred: Tensor, target: 
         out = loss_fn(pred, target)
     if not isinstance(out, Tensor) or out.shape != pred.shape[:-1]:
         shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-        raise ValueError(f"the box loss must return one loss per box, shape {tuple(pred.shape[:-1])}; got {shape}")
+        raise ValueError(f"the box loss must return one loss per box, shape {tuple(pred.shape[:-1])}; got {shape} "
+                         f"(a loss module or function with reduction='mean' returns one number: build it with "
+                         f"reduction='none')")
     return out
 
 

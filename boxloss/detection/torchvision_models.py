@@ -330,12 +330,17 @@ def _weight_for(head: str, loss_weight) -> float:
     return check_loss_weight(value, head)
 
 
-def _loss_for(head: str, loss):
-    """(replace this head?, its per-box loss) from ``loss``: one spec for every head, or a dict per head."""
+def _loss_for(head: str, loss, model_heads=()):
+    """(replace this head?, its per-box loss) from ``loss``: one spec for every head, or a dict per head (whose
+    keys must be heads of this model: a key for another model's head would silently do nothing)."""
     if isinstance(loss, dict):
         unknown = set(loss) - set(DEFAULT_LOSS_WEIGHTS)
         if unknown:
             raise ValueError(f"loss keys must be among {', '.join(DEFAULT_LOSS_WEIGHTS)}; got {sorted(unknown)}")
+        foreign = set(loss) - set(model_heads)
+        if model_heads and foreign:
+            raise ValueError(f"loss keys must be heads of this model ({', '.join(model_heads)}); got "
+                             f"{sorted(foreign)}, which it does not have")
         if head not in loss:
             return False, None
         return True, resolve_box_loss(loss[head])
@@ -358,10 +363,14 @@ def replace_box_loss(model: nn.Module, loss: BoxLossSpec = "giou", *, rpn: bool 
             image, as the transform resized it —, ``"shape_iou"``, ``"nwd"``, ``"alpha_iou"``, ``"inner_iou"``,
             ``"focaler_iou"``; default options), a boxloss loss module (its
             options are kept, except that it reads the decoded boxes as ``xyxy`` whatever its ``fmt``, and its
-            reduction is replaced by the head's normalisation), a callable ``(pred_boxes, target_boxes) ->
-            per-box loss`` on xyxy boxes, or a dict of those keyed like ``loss_weight`` (``"rpn"``,
-            ``"roi_heads"``, ``"retinanet"``, ``"fcos"``), e.g. ``{"rpn": "giou", "roi_heads": "ciou"}``: heads
-            missing from the dict are left as torchvision has them.
+            reduction is replaced by the head's normalisation; the rotated-only ``ProbIoULoss``, ``GWDLoss``,
+            ``KLDLoss`` and ``KFIoULoss`` are refused), a :class:`boxloss.WIoULoss` (copied for each head, so the
+            RPN and the RoI head keep their own running means of 1 − IoU, which live in the model's heads and are
+            pickled with the model, not in its ``state_dict``), a callable ``(pred_boxes, target_boxes) ->
+            per-box loss`` on xyxy boxes, or a dict of those keyed by this model's heads (``"rpn"`` and
+            ``"roi_heads"`` for the two-stage models, ``"retinanet"``, ``"fcos"``), e.g.
+            ``{"rpn": "giou", "roi_heads": "ciou"}``: heads missing from the dict are left as torchvision has
+            them, and a key the model has no head for is refused.
         rpn: replace the RPN's box loss (two-stage models). ``False`` leaves it, or puts it back, as torchvision
             has it.
         roi_heads: replace the RoI head's box loss (two-stage models) or the box loss of the head of a one-stage
@@ -395,7 +404,8 @@ def replace_box_loss(model: nn.Module, loss: BoxLossSpec = "giou", *, rpn: bool 
     Raises:
         TypeError: an unsupported model, or a bad ``loss``/``loss_weight`` type.
         ValueError: an unknown loss name (the message lists the valid ones), an unknown ``loss``/``loss_weight``
-            key, or a negative ``loss_weight``.
+            key, a ``loss`` key for a head the model does not have, a loss module for rotated boxes, or a
+            negative ``loss_weight``.
 
     Example:
         >>> import torchvision
@@ -422,7 +432,7 @@ def replace_box_loss(model: nn.Module, loss: BoxLossSpec = "giou", *, rpn: bool 
                         f"wrapped in DistributedDataParallel); got {type(inner).__name__}")
     plan = []
     for name, module, mixin, wanted in heads:  # check everything before changing anything
-        replace, fn = _loss_for(name, loss)
+        replace, fn = _loss_for(name, loss, tuple(h[0] for h in heads))
         plan.append((name, module, mixin, wanted and replace, fn, _weight_for(name, loss_weight)))
     for name, module, mixin, replace, fn, weight in plan:
         if not replace:

@@ -10,7 +10,8 @@ kernels (IoU, GIoU, DIoU and CIoU to rounding).
 from __future__ import annotations
 
 import math
-from functools import cached_property
+
+from .._lazy import lazy
 
 FOUR_OVER_PI2 = 4 / math.pi**2
 
@@ -22,32 +23,32 @@ class Pair:
         self.p, self.t, self.m = p, t, m
 
     # sizes and centres -----------------------------------------------------------------------------------
-    @cached_property
+    @lazy
     def pw(self):
         return self.m.clamp_min(self.p[2] - self.p[0], 0.0)
 
-    @cached_property
+    @lazy
     def ph(self):
         return self.m.clamp_min(self.p[3] - self.p[1], 0.0)
 
-    @cached_property
+    @lazy
     def tw(self):
         return self.m.clamp_min(self.t[2] - self.t[0], 0.0)
 
-    @cached_property
+    @lazy
     def th(self):
         return self.m.clamp_min(self.t[3] - self.t[1], 0.0)
 
-    @cached_property
+    @lazy
     def sx(self):
         """Target centre minus predicted centre, x."""
         return (self.t[0] + self.t[2] - self.p[0] - self.p[2]) * 0.5
 
-    @cached_property
+    @lazy
     def sy(self):
         return (self.t[1] + self.t[3] - self.p[1] - self.p[3]) * 0.5
 
-    @cached_property
+    @lazy
     def rho2(self):
         """Squared distance between the centres (as ``boxes._diou_kernel``: (2Δ)² / 4)."""
         dx = self.p[0] + self.p[2] - self.t[0] - self.t[2]
@@ -55,56 +56,56 @@ class Pair:
         return (dx * dx + dy * dy) * 0.25
 
     # overlap ---------------------------------------------------------------------------------------------
-    @cached_property
+    @lazy
     def inter(self):
         m, p, t = self.m, self.p, self.t
         iw = m.clamp_min(m.minimum(p[2], t[2]) - m.maximum(p[0], t[0]), 0.0)
         ih = m.clamp_min(m.minimum(p[3], t[3]) - m.maximum(p[1], t[1]), 0.0)
         return iw * ih
 
-    @cached_property
+    @lazy
     def union(self):
         return self.pw * self.ph + self.tw * self.th - self.inter
 
-    @cached_property
+    @lazy
     def iou(self):
         return self.m.safe_div(self.inter, self.union)
 
     # the enclosing box -----------------------------------------------------------------------------------
-    @cached_property
+    @lazy
     def cw(self):
         m, p, t = self.m, self.p, self.t
         return m.clamp_min(m.maximum(p[2], t[2]) - m.minimum(p[0], t[0]), 0.0)
 
-    @cached_property
+    @lazy
     def ch(self):
         m, p, t = self.m, self.p, self.t
         return m.clamp_min(m.maximum(p[3], t[3]) - m.minimum(p[1], t[1]), 0.0)
 
-    @cached_property
+    @lazy
     def c2(self):
         """Squared diagonal of the enclosing box."""
         return self.cw * self.cw + self.ch * self.ch
 
     # the penalties of the classic losses -----------------------------------------------------------------
-    @cached_property
+    @lazy
     def giou_penalty(self):
         """|C ∖ (A ∪ B)| / |C|."""
         area_c = self.cw * self.ch
         return self.m.safe_div(area_c - self.union, area_c)
 
-    @cached_property
+    @lazy
     def diou_penalty(self):
         """ρ² / c², with the maximum that keeps it ≤ 1 for inverted boxes (``boxes._diou_kernel``)."""
         return self.m.safe_div(self.rho2, self.m.maximum(self.c2, self.rho2))
 
-    @cached_property
+    @lazy
     def aspect_v(self):
         """CIoU's v = 4/π² (atan(w_t/h_t) − atan(w_p/h_p))²."""
         d = self.m.atan2_safe(self.tw, self.th) - self.m.atan2_safe(self.pw, self.ph)
         return d * d * FOUR_OVER_PI2
 
-    @cached_property
+    @lazy
     def ciou_alpha(self):
         """CIoU's trade-off weight v / (1 − IoU + v), held constant in backward."""
         v = self.aspect_v

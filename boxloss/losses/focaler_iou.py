@@ -13,6 +13,8 @@ from ._pair import Pair
 
 __all__ = ["focaler_iou_loss", "focaler_iou_formula"]
 
+FOCALER_MIN_GAP = 1e-3  # smallest u − d
+
 
 def focaler_iou_formula(base):
     """The formula of Focaler-``base``."""
@@ -41,7 +43,7 @@ def focaler_iou_loss(pred: Tensor, target: Tensor, *, reduction: str = "mean", w
     get no gradient; the other variants pull them together through their penalty.
 
     {args}
-        d, u (float): the interval, 0 ≤ d < u ≤ 1 (default 0 and 0.95).
+        d, u (float): the interval, 0 ≤ d, u ≤ 1 and u − d ≥ 1e-3 (default 0 and 0.95).
         variant (str): the base loss X: ``"iou"`` (default), ``"giou"``, ``"diou"``, ``"ciou"``, ``"siou"``
             (θ = 4) or ``"eiou"``.
 
@@ -61,7 +63,8 @@ def focaler_iou_loss(pred: Tensor, target: Tensor, *, reduction: str = "mean", w
 
     d = check_param("d", d, 0.0, 1.0)
     u = check_param("u", u, 0.0, 1.0)
-    if not d < u:
-        raise ValueError(f"d must be less than u; got d={d!r}, u={u!r}")
+    if not u - d >= FOCALER_MIN_GAP:
+        # (u − d) is the denominator of the mapping; closer limits round to one float32 in the kernels (0/0)
+        raise ValueError(f"u must exceed d by at least {FOCALER_MIN_GAP:g}; got d={d!r}, u={u!r}")
     _check_choice("variant", variant, tuple(BASES))
     return variant_loss(f"focaler_iou_{variant}", (d, u), pred, target, reduction, weight, avg_factor, eps, fmt)

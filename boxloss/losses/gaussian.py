@@ -103,7 +103,9 @@ def _finish(distance, m, fun: str, tau):
         d = distance
     if isinstance(tau, (int, float)):  # on tensors the parameter is a number
         return 1 - 1 / (tau + d) if tau >= 1 else d
-    return m.where(tau >= 1, 1 - 1 / (tau + d), d)
+    # (a generated kernel evaluates both branches: the one not taken must stay finite, 1/(0 + 0) is not)
+    saturating = tau >= 1
+    return m.where(saturating, 1 - 1 / m.where(saturating, tau + d, 1.0), d)
 
 
 def probiou_formula(mode: str):
@@ -113,7 +115,12 @@ def probiou_formula(mode: str):
         det = g.det_sum()
         # Bhattacharyya distance B = ⅛ Δᵀ Σ⁻¹ Δ + ½ ln(det Σ / √(det Σp det Σt)), Σ = (Σp + Σt)/2; the log term
         # is the sum of three log1p's of non-negative terms (0 for identical boxes)
-        quad = (b * g.dx * g.dx + a * g.dy * g.dy - 2 * c * g.dx * g.dy) / det
+        # centres so far apart (in standard deviations) that B > 100 whatever the shapes: B is clamped there,
+        # and the quadratic form, of order (offset / smallest side)² ~ 1e23 for two points, is not evaluated
+        # (its derivatives would overflow float32 and turn the clamp's zero gradient into NaN)
+        far = (g.dx * g.dx + g.dy * g.dy) > 800.0 * (a + b)
+        dx, dy = m.where(far, 0.0, g.dx), m.where(far, 0.0, g.dy)
+        quad = m.where(far, 800.0, (b * dx * dx + a * dy * dy - 2 * c * dx * dy) / det)
         l1, l2, u1, u2 = g.variances()
         log_det = (m.log1p((g.s1 - g.t1) * (g.s1 - g.t1) / (2 * g.s1 * g.t1))
                    + m.log1p((g.s2 - g.t2) * (g.s2 - g.t2) / (2 * g.s2 * g.t2))
@@ -185,12 +192,19 @@ def kfiou_formula(fun: str):
             kf = m.exp(1 - kfiou) - 1
         else:
             kf = 1 - kfiou
-        # centre term: smooth-L1 of the offset along the target's axes over its width and height (the offset
-        # encoding of the authors' code with the target as the anchor); s = w/2 here, so w = 2 t1
+        # centre term: smooth-L1 of the offset along the target's axes over the anchor's width and height (the
+        # offset encoding of the authors' code, where the anchor is a constant of positive size). The anchor is
+        # the target with each side at least the prediction's paired side and 1e-4 of the centre distance, held
+        # constant: a point target would otherwise divide by its clamped 1e-4 side (losses to 1e11), and a
+        # prediction that grows its anchor would be paid for growing. s = w/2 here, so w = 2 t1
         du, dv = g.offset_in(g.ct, g.st)
+        floor = MIN_SIDE * m.safe_sqrt(g.dx * g.dx + g.dy * g.dy)
         xy = 0.0
-        for d in (m.abs(du) / (2 * g.t1), m.abs(dv) / (2 * g.t2)):
-            xy = xy + m.where(d < beta, 0.5 * d * d / beta, d - 0.5 * beta)
+        for d, side_t, side_p in ((du, g.t1, g.s1), (dv, g.t2, g.s2)):
+            anchor = m.detach(m.maximum(m.maximum(2 * side_t, 2 * side_p), floor))
+            d = m.abs(d) / anchor
+            quadratic = d < beta
+            xy = xy + m.where(quadratic, 0.5 * d * d / m.where(quadratic, beta, 1.0), d - 0.5 * beta)
         return m.clamp_min(xy + kf, 0.0) + g.guard
 
     formula.__name__ = f"kfiou_{fun}_formula"
@@ -359,8 +373,12 @@ def kfiou_loss(pred: Tensor, target: Tensor, *, fun: str = "none", beta: float =
     with the covariance ``diag(w², h²)/4``. As in the authors' code, KFIoU is at most 1/3 (reached by identical
     boxes), so the loss of identical boxes is **2/3**, not 0, and its minimum over the prediction's size is
     not at the target's size: the centre term carries the position, the KFIoU term the shape. The centre
-    term is the authors' smooth-L1 on encoded offsets, with the target as the anchor (offsets along the target's
-    axes over its width and height). ``fun="ln"`` uses ``−ln(KFIoU + ε)`` and ``fun="exp"``
+    term is the authors' smooth-L1 on encoded offsets: along the target's axes, over the anchor's width and
+    height, where the anchor is the target with each side taken at least as large as the prediction's
+    corresponding side and as 1e-4 of the centre distance, held constant (no gradient) as the authors' anchors
+    are. A target of positive size at least as large as the prediction is its own anchor; a point target is
+    bounded by the prediction's size (a 1 × 1 prediction 0.5 px from a point costs about 1.4, not 5e3), and two
+    points by 1e4 per axis. ``fun="ln"`` uses ``−ln(KFIoU + ε)`` and ``fun="exp"``
     ``exp(1 − KFIoU) − 1`` instead of ``1 − KFIoU``.
 
     Args:

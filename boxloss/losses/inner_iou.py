@@ -48,7 +48,7 @@ def inner_iou_loss(pred: Tensor, target: Tensor, *, reduction: str = "mean", wei
     variants pull them together through their penalty.
 
     {args}
-        ratio (float): the scale r > 0 of the auxiliary boxes (the paper: 0.5 to 1.5; default 0.7).
+        ratio (float): the scale r of the auxiliary boxes, in [1e-3, 1e3] (the paper: 0.5 to 1.5; default 0.7).
         variant (str): the base loss X: ``"iou"`` (default), ``"giou"``, ``"diou"``, ``"ciou"``, ``"siou"``
             (θ = 4) or ``"eiou"``.
 
@@ -66,6 +66,6 @@ def inner_iou_loss(pred: Tensor, target: Tensor, *, reduction: str = "mean", wei
     """
     from .registry import BASES
 
-    ratio = check_param("ratio", ratio, 0.0, low_open=True)
+    ratio = check_param("ratio", ratio, 1e-3, 1e3)  # auxiliary boxes 1e3 × larger: 1e6-px coordinates at most
     _check_choice("variant", variant, tuple(BASES))
     return variant_loss(f"inner_iou_{variant}", (ratio,), pred, target, reduction, weight, avg_factor, eps, fmt)

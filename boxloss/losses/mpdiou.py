@@ -15,6 +15,9 @@ from ._pair import Pair
 
 __all__ = ["mpdiou_loss", "mpdiou_formula"]
 
+# image sides whose W² + H² is a positive float32: smaller ones divide by 0, larger ones overflow
+IMAGE_SIDE_RANGE = (1e-6, 1e18)
+
 
 def mpdiou_formula(p, t, m, width, height):
     b = Pair(p, t, m)
@@ -39,9 +42,12 @@ def mpdiou_loss(pred: Tensor, target: Tensor, *, image_size: Union[Sequence[floa
     gradient from the corner distances; identical boxes cost 0.
 
     {args}
-        image_size ((W, H) or Tensor[..., 2]): required, keyword only. Two positive numbers for the whole batch
-            (the compiled fast path), or a tensor of per-box image sizes broadcastable to ``pred.shape[:-1] + (2,)``
-            (e.g. one row per box of a batch of images of different sizes; this runs the plain-PyTorch formula).
+        image_size ((W, H) or Tensor[..., 2]): required, keyword only. Two numbers in [1e-6, 1e18] for the whole
+            batch (the compiled fast path), or a tensor of per-box image sizes broadcastable to
+            ``pred.shape[:-1] + (2,)`` on the boxes' device (e.g. one row per box of a batch of images of
+            different sizes; this runs the plain-PyTorch formula). A CPU tensor's values are checked against the
+            same range (``ValueError``); on an accelerator and in compiled or traced graphs they are clamped to it
+            instead (checking would synchronise with the device, or branch the graph on data).
 
     {returns}
 
@@ -60,6 +66,16 @@ def mpdiou_loss(pred: Tensor, target: Tensor, *, image_size: Union[Sequence[floa
         if image_size.shape[-1:] != (2,) or image_size.is_complex() or image_size.dtype == torch.bool:
             raise ValueError(f"image_size as a tensor must be real with shape (..., 2); got {image_size.dtype} "
                              f"{tuple(image_size.shape)}")
+        if image_size.device != pred.device:
+            raise ValueError(f"image_size must be on the boxes' device {pred.device}; got a tensor on "
+                             f"{image_size.device} (move it with .to(pred.device))")
+        low, high = IMAGE_SIDE_RANGE
+        checked = image_size.device.type == "cpu" and not (torch.compiler.is_compiling() or torch.jit.is_tracing())
+        if checked and image_size.numel():  # free to check here; on a GPU or in a traced graph: clamped below
+            smallest, largest = float(image_size.min()), float(image_size.max())
+            if not (low <= smallest and largest <= high):  # (NaN fails both)
+                raise ValueError(f"image_size must hold sides in [{low:g}, {high:g}]; got values from "
+                                 f"{smallest!r} to {largest!r}")
         try:
             size = image_size.to(p.dtype if p.dtype == torch.float64 else torch.float32).expand(
                 *p.shape[:-1], 2)
@@ -67,10 +83,12 @@ def mpdiou_loss(pred: Tensor, target: Tensor, *, image_size: Union[Sequence[floa
             raise ValueError(f"image_size of shape {tuple(image_size.shape)} does not broadcast to the boxes' "
                              f"{tuple(p.shape[:-1])} + (2,)") from None
         cd = size.dtype
+        if not checked:  # checking the values would synchronise with the device (or branch a graph): clamp them
+            size = size.clamp(low, high)
         loss = mpdiou_formula(tuple(p.to(cd).unbind(-1)), tuple(t.to(cd).unbind(-1)), TorchMath(eps), *size.unbind(-1))
         return _reduce(loss, reduction, weight, avg_factor, eps)
     if isinstance(image_size, (str, bytes)) or not hasattr(image_size, "__len__") or len(image_size) != 2:
         raise TypeError(f"image_size must be (width, height) or a tensor of shape (..., 2); got {image_size!r}")
-    width = check_param("image_size[0] (width)", image_size[0], 0.0, low_open=True)
-    height = check_param("image_size[1] (height)", image_size[1], 0.0, low_open=True)
+    width = check_param("image_size[0] (width)", image_size[0], *IMAGE_SIDE_RANGE)
+    height = check_param("image_size[1] (height)", image_size[1], *IMAGE_SIDE_RANGE)
     return variant_loss("mpdiou", (width, height), pred, target, reduction, weight, avg_factor, eps, fmt)

@@ -37,7 +37,7 @@ def nwd_loss(pred: Tensor, target: Tensor, *, reduction: str = "mean", weight: O
     square root's subgradient), elsewhere it has unit norm in W₂, so disjoint boxes are pulled together.
 
     {args}
-        constant (float): C > 0, in the boxes' units (default 12.8, the paper's AI-TOD value).
+        constant (float): C ≥ 1e-6, in the boxes' units (default 12.8, the paper's AI-TOD value).
 
     {returns}
 
@@ -51,5 +51,5 @@ def nwd_loss(pred: Tensor, target: Tensor, *, reduction: str = "mean", weight: O
         >>> nwd_loss(torch.tensor([[0., 0., 2., 2.]]), torch.tensor([[1., 0., 3., 2.]]), constant=2.0)  # 1 - exp(-1/2)
         tensor(0.3935)
     """
-    constant = check_param("constant", constant, 0.0, low_open=True)
+    constant = check_param("constant", constant, 1e-6)  # 1/C below float32's range gives NaN gradients
     return variant_loss("nwd", (constant,), pred, target, reduction, weight, avg_factor, eps, fmt)

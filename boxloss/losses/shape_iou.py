@@ -16,9 +16,12 @@ __all__ = ["shape_iou_loss", "shape_iou_formula"]
 
 def shape_iou_formula(p, t, m, scale):
     b = Pair(p, t, m)
-    tw_s, th_s = m.safe_pow(b.tw, scale), m.safe_pow(b.th, scale)
-    ww = m.safe_div(2 * tw_s, tw_s + th_s)
-    hh = m.safe_div(2 * th_s, tw_s + th_s)
+    # ww = 2 w^s / (w^s + h^s) = 2 σ(s ln(w / h)), hh = 2 − ww: as a sigmoid of the log aspect ratio, so that no
+    # power of a side is formed (1000^20 overflows float32); sides clamped at eps
+    z = scale * (m.log(m.clamp_min(b.tw, m.eps)) - m.log(m.clamp_min(b.th, m.eps)))
+    e = m.exp(-m.abs(z))
+    ww = 2 * m.where(z >= 0, 1 / (1 + e), e / (1 + e))
+    hh = 2 - ww
     # hh weights the horizontal centre offset and ww the vertical one, over the enclosing diagonal squared
     distance = b.ratio_at_most_one(hh * b.sx * b.sx + ww * b.sy * b.sy, b.c2 * 2)
     omega_w = hh * m.safe_div(m.abs(b.pw - b.tw), m.maximum(b.pw, b.tw))

@@ -60,7 +60,7 @@ def siou_loss(pred: Tensor, target: Tensor, *, reduction: str = "mean", weight: 
     gradient from the distance cost.
 
     {args}
-        theta (float): the shape cost's exponent θ > 0 (the paper uses 4; its experiments cover 2 to 6).
+        theta (float): the shape cost's exponent θ in (0, 1e3] (the paper uses 4; its experiments cover 2 to 6).
 
     {returns}
 
@@ -74,5 +74,5 @@ def siou_loss(pred: Tensor, target: Tensor, *, reduction: str = "mean", weight: 
         >>> siou_loss(torch.tensor([[0., 0., 2., 2.]]), torch.tensor([[0., 0., 2., 2.]]))
         tensor(0.)
     """
-    theta = check_param("theta", theta, 0.0, low_open=True)
+    theta = check_param("theta", theta, 0.0, 1e3, low_open=True)  # the kernels hold θ in float32
     return variant_loss("siou", (theta,), pred, target, reduction, weight, avg_factor, eps, fmt)

@@ -67,7 +67,20 @@ class WIoULoss(nn.Module):
     as in the paper), and :math:`\overline{\mathcal{L}_{IoU}}` the running mean of the batch means of
     1 − IoU, a buffer (``iou_mean``, saved in ``state_dict``) that starts at 1 and is updated in training mode
     only, before the factor is computed: ``mean ← (1 − m)·mean + m·batch_mean``, on the device, with no host
-    synchronisation (an empty batch leaves it unchanged).
+    synchronisation.
+
+    What the batch mean averages: the boxes whose 1 − IoU is finite and, when ``weight`` is given, whose weight is
+    positive (padding and ignored boxes, weight 0, do not move it); a batch with none such leaves the mean
+    unchanged. A NaN box still gives a NaN loss for its call, but never enters the running mean. Under
+    ``torch.distributed`` (a process group initialised, ``sync=True``, the default) the sums are all-reduced, so
+    every process averages over the global batch, as one process would on the whole batch, and all keep the
+    same mean (an all-reduce per training call; collective, so every rank must call the loss each step). With
+    ``sync=False`` each process averages its own boxes; DDP's default ``broadcast_buffers`` then overwrites every
+    rank's mean with rank 0's at each forward.
+
+    The mean is kept in float32 whatever the module is converted to (``.half()``, ``.to(torch.bfloat16)``:
+    bfloat16 could not represent the step of a momentum of 4e-4 from 1.0); the factor is computed in the loss'
+    compute dtype (float32, float64 for float64 boxes).
 
     Args:
         version (int): 1, 2 or 3 (default 3, the paper's best).
@@ -78,6 +91,8 @@ class WIoULoss(nn.Module):
             slows (default 7000).
         gamma (float): v2's exponent (default 0.5).
         alpha, delta (float): v3's α and δ (default 1.9 and 3, the paper's best on COCO).
+        sync (bool): average the batch means over all processes of an initialised ``torch.distributed`` process
+            group (default True).
 
     ``forward(pred, target, weight=None, avg_factor=None)`` returns what :func:`boxloss.wiou_loss` returns, times
     the focusing factor for v2 and v3.
@@ -93,7 +108,7 @@ class WIoULoss(nn.Module):
 
     def __init__(self, version: int = 3, *, reduction: str = "mean", eps: float = 1e-7, fmt: str = "xyxy",
                  momentum: Optional[float] = None, steps_to_plateau: int = 7000, gamma: float = 0.5,
-                 alpha: float = 1.9, delta: float = 3.0) -> None:
+                 alpha: float = 1.9, delta: float = 3.0, sync: bool = True) -> None:
         super().__init__()
         if version not in (1, 2, 3) or isinstance(version, bool):
             raise ValueError(f"version must be 1, 2 or 3; got {version!r}")
@@ -109,7 +124,36 @@ class WIoULoss(nn.Module):
         self.gamma = check_param("gamma", gamma, 0.0, low_open=True)
         self.alpha = check_param("alpha", alpha, 0.0, low_open=True)
         self.delta = check_param("delta", delta, 0.0, low_open=True)
-        self.register_buffer("iou_mean", torch.tensor(1.0))
+        if not isinstance(sync, bool):
+            raise TypeError(f"sync must be a bool; got {type(sync).__name__}")
+        self.sync = sync
+        self.register_buffer("iou_mean", torch.tensor(1.0, dtype=torch.float32))
+
+    def _apply(self, fn, recurse=True):
+        # .to(device) moves the running mean; .half() / .to(dtype) must not round it (see the class docstring)
+        mean = self.iou_mean
+        super()._apply(fn, recurse)
+        self.iou_mean = mean.to(device=self.iou_mean.device, dtype=torch.float32)
+        return self
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "iou_mean"
+        if key in state_dict:
+            state_dict[key] = state_dict[key].to(torch.float32)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _update_mean(self, l_iou: Tensor, weight: Optional[Tensor]) -> None:
+        """mean ← (1 − m)·mean + m·(mean of the finite, positively weighted boxes), on the device."""
+        valid = l_iou.isfinite()
+        if weight is not None:
+            valid = valid & (torch.broadcast_to(weight.detach(), l_iou.shape) > 0)
+        stats = torch.stack([torch.where(valid, l_iou, 0.0).sum(), valid.sum().to(torch.float32)])
+        if self.sync and torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(stats)
+        total, count = stats.unbind()
+        batch_mean = total / count.clamp_min(1.0)
+        updated = self.iou_mean * (1 - self.momentum) + self.momentum * batch_mean
+        self.iou_mean.copy_(torch.where(count > 0, updated, self.iou_mean))
 
     def forward(self, pred: Tensor, target: Tensor, weight: Optional[Tensor] = None,
                 avg_factor: Union[None, float, Tensor] = None) -> Tensor:
@@ -122,9 +166,9 @@ class WIoULoss(nn.Module):
 
         with torch.no_grad():
             l_iou = 1 - box_iou(pred.detach(), target.detach(), aligned=True, fmt=self.fmt, eps=self.eps)
-            if self.training and l_iou.numel() > 0:
-                self.iou_mean.mul_(1 - self.momentum).add_(self.momentum * l_iou.mean().to(self.iou_mean.dtype))
-            beta = l_iou / self.iou_mean.to(l_iou.dtype).clamp_min(self.eps)
+            if self.training:
+                self._update_mean(l_iou.to(torch.float32), weight)
+            beta = l_iou / self.iou_mean.to(l_iou.dtype).clamp_min(self.eps)  # float32, float64 for float64 boxes
             if self.version == 2:
                 factor = beta.pow(self.gamma)
             else:
@@ -135,4 +179,4 @@ class WIoULoss(nn.Module):
     def extra_repr(self) -> str:
         extra = {2: f", gamma={self.gamma}", 3: f", alpha={self.alpha}, delta={self.delta}"}.get(self.version, "")
         return (f"version={self.version}, reduction={self.reduction!r}, eps={self.eps}, fmt={self.fmt!r}, "
-                f"momentum={self.momentum:.3g}{extra}")
+                f"momentum={self.momentum:.3g}{extra}" + ("" if self.sync else ", sync=False"))
