@@ -895,7 +895,8 @@ def test_kfiou_is_bounded_for_a_point_target():
     # before: 8.4e10 (float32) and 4.5e19 (float64) with a point target, gradients to 4.5e22; 5e3 for a 1 × 1
     # prediction 0.5 px from a point
     near = boxloss.kfiou_loss(torch.tensor([[0.5, 0.0, 1.0, 1.0, 0.0]]), torch.tensor([[0.0, 0.0, 0.0, 0.0, 0.0]]))
-    assert near.item() == pytest.approx((0.5 - 0.5 / 9) + 1.0, abs=1e-3)  # smooth-L1(0.5/1) + (1 − KFIoU ≈ 0)
+    # smooth-L1(0.5 / (1 · 16/1000)) + (1 − KFIoU ≈ 0): the anchor is 16/1000 of the prediction
+    assert near.item() == pytest.approx((0.5 / 0.016 - 0.5 / 9) + 1.0, abs=1e-3)
     g = torch.Generator().manual_seed(70)
     n = 2000
     p = torch.cat([(torch.rand(n, 2, generator=g) * 2 - 1) * 1e3, torch.rand(n, 2, generator=g) * 100,
@@ -910,9 +911,9 @@ def test_kfiou_is_bounded_for_a_point_target():
         loss.sum().backward()
         distance = (p[:, :2] - t[:, :2]).norm(dim=1).to(dtype)
         side = p[:, 2:4].min(1).values.to(dtype)
-        # the centre term: at most (|offset| / the prediction's smaller side) per axis, 1 − KFIoU ≤ 1
-        assert (loss <= 2 * distance / side.clamp_min(1e-3) + 1.0).all()
-        assert x.grad.isfinite().all() and x.grad.abs().max() < 1e4
+        # the centre term: at most 62.5 |offset| / the prediction's smaller side per axis, 1 − KFIoU ≤ 1
+        assert (loss <= 2 * 62.5 * distance / side.clamp_min(1e-3) + 1.0).all()
+        assert x.grad.isfinite().all() and x.grad.abs().max() < 1e5
     both = boxloss.kfiou_loss(torch.tensor([[0.0, 0.0, 0.0, 0.0, 0.0]]), torch.tensor([[5.0, 0.0, 0.0, 0.0, 0.0]]))
     assert both.item() <= 2e4 + 1  # two points: 1e4 per axis at most
 

@@ -34,6 +34,9 @@ from ._common import variant_loss
 __all__ = ["probiou_loss", "gwd_loss", "kld_loss", "kfiou_loss", "GAUSSIAN_FORMULAS"]
 
 MIN_SIDE = 1e-4  # smallest width/height, relative to the pair's largest side
+# KFIoU's anchor is at least this fraction of the prediction's side: the largest ratio of a decoded box to its
+# anchor that torchvision's and mmdetection's box coders allow (their clamp of dw, dh at log(1000 / 16))
+ANCHOR_MIN_RATIO = 16 / 1000
 
 
 class _Gaussians:
@@ -194,14 +197,14 @@ def kfiou_formula(fun: str):
             kf = 1 - kfiou
         # centre term: smooth-L1 of the offset along the target's axes over the anchor's width and height (the
         # offset encoding of the authors' code, where the anchor is a constant of positive size). The anchor is
-        # the target with each side at least the prediction's paired side and 1e-4 of the centre distance, held
-        # constant: a point target would otherwise divide by its clamped 1e-4 side (losses to 1e11), and a
-        # prediction that grows its anchor would be paid for growing. s = w/2 here, so w = 2 t1
+        # the target with each side at least 16/1000 of the prediction's paired side and 1e-4 of the centre
+        # distance, held constant: a point target would otherwise divide by its clamped 1e-4 side (losses to
+        # 1e11), and a prediction that grows its anchor would be paid for growing. s = w/2 here, so w = 2 t1
         du, dv = g.offset_in(g.ct, g.st)
         floor = MIN_SIDE * m.safe_sqrt(g.dx * g.dx + g.dy * g.dy)
         xy = 0.0
         for d, side_t, side_p in ((du, g.t1, g.s1), (dv, g.t2, g.s2)):
-            anchor = m.detach(m.maximum(m.maximum(2 * side_t, 2 * side_p), floor))
+            anchor = m.detach(m.maximum(m.maximum(2 * side_t, (2 * ANCHOR_MIN_RATIO) * side_p), floor))
             d = m.abs(d) / anchor
             quadratic = d < beta
             xy = xy + m.where(quadratic, 0.5 * d * d / m.where(quadratic, beta, 1.0), d - 0.5 * beta)
@@ -374,11 +377,12 @@ def kfiou_loss(pred: Tensor, target: Tensor, *, fun: str = "none", beta: float =
     boxes), so the loss of identical boxes is **2/3**, not 0, and its minimum over the prediction's size is
     not at the target's size: the centre term carries the position, the KFIoU term the shape. The centre
     term is the authors' smooth-L1 on encoded offsets: along the target's axes, over the anchor's width and
-    height, where the anchor is the target with each side taken at least as large as the prediction's
-    corresponding side and as 1e-4 of the centre distance, held constant (no gradient) as the authors' anchors
-    are. A target of positive size at least as large as the prediction is its own anchor; a point target is
-    bounded by the prediction's size (a 1 × 1 prediction 0.5 px from a point costs about 1.4, not 5e3), and two
-    points by 1e4 per axis. ``fun="ln"`` uses ``−ln(KFIoU + ε)`` and ``fun="exp"``
+    height, where the anchor is the target with each side at least 16/1000 of the prediction's corresponding
+    side (the largest box-to-anchor ratio, 62.5, that torchvision's and mmdetection's box coders decode) and
+    1e-4 of the centre distance, held constant (no gradient) as the authors' anchors are. Any target more than
+    1/62.5 of the prediction's size is its own anchor, as in the authors' code; a point target is bounded by
+    the prediction's size (the centre term is at most 62.5 × the offset over the prediction's side: a 1 × 1
+    prediction 0.5 px from a point costs about 32, not 5e3), and two points by 1e4 per axis. ``fun="ln"`` uses ``−ln(KFIoU + ε)`` and ``fun="exp"``
     ``exp(1 − KFIoU) − 1`` instead of ``1 − KFIoU``.
 
     Args:
