@@ -29,3 +29,23 @@ def test_every_launchable_specialisation_compiles_for_sm80_and_sm90():
     text = "".join(outputs)
     assert all(p.returncode == 0 for p in procs), text[-4000:]
     assert text.count(" compiled") == 2 * len(specs), text[-4000:]
+
+
+def test_kernels_compile_without_fused_multiply_add():
+    # the launches' options forbid contraction: the PTX of a kernel without library calls (the IoU loss with its
+    # gradient) holds no fma at all; with Triton's default options it holds dozens
+    import re
+
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    name, signature, constexprs = next(
+        s for s in triton_kernels.launch_specialisations()
+        if s[0] == "_aligned_kernel" and s[1]["P"] == "*fp32" and s[2]["KIND"] == 0 and s[2]["NEED_GRAD"]
+        and not s[2]["REDUCE"])
+    source = ASTSource(triton_kernels._aligned_kernel, signature, constexprs)
+    fused = {}
+    for options in ({}, triton_kernels.LAUNCH_OPTIONS):
+        ptx = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options).asm["ptx"]
+        fused[bool(options)] = len(re.findall(r"\bfma\.rn", ptx))
+    assert fused[True] == 0 and fused[False] > 0, fused

@@ -25,7 +25,8 @@ def main() -> int:
             fn = getattr(importlib.import_module(f"boxloss._fast.{module}") if module else triton_kernels, attr)
         start = time.perf_counter()
         try:
-            kernel = triton.compile(ASTSource(fn, signature, constexprs), target=GPUTarget("cuda", arch, 32))
+            kernel = triton.compile(ASTSource(fn, signature, constexprs), target=GPUTarget("cuda", arch, 32),
+                                    options=triton_kernels.LAUNCH_OPTIONS)  # as the launches compile them
             ok = "cubin" in kernel.asm and len(kernel.asm["cubin"]) > 0
         except Exception as exc:  # report every failure, not only the first
             ok = False

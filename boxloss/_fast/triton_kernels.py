@@ -39,6 +39,24 @@ PAIRWISE_BLOCKS = (32, 64)
 ROTATED_BLOCKS = (16, 32)  # the rotated scores hold ~900 values per pair: smaller tiles keep them in registers
 FLOAT32_ULP = 2.0 ** -23
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+# Compile options of every launch: no fusion of a multiply and an add into an FMA (Triton's default fuses, as
+# nvcc's --fmad=true does), so the kernels round each operation as the reference's element-wise ops do. The
+# ahead-of-time compilation test builds with the same options and checks the PTX holds no fused multiply-add.
+LAUNCH_OPTIONS = {"enable_fp_fusion": False}
+
+
+def _launch_options() -> dict:
+    """:data:`LAUNCH_OPTIONS` for a launch by Triton itself; none where the launch is being traced into a graph
+    (``torch.compile``/``torch.export`` capture the kernel's arguments, and Inductor compiles it with its own
+    options)."""
+    try:
+        from torch._library.triton import is_wrap_triton_enabled
+    except ImportError:  # pragma: no cover - an older torch
+        def is_wrap_triton_enabled():
+            return False
+    if torch.compiler.is_compiling() or is_wrap_triton_enabled():
+        return {}
+    return LAUNCH_OPTIONS
 
 
 def unavailable_reason(device: torch.device) -> Optional[str]:
@@ -413,7 +431,7 @@ def launch_generated_aligned(kind: str, p: Tensor, t: Tensor, weight: Optional[T
         w = dummy if weight is None else weight.to(torch.float32).contiguous()
         wrap(kernel)[(blocks,)](p, t, prm, w, loss, grad_p if need_p else dummy, grad_t if need_t else dummy, n,
                                 float(eps), FLOAT32_ULP, float(scale), int(weight is not None), int(need_p),
-                                int(need_t), int(reduce), BLOCK=block)
+                                int(need_t), int(reduce), BLOCK=block, **_launch_options())
     if reduce:
         loss = loss.sum()
     if divisor is not None:  # avg_factor as a tensor: divided on the device (no host sync)
@@ -445,7 +463,7 @@ def launch_aligned(kind: str, p: Tensor, t: Tensor, weight: Optional[Tensor], di
             p, t, w, d, loss, grad_p if need_p else dummy, grad_t if need_t else dummy, n, float(eps),
             float(scale), int(weight is not None), int(divisor is not None), int(need_p), int(need_t),
             KIND=KIND_CODES[kind], NEED_GRAD=need_p or need_t, REDUCE=reduce, USE_LIBDEVICE=use_libdevice,
-            BLOCK=BLOCK)
+            BLOCK=BLOCK, **_launch_options())
     if reduce:
         loss = loss.sum()
     return loss, grad_p, grad_t
@@ -466,11 +484,12 @@ def launch_pairwise(kind: str, a: Tensor, b: Tensor, eps: float, use_libdevice: 
         fb = box_features(b.to(torch.float32)).contiguous()
         grid = (triton.cdiv(n, ROTATED_BLOCKS[0]), triton.cdiv(m, ROTATED_BLOCKS[1]), batch)
         wrap(KERNELS[kind])[grid](fa, fb, out, n, m, float(eps), FLOAT32_ULP, BLOCK_N=ROTATED_BLOCKS[0],
-                                  BLOCK_M=ROTATED_BLOCKS[1])
+                                  BLOCK_M=ROTATED_BLOCKS[1], **_launch_options())
     elif out.numel():
         grid = (triton.cdiv(n, blocks[0]), triton.cdiv(m, blocks[1]), batch)
         wrap(_pairwise_kernel)[grid](a, b, out, n, m, float(eps), KIND=PAIRWISE_CODES[kind],
-                                     USE_LIBDEVICE=use_libdevice, BLOCK_N=blocks[0], BLOCK_M=blocks[1])
+                                     USE_LIBDEVICE=use_libdevice, BLOCK_N=blocks[0], BLOCK_M=blocks[1],
+                                     **_launch_options())
     return out
 
 
