@@ -1,5 +1,6 @@
 """boxloss.losses and boxloss.modules: every loss through one checklist, plus loss-specific references."""
 
+import functools
 import math
 
 import pytest
@@ -351,7 +352,7 @@ def _every_loss():
                                                          "inner_iou", "focaler_iou")]
     axis.append(("mpdiou", lambda p, t, **kw: boxloss.mpdiou_loss(p, t, image_size=(64, 48), **kw)))
     rotated = [(n, getattr(boxloss, f"{n}_loss")) for n in ("probiou", "gwd", "kld", "kfiou")]
-    rotated += [(f"rotated_{n}", lambda p, t, fn=getattr(boxloss, f"{n}_loss"), **kw: fn(p, t, fmt="cxcywhr", **kw))
+    rotated += [(f"rotated_{n}", functools.partial(getattr(boxloss, f"{n}_loss"), fmt="cxcywhr"))
                 for n in ("iou", "giou", "diou")]
     return axis, rotated
 
@@ -374,9 +375,9 @@ def test_traced_mean_reads_the_number_of_boxes_at_run_time(weighted):
             (lambda n, s: random_boxes(n, seed=s, dtype=torch.float32))
         p4, t4, p2, t2 = make(4, 1), make(4, 2), make(2, 3), make(2, 4)
         if weighted:
-            call = lambda p, t: fn(p, t, weight=torch.ones_like(p[..., 0]))  # noqa: E731
+            call = lambda p, t, fn=fn: fn(p, t, weight=torch.ones_like(p[..., 0]))  # noqa: E731
         else:
-            call = lambda p, t: fn(p, t)  # noqa: E731
+            call = lambda p, t, fn=fn: fn(p, t)  # noqa: E731
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             traced = torch.jit.trace(call, (p4, t4), check_trace=False)
