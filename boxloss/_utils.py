@@ -239,7 +239,9 @@ LOSS_ARGS_DOC = """
             weighted sum (e.g. the number of positive anchors), a Python or numpy number ≥ 0 or a tensor; clamped
             below at ``eps``.
         eps (float): lower bound of every denominator, at least the smallest normal number of the compute dtype
-            (1.2e-38 for float32). Default: ``1e-7``.
+            (1.2e-38 for float32). Default: ``1e-7``. (Rotated boxes: the geometry is computed in units of the
+            pair's largest side, where the union is never small unless a box is thin, so the IoU's denominator
+            is not clamped: a thin box's IoU with itself is exactly 1.)
         fmt (str): box format, ``"xyxy"`` (default), ``"xywh"`` or ``"cxcywh"``. ``iou_loss``, ``log_iou_loss``,
             ``giou_loss`` and ``diou_loss`` also take rotated boxes: ``"cxcywhr"``, ``"xywhr"`` (``(..., 5)``,
             angle in degrees as torchvision) and ``"xyxyxyxy"`` (``(..., 8)``), with the exact rotated geometry
