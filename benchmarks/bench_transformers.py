@@ -139,7 +139,7 @@ def main() -> None:
             loss = fn(*ga, **gk)[0]
             loss.backward()
 
-        impls = {"transformers": lambda: run(stock_fn), "boxloss": lambda: run(swapped_fn)}
+        impls = {"transformers": lambda f=stock_fn: run(f), "boxloss": lambda f=swapped_fn: run(f)}
         row = {"op": f"{name} loss function, fwd+bwd", "times": timed(impls, device, args.repeats),
                "peak_extra_bytes": {k: peak_extra_memory(f, device) for k, f in impls.items()}}
         rows.append(row)

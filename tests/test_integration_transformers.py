@@ -52,6 +52,13 @@ def _d_fine():
                                                    hidden_expansion=0.5, **RT_LIKE))
 
 
+def _rt_detr_v2():
+    backbone = T.RTDetrResNetConfig(embedding_size=16, hidden_sizes=[16, 32, 32], depths=[1, 1, 1], layer_type="basic",
+                                    out_features=["stage1", "stage2", "stage3"])
+    return T.RTDetrV2ForObjectDetection(T.RTDetrV2Config(backbone_config=backbone, encoder_in_channels=[16, 32, 32],
+                                                         **RT_LIKE))
+
+
 MODELS = {
     "detr": lambda: T.DetrForObjectDetection(T.DetrConfig(backbone_config=_resnet(["stage2"]), **DETR_LIKE)),
     "deformable_detr": lambda: T.DeformableDetrForObjectDetection(T.DeformableDetrConfig(
@@ -59,11 +66,15 @@ MODELS = {
         **DETR_LIKE)),
     "conditional_detr": lambda: T.ConditionalDetrForObjectDetection(T.ConditionalDetrConfig(
         backbone_config=_resnet(["stage2"]), **DETR_LIKE)),
+    "dab_detr": lambda: T.DabDetrForObjectDetection(T.DabDetrConfig(backbone_config=_resnet(["stage2"]),
+                                                                     **DETR_LIKE)),
     "rt_detr": _rt_detr,
+    "rt_detr_v2": _rt_detr_v2,
     "d_fine": _d_fine,
 }
 FAMILY = {"detr": "ForObjectDetectionLoss", "deformable_detr": "DeformableDetrForObjectDetectionLoss",
-          "conditional_detr": "DeformableDetrForObjectDetectionLoss", "rt_detr": "RTDetrForObjectDetectionLoss",
+          "conditional_detr": "DeformableDetrForObjectDetectionLoss", "dab_detr": "DeformableDetrForObjectDetectionLoss",
+          "rt_detr": "RTDetrForObjectDetectionLoss", "rt_detr_v2": "RTDetrForObjectDetectionLoss",
           "d_fine": "DFineForObjectDetectionLoss"}
 
 
