@@ -3,4 +3,5 @@ collected only where its extra is installed (CI installs every extra; see the RE
 
 import importlib.util
 
-collect_ignore = [] if importlib.util.find_spec("transformers") else ["boxloss/integrations/transformers.py"]
+collect_ignore = [f"boxloss/integrations/{name}.py" for name in ("transformers", "ultralytics")
+                  if importlib.util.find_spec(name) is None]
