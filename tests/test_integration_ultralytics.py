@@ -13,7 +13,13 @@ import pytest
 import torch
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
+from PIL import Image  # noqa: E402
+
+_PIL_OPEN = Image.open
 ultralytics = pytest.importorskip("ultralytics")
+# importing ultralytics replaces PIL's Image.open for the whole process (HEIF support that turns an unreadable image
+# into "No module named 'pi_heif'"): the other test modules expect PIL's own; these tests read PNGs only
+Image.open = _PIL_OPEN
 
 from ultralytics import YOLO  # noqa: E402
 
