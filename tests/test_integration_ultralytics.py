@@ -240,3 +240,24 @@ def test_restore_removes_the_swap_and_a_second_call_replaces_the_first():
     assert len(ours) == 1 and ours[0].spec.loss == "diou" and "diou" in repr(ours[0])
     assert bu.restore_box_loss(model) is model
     assert not any(isinstance(c, bu._SwapAtTrainStart) for c in model.callbacks["on_train_start"])
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def _interrupt_after_first_epoch(trainer):
+    if trainer.epoch == 0:
+        raise _Interrupted  # after epoch 0's checkpoint: last.pt can be resumed
+
+
+def test_a_resumed_run_trains_with_the_swapped_loss_again(data, tmp_path):
+    model = bu.replace_box_loss(YOLO("yolo26n.yaml"), "diou")
+    model.add_callback("on_fit_epoch_end", _interrupt_after_first_epoch)
+    with pytest.raises(_Interrupted):
+        model.train(data=data["detect"], project=str(tmp_path), name="run", **{**TRAIN, "epochs": 3})
+    resumed = bu.replace_box_loss(YOLO(str(tmp_path / "run" / "weights" / "last.pt")), "diou")
+    resumed.train(resume=True)
+    assert resumed.trainer.start_epoch == 1
+    for part in _parts(resumed.trainer.model.criterion):  # the criterion that resuming rebuilt, swapped again
+        assert type(part.bbox_loss) is bu.BoxLossBboxLoss and part.bbox_loss.spec.loss == "diou"
