@@ -175,7 +175,7 @@ class TestIoUValues:
             itself = boxloss.box_iou(x, x, aligned=True, fmt="cxcywhr")
             assert_close(itself, torch.ones_like(itself), dtype, atol=1e-15 if dtype == torch.float64 else 1e-7)
             for other in (turned, swapped, wound):
-                # the angle is reduced to [0°, 90°) before any trig: bit for bit the box against itself
+                # the angle is reduced (exactly) before any trig: bit for bit the box against itself
                 iou = boxloss.box_iou(x, other.to(dtype), aligned=True, fmt="cxcywhr")
                 assert torch.equal(iou, itself), (dtype, (iou - itself).abs().max())
 
