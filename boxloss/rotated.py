@@ -132,7 +132,7 @@ class RotatedPair:
         pu = rx * cb - ry * sb  # a's centre along b's axes
         pv = rx * sb + ry * cb
         spread = m.abs(m.detach(pu)) + m.abs(m.detach(pv))
-        half = _max4([a1, b1, a2, b2], m)
+        half = _fold(m.maximum, [a1, b1, a2, b2])
         # a zero-size pair far apart: the offset sets the unit (keeps squares finite); both zero: any unit
         unit = m.detach(m.clamp_min(m.maximum(half, spread * m.ulp), 1e-30))
         pu, pv = pu / unit, pv / unit
@@ -295,7 +295,7 @@ class RotatedPair:
         from the first box's corner distances to the second's edge lines."""
         m = self.m
         a, b = self.b[2], self.b[3]
-        far = [m.clamp_min(_max4([r[j] for r in self._table_ab], m), 0.0) for j in range(4)]
+        far = [m.clamp_min(_fold(m.maximum, [r[j] for r in self._table_ab]), 0.0) for j in range(4)]
         return 2 * a + far[0] + far[1], 2 * b + far[2] + far[3]
 
     @lazy
@@ -354,16 +354,10 @@ def _ratio(num, den, m):
 
 
 def _fold(op, values):
+    """op(…op(op(v0, v1), v2)…): a left fold, in the order the kernels are generated in."""
     out = values[0]
     for v in values[1:]:
         out = op(out, v)
-    return out
-
-
-def _max4(values, m):
-    out = values[0]
-    for v in values[1:]:
-        out = m.maximum(out, v)
     return out
 
 
