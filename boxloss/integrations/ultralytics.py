@@ -76,10 +76,11 @@ def _to_cxcywhr(xywhr: Tensor) -> Tensor:
     return torch.cat([xywhr[..., :4], -xywhr[..., 4:5] * DEGREES_PER_RADIAN], -1)
 
 
-class BoxLossBboxLoss(_ul_loss.BboxLoss):
-    """Ultralytics' ``BboxLoss`` with its IoU term computed by boxloss: ``Σ loss(pred, target) · w / Σ w_all``
-    with ``w`` the summed target scores of each foreground anchor, as Ultralytics weights ``1 − CIoU``; the
-    DFL/L1 term is Ultralytics' own (its forward computes it)."""
+class _BoxLossTerm:
+    """The IoU term of Ultralytics' box-loss modules computed by boxloss: ``Σ loss(pred, target) · w / Σ w_all``
+    with ``w`` the summed target scores of each foreground anchor, as Ultralytics weights ``1 − CIoU``
+    (``1 − ProbIoU`` for OBB); the DFL/L1 term is Ultralytics' own (its forward computes it). Mixed in before
+    the Ultralytics class it replaces."""
 
     def __init__(self, reg_max: int, spec: _Spec) -> None:
         super().__init__(reg_max)
@@ -93,19 +94,12 @@ class BoxLossBboxLoss(_ul_loss.BboxLoss):
                                   fg_mask, imgsz), loss_dfl
 
 
-class BoxLossRotatedBboxLoss(_ul_loss.RotatedBboxLoss):
+class BoxLossBboxLoss(_BoxLossTerm, _ul_loss.BboxLoss):
+    """Ultralytics' ``BboxLoss`` (detect, segment, pose) with its CIoU term computed by a boxloss loss."""
+
+
+class BoxLossRotatedBboxLoss(_BoxLossTerm, _ul_loss.RotatedBboxLoss):
     """Ultralytics' ``RotatedBboxLoss`` (OBB) with its ProbIoU term computed by a boxloss rotated loss."""
-
-    def __init__(self, reg_max: int, spec: _Spec) -> None:
-        super().__init__(reg_max)
-        self.spec = spec
-
-    def forward(self, pred_dist, pred_bboxes, anchor_points, target_bboxes, target_scores, target_scores_sum,
-                fg_mask, imgsz, stride):
-        _, loss_dfl = super().forward(pred_dist, pred_bboxes, anchor_points, target_bboxes, target_scores,
-                                      target_scores_sum, fg_mask, imgsz, stride)
-        return _weighted_box_term(self.spec, pred_bboxes, target_bboxes, target_scores, target_scores_sum,
-                                  fg_mask, imgsz), loss_dfl
 
 
 def _weighted_box_term(spec, pred_bboxes, target_bboxes, target_scores, target_scores_sum, fg_mask, imgsz):
