@@ -137,10 +137,9 @@ def _aligned_box_iou(original: Callable) -> Callable:
         spec = _ACTIVE.get()
         if spec is None or boxes1.shape != boxes2.shape:
             return original(boxes1, boxes2)
+        dtype = torch.float64 if boxes1.dtype == torch.float64 else torch.float32
         with torch.autocast(device_type=boxes1.device.type, enabled=False):
-            iou = boxloss.box_iou(boxes1.float() if boxes1.dtype != torch.float64 else boxes1,
-                                  boxes2.to(torch.float64 if boxes1.dtype == torch.float64 else torch.float32),
-                                  aligned=True)
+            iou = boxloss.box_iou(boxes1.to(dtype), boxes2.to(dtype), aligned=True)
         return torch.diag_embed(iou), None
 
     return box_iou

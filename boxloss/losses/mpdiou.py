@@ -9,7 +9,7 @@ from torch import Tensor
 
 from .._fast.expr import TorchMath
 from .._fast.variants import check_param
-from .._utils import _fill_loss_doc, _prepare_loss_inputs, _reduce
+from .._utils import _check_same_device, _fill_loss_doc, _prepare_loss_inputs, _reduce
 from ._common import variant_loss
 from ._pair import Pair
 
@@ -66,9 +66,7 @@ def mpdiou_loss(pred: Tensor, target: Tensor, *, image_size: Union[Sequence[floa
         if image_size.shape[-1:] != (2,) or image_size.is_complex() or image_size.dtype == torch.bool:
             raise ValueError(f"image_size as a tensor must be real with shape (..., 2); got {image_size.dtype} "
                              f"{tuple(image_size.shape)}")
-        if image_size.device != pred.device:
-            raise ValueError(f"image_size must be on the boxes' device {pred.device}; got a tensor on "
-                             f"{image_size.device} (move it with .to(pred.device))")
+        _check_same_device("image_size", image_size, pred)
         low, high = IMAGE_SIDE_RANGE
         checked = image_size.device.type == "cpu" and not (torch.compiler.is_compiling() or torch.jit.is_tracing())
         if checked and image_size.numel():  # free to check here; on a GPU or in a traced graph: clamped below
