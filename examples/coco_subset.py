@@ -302,7 +302,8 @@ def summarise(runs: list) -> dict:
     return out
 
 
-def plot(results: dict, curves: dict, out_dir: str) -> None:
+def plot_ap(results: dict, out_dir: str) -> None:
+    """ap.png: AP, AP50 and AP75 per loss (with the seed spread where there are several seeds)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -324,6 +325,14 @@ def plot(results: dict, curves: dict, out_dir: str) -> None:
     fig.savefig(os.path.join(out_dir, "ap.png"), dpi=110)
     plt.close(fig)
 
+
+def plot(results: dict, curves: dict, out_dir: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plot_ap(results, out_dir)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for name, curve in curves.items():
         total = torch.tensor([sum(c.values()) for c in curve])

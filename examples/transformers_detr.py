@@ -177,20 +177,9 @@ def plot(results: dict, curves: dict, out_dir: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from coco_subset import plot_ap  # the same ap.png as the torchvision comparison
 
-    names = list(results)
-    fig, ax = plt.subplots(figsize=(1.6 * len(names) + 3, 4))
-    for k, key in enumerate(("AP", "AP50", "AP75")):
-        ax.bar([i + (k - 1) * 0.25 for i in range(len(names))], [results[n][key] for n in names], 0.25,
-               yerr=[results[n].get(f"{key}_std", 0.0) for n in names], capsize=3, label=key)
-    ax.set_xticks(range(len(names)), names)
-    ax.set_ylabel("COCOeval bbox")
-    ax.set_title("held-out AP per box loss")
-    ax.legend()
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, "ap.png"), dpi=110)
-    plt.close(fig)
+    plot_ap(results, out_dir)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for name, curve in curves.items():
         for ax, key in zip(axes, ("loss", "box")):
