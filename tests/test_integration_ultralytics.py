@@ -21,7 +21,7 @@ ultralytics = pytest.importorskip("ultralytics")
 # into "No module named 'pi_heif'"): the other test modules expect PIL's own; these tests read PNGs only
 Image.open = _PIL_OPEN
 
-from ultralytics import YOLO  # noqa: E402
+from ultralytics import RTDETR, YOLO  # noqa: E402
 
 import boxloss  # noqa: E402
 from boxloss.integrations import ultralytics as bu  # noqa: E402
@@ -90,7 +90,7 @@ def test_every_task_trains_with_the_swapped_loss(data, tmp_path, yaml, task, los
     expected = bu.BoxLossRotatedBboxLoss if task == "obb" else bu.BoxLossBboxLoss
     for m in (trainer.model, trainer.ema.ema):  # training and validation losses
         for part in _parts(m.criterion):
-            assert type(part.bbox_loss) is expected and part.bbox_loss.spec.loss == loss
+            assert type(part.bbox_loss) is expected and part.bbox_loss.term.spec.loss == loss
     assert all(math.isfinite(float(v)) for v in trainer.tloss.values()) if isinstance(trainer.tloss, dict) else \
         torch.isfinite(trainer.tloss).all()
     assert (tmp_path / "run" / "weights" / "last.pt").exists()
@@ -108,7 +108,8 @@ print("predicted", len(results), type(model.model).__name__)
 
 
 def test_checkpoints_load_and_predict_without_boxloss(data, tmp_path):
-    model = bu.replace_box_loss(YOLO("yolo11n.yaml"), "wiou")
+    # Wise-IoU v3: the checkpoint also carries its running mean (a plain dict on the saved model)
+    model = bu.replace_box_loss(YOLO("yolo11n.yaml"), "wiou", version=3)
     model.train(data=data["detect"], project=str(tmp_path), name="run", **TRAIN)
     image = os.path.join(os.path.dirname(data["detect"]), "images", "val", "0.png")
     for name in ("last.pt", "best.pt"):
@@ -135,7 +136,7 @@ def test_ciou_equals_ultralytics_own_term():
     batch = _batch()
     preds = net(batch["img"])
     stock = net.init_criterion()
-    swapped = bu._swap_bbox_losses(net.init_criterion(), bu._Spec("ciou", (), False))
+    swapped = bu._swap_criterion(net.init_criterion(), {"main": bu._Spec("ciou", (), False).build()})
     total_stock, items_stock = stock(preds, batch)
     total_ours, items_ours = swapped(preds, batch)
     box = list(items_stock).index("box_loss") if isinstance(items_stock, dict) else 0
@@ -157,7 +158,7 @@ def test_the_box_term_is_boxloss_on_the_foreground_with_ultralytics_weights(loss
     scores = torch.rand(b, a, 2, generator=g)
     fg = torch.rand(b, a, generator=g) > 0.4
     total = scores.sum()
-    module = bu.BoxLossBboxLoss(16, bu._Spec(loss, tuple(sorted(params.items())), False))
+    module = bu.BoxLossBboxLoss(16, bu._Spec(loss, tuple(sorted(params.items())), False).build())
     anchors = xy[0] + 5
     dist = torch.randn(b, a, 64, generator=g)
     imgsz = torch.tensor([160.0, 200.0])
@@ -179,7 +180,7 @@ def test_obb_angles_convert_as_ultralytics_draws_its_boxes():
                    (torch.rand(40, 1, generator=g) * 2 - 1) * math.pi], 1).double()
     b = a + torch.cat([torch.randn(40, 4, generator=g) * 1.5, torch.randn(40, 1, generator=g) * 0.3], 1).double()
     spec = bu._Spec("iou", (("zero_overlap", "none"),), True)
-    got = 1 - spec.per_box(a, b, torch.tensor([640.0, 640.0])).double()
+    got = 1 - spec.build()(a, b).double()
     pa, pb = xywhr2xyxyxyxy(a), xywhr2xyxyxyxy(b)
     want = []
     for x, y in zip(pa, pb):
@@ -207,7 +208,7 @@ def test_the_ddp_state_rebuilds_the_swap(data, tmp_path):
     rebuilt.model = state["model"]
     rebuilt.train()
     for part in _parts(rebuilt.model.criterion):
-        assert type(part.bbox_loss) is bu.BoxLossBboxLoss and part.bbox_loss.spec.loss == "diou"
+        assert type(part.bbox_loss) is bu.BoxLossBboxLoss and part.bbox_loss.term.spec.loss == "diou"
 
 
 def test_bad_input_is_refused_before_anything_changes(monkeypatch):
@@ -225,7 +226,7 @@ def test_bad_input_is_refused_before_anything_changes(monkeypatch):
         bu.replace_box_loss(model, "giou", theta=2.0)
     with pytest.raises(ValueError, match="task must be one of detect, segment, pose, obb"):
         bu.replace_box_loss(YOLO("yolo11n-cls.yaml"), "giou")
-    with pytest.raises(TypeError, match="model must be an ultralytics YOLO object"):
+    with pytest.raises(TypeError, match="model must be an ultralytics YOLO or RTDETR object"):
         bu.replace_box_loss(torch.nn.Linear(2, 2), "giou")
     monkeypatch.setattr(ultralytics, "__version__", "8.3.100")  # before the tested range
     with pytest.raises(ValueError, match="ultralytics 8.3.100 is outside the versions"):
@@ -237,7 +238,7 @@ def test_restore_removes_the_swap_and_a_second_call_replaces_the_first():
     model = bu.replace_box_loss(YOLO("yolo11n.yaml"), "siou")
     bu.replace_box_loss(model, "diou")
     ours = [c for c in model.callbacks["on_train_start"] if isinstance(c, bu._SwapAtTrainStart)]
-    assert len(ours) == 1 and ours[0].spec.loss == "diou" and "diou" in repr(ours[0])
+    assert len(ours) == 1 and ours[0].specs["main"].loss == "diou" and "diou" in repr(ours[0])
     assert bu.restore_box_loss(model) is model
     assert not any(isinstance(c, bu._SwapAtTrainStart) for c in model.callbacks["on_train_start"])
 
@@ -260,4 +261,134 @@ def test_a_resumed_run_trains_with_the_swapped_loss_again(data, tmp_path):
     resumed.train(resume=True)
     assert resumed.trainer.start_epoch == 1
     for part in _parts(resumed.trainer.model.criterion):  # the criterion that resuming rebuilt, swapped again
-        assert type(part.bbox_loss) is bu.BoxLossBboxLoss and part.bbox_loss.spec.loss == "diou"
+        assert type(part.bbox_loss) is bu.BoxLossBboxLoss and part.bbox_loss.term.spec.loss == "diou"
+
+
+def _wiou_mean(criterion):
+    return {name: float(part.bbox_loss.term.wiou.iou_mean) for name, part in bu._branches(criterion).items()}
+
+
+def test_wise_iou_v3_keeps_its_running_mean_in_the_criterion_and_resume_continues_it(data, tmp_path):
+    model = bu.replace_box_loss(YOLO("yolo26n.yaml"), "wiou", version=3, momentum=0.05)
+    model.add_callback("on_fit_epoch_end", _interrupt_after_first_epoch)
+    with pytest.raises(_Interrupted):
+        model.train(data=data["detect"], project=str(tmp_path), name="run", **{**TRAIN, "epochs": 3})
+    trainer = model.trainer
+    means = _wiou_mean(trainer.model.criterion)
+    assert set(means) == {"one2many", "one2one"} and all(0 < m < 1 for m in means.values())  # moved from 1
+    # the EMA's criterion (validation losses) shares the branch's term, and validation did not move the mean
+    for name, part in bu._branches(trainer.ema.ema.criterion).items():
+        assert part.bbox_loss.term is bu._branches(trainer.model.criterion)[name].bbox_loss.term
+    last = torch.load(tmp_path / "run" / "weights" / "last.pt", map_location="cpu", weights_only=False)
+    saved = getattr(last["ema"], bu.STATE_ATTRIBUTE)
+    assert {k: v["iou_mean"] for k, v in saved.items()} == means
+    assert all(type(v["iou_mean"]) is float for v in saved.values())  # plain data: loads without boxloss
+
+    restored = {}
+
+    def record(trainer):  # after the swap callback, before the first resumed step
+        restored.update(_wiou_mean(trainer.model.criterion))
+
+    resumed = bu.replace_box_loss(YOLO(str(tmp_path / "run" / "weights" / "last.pt")), "wiou", version=3,
+                                  momentum=0.05)
+    resumed.add_callback("on_train_start", record)
+    resumed.train(resume=True)
+    assert restored == pytest.approx(means, rel=1e-6)
+    assert _wiou_mean(resumed.trainer.model.criterion) != pytest.approx(means)  # and training moved it on
+
+
+def test_validation_losses_leave_the_wise_iou_mean_alone():
+    term = bu._Spec("wiou", (("version", 3),), False).build()
+    pred, target = torch.tensor([[0.0, 0, 10, 10]]), torch.tensor([[2.0, 1, 12, 11]])
+    with torch.no_grad():
+        term(pred, target)
+    assert float(term.wiou.iou_mean) == 1.0
+    term(pred.requires_grad_(), target)
+    assert float(term.wiou.iou_mean) < 1.0
+
+
+def test_loss_modules_per_branch_dicts_and_weight():
+    model = bu.replace_box_loss(YOLO("yolo11n.yaml"), boxloss.SIoULoss(theta=3.0), weight=0.5)
+    (cb,) = [c for c in model.callbacks["on_train_start"] if isinstance(c, bu._SwapAtTrainStart)]
+    spec = cb.specs["main"]
+    assert spec.loss == "siou" and dict(spec.params)["theta"] == 3.0 and spec.weight == 0.5
+    pred, target = torch.tensor([[0.0, 0, 10, 10]]), torch.tensor([[2.0, 1, 12, 11]])
+    torch.testing.assert_close(spec.build()(pred, target), 0.5 * boxloss.siou_loss(pred, target, theta=3.0,
+                                                                                   reduction="none"))
+    wiou = bu.replace_box_loss(YOLO("yolo11n.yaml"), boxloss.WIoULoss(version=3, alpha=1.7))
+    (cb,) = [c for c in wiou.callbacks["on_train_start"] if isinstance(c, bu._SwapAtTrainStart)]
+    assert cb.specs["main"].stateful and dict(cb.specs["main"].params)["alpha"] == 1.7
+
+    e2e = bu.replace_box_loss(YOLO("yolo26n.yaml"), {"one2many": "siou", "one2one": boxloss.GIoULoss()})
+    (cb,) = [c for c in e2e.callbacks["on_train_start"] if isinstance(c, bu._SwapAtTrainStart)]
+    assert cb.specs["one2many"].loss == "siou" and cb.specs["one2one"].loss == "giou"
+    with pytest.raises(ValueError, match="is for end-to-end heads"):
+        bu.replace_box_loss(YOLO("yolo11n.yaml"), {"one2many": "siou", "one2one": "giou"})
+    with pytest.raises(ValueError, match="exactly the keys one2many, one2one"):
+        bu.replace_box_loss(YOLO("yolo26n.yaml"), {"one2many": "siou"})
+    with pytest.raises(ValueError, match="loss for the 'obb' task must be one of"):
+        bu.replace_box_loss(YOLO("yolo11n-obb.yaml"), boxloss.SIoULoss())
+    with pytest.raises(TypeError, match="options go into the loss module"):
+        bu.replace_box_loss(YOLO("yolo11n.yaml"), boxloss.SIoULoss(), theta=2.0)
+    with pytest.raises(TypeError, match="loss name or a boxloss loss module"):
+        bu.replace_box_loss(YOLO("yolo11n.yaml"), torch.nn.SmoothL1Loss())
+    with pytest.raises(ValueError, match="weight must be a finite number >= 0"):
+        bu.replace_box_loss(YOLO("yolo11n.yaml"), "giou", weight=-1.0)
+    with pytest.raises(TypeError, match="weight must be a number"):
+        bu.replace_box_loss(YOLO("yolo11n.yaml"), "giou", weight="2")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_under_autocast_the_term_runs_in_float32(dtype):
+    # what amp=True does on CUDA, on the CPU: half-precision boxes in, the float32 loss of the float32 boxes out
+    g = torch.Generator().manual_seed(3)
+    xy = torch.rand(64, 2, generator=g) * 100
+    pred = torch.cat([xy, xy + 5 + torch.rand(64, 2, generator=g) * 40], 1).to(dtype)
+    target = (pred.float() + torch.randn(64, 4, generator=g)).to(dtype)
+    for loss in ("ciou", "siou", "wiou"):
+        term = bu._Spec(loss, (), False).build()
+        with torch.autocast("cpu", dtype=dtype):
+            got = term(pred, target)
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, getattr(boxloss, f"{loss}_loss")(pred.float(), target.float(),
+                                                                         reduction="none"))
+
+
+def test_rtdetr_trains_with_the_swapped_loss(data, tmp_path):
+    model = bu.replace_box_loss(RTDETR("rtdetr-l.yaml"), "siou")
+    model.train(data=data["detect"], project=str(tmp_path), name="run", **TRAIN)
+    for m in (model.trainer.model, model.trainer.ema.ema):
+        assert type(m.criterion) is bu.BoxLossRTDETRDetectionLoss and m.criterion.term.spec.loss == "siou"
+    assert all(math.isfinite(float(v)) for v in model.trainer.tloss.values())
+    assert (tmp_path / "run" / "weights" / "last.pt").exists()
+
+
+def test_rtdetr_giou_equals_ultralytics_own_criterion():
+    # every term of RT-DETR's criterion (last layer, auxiliary layers, encoder, denoising queries) on one batch
+    torch.manual_seed(0)
+    net = RTDETR("rtdetr-l.yaml").model
+    net.args = ultralytics.cfg.get_cfg()
+    net.nc = 80  # what the trainer sets from the data set (the YAML's default here)
+    net.train()
+    batch = _batch()
+    results = {}
+    for name in ("stock", "giou", "siou"):
+        criterion = net.init_criterion()
+        if name != "stock":
+            criterion = bu._swap_criterion(criterion, {"main": bu._Spec(name, (), False).build()})
+        net.criterion = criterion
+        torch.manual_seed(1)  # the same denoising queries for every criterion
+        results[name] = net.loss(batch)
+    (total, items), (total_giou, items_giou), (total_siou, items_siou) = results.values()
+    torch.testing.assert_close(total_giou, total, rtol=1e-5, atol=1e-5)
+    for key in items:
+        torch.testing.assert_close(items_giou[key], items[key], rtol=1e-5, atol=1e-5)
+    assert float(items_siou["giou_loss"]) != pytest.approx(float(items["giou_loss"]), rel=1e-3)
+    torch.testing.assert_close(items_siou["l1_loss"], items["l1_loss"])  # the L1 term is Ultralytics' own
+
+
+def test_rtdetr_bad_input():
+    with pytest.raises(ValueError, match="needs constant= in units of the image size"):
+        bu.replace_box_loss(RTDETR("rtdetr-l.yaml"), "nwd")
+    with pytest.raises(ValueError, match="loss for the 'detect' task must be one of"):
+        bu.replace_box_loss(RTDETR("rtdetr-l.yaml"), "kld")
