@@ -70,6 +70,19 @@ DATASET_DEFAULTS = {
                    "detections": 150, "augment": "overhead",
                    "standardize": True, "train_sizes": (192, 224, 288, 320)},
 }
+FRAMEWORKS = ("torchvision", "ultralytics")
+# --framework ultralytics: "stock" is Ultralytics' own CIoU term; the other names go through
+# boxloss.integrations.ultralytics.replace_box_loss (its AXIS_LOSS_NAMES)
+YOLO_LOSSES = ("iou", "log_iou", "giou", "diou", "ciou", "siou", "eiou", "focal_eiou", "wiou", "mpdiou", "shape_iou",
+               "nwd", "alpha_iou", "inner_iou", "focaler_iou")
+YOLO_CHOICES = ("stock",) + YOLO_LOSSES
+YOLO_DEFAULT_LOSSES = ("stock", "ciou", "giou", "siou", "wiou", "mpdiou", "eiou")
+YOLO_QUICK_LOSSES = ("stock", "giou", "siou")
+# what YOLO trains with on each built-in data set unless the command line says otherwise (sides: multiples of 32)
+YOLO_DEFAULTS = {
+    "synthetic": {"model": "yolo11n.yaml", "epochs": 30, "image_size": 128, "batch_size": 16, "detections": 100},
+    "neon-trees": {"model": "yolo11n.yaml", "epochs": 80, "image_size": 320, "batch_size": 8, "detections": 150},
+}
 STOCK_MODELS = ("fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2", "fasterrcnn_mobilenet_v3_large_fpn",
                 "fasterrcnn_mobilenet_v3_large_320_fpn")
 
@@ -207,8 +220,6 @@ def train_one(loss_name: str, seed: int, args, train_set, num_classes: int, devi
 def evaluate(model, eval_set, gt: dict, category_ids, device, batch_size: int, detections_out=None) -> list:
     """The 12 COCOeval bbox numbers; every detection (COCO result dicts) is appended to ``detections_out``
     when it is a list."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
     from tqdm import tqdm
 
     model.eval()
@@ -222,6 +233,14 @@ def evaluate(model, eval_set, gt: dict, category_ids, device, batch_size: int, d
                                    "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]], "score": score})
     if detections_out is not None:
         detections_out.extend(detections)
+    return coco_stats(gt, detections)
+
+
+def coco_stats(gt: dict, detections: list) -> list:
+    """pycocotools' 12 COCOeval bbox numbers of ``detections`` (COCO result dicts) against ``gt``."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
     if not detections:
         return [0.0] * 12
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
@@ -335,16 +354,20 @@ def plot(results: dict, curves: dict, out_dir: str) -> None:
     plot_ap(results, out_dir)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for name, curve in curves.items():
+        if not curve:
+            continue
         total = torch.tensor([sum(c.values()) for c in curve])
-        box = torch.tensor([c["loss_box_reg"] + c["loss_rpn_box_reg"] for c in curve])
+        box = torch.tensor([c["loss_box_reg"] + c["loss_rpn_box_reg"] if "loss_box_reg" in c else c["box_loss"]
+                            for c in curve])
         k = max(1, len(total) // 50)  # a running mean, so that curves can be told apart
         smooth = lambda x, k=k: torch.nn.functional.avg_pool1d(x[None, None], k, 1)[0, 0]  # noqa: E731
         axes[0].plot(smooth(total), label=name)
         axes[1].plot(smooth(box), label=name)
+    per_epoch = any(c and "box_loss" in c[0] for c in curves.values())  # Ultralytics' results.csv: per epoch
     axes[0].set_title("training loss (all terms)")
-    axes[1].set_title("box terms (RPN + RoI), weighted")
+    axes[1].set_title("box (IoU) term, weighted" if per_epoch else "box terms (RPN + RoI), weighted")
     for ax in axes:
-        ax.set_xlabel("step")
+        ax.set_xlabel("epoch" if per_epoch else "step")
         ax.set_yscale("log")
         ax.grid(alpha=0.3)
         ax.legend()
@@ -405,6 +428,9 @@ def table(results: dict) -> str:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--framework", choices=FRAMEWORKS, default="torchvision",
+                   help="torchvision: Faster R-CNN through boxloss.detection (default); ultralytics: a YOLO built "
+                        "from its YAML through boxloss.integrations.ultralytics (pip install \"boxloss[ultralytics]\")")
     p.add_argument("--dataset", choices=DATASETS, default="synthetic",
                    help="built-in data when --images/--ann are not given: the synthetic shapes (default) or the "
                         "NEON tree crowns of the deepforest wheel (pip install --no-deps deepforest==2.1.0)")
@@ -421,8 +447,9 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", default="runs/coco_subset")
     p.add_argument("--quick", action="store_true", help=f"only {','.join(QUICK_LOSSES)} (< 10 min on 2 CPU cores)")
-    p.add_argument("--model", default="small", choices=("small",) + STOCK_MODELS,
-                   help="'small': FasterRCNN on a 6-conv backbone, for CPUs; or a torchvision builder (random init)")
+    p.add_argument("--model", help="torchvision: 'small' (FasterRCNN on a 6-conv backbone, for CPUs; the default) or "
+                                   f"one of {', '.join(STOCK_MODELS)} (random init); ultralytics: a model YAML "
+                                   "(default yolo11n.yaml; e.g. yolov8n.yaml, yolo26n.yaml, or a path)")
     p.add_argument("--weights", help="a local checkpoint (state dict) of the detector to start from: what fits is "
                                      "loaded, the rest (e.g. a predictor for other classes) is reported and skipped")
     p.add_argument("--weights-backbone", help="a local checkpoint of the backbone CNN (e.g. torchvision's ImageNet "
@@ -449,14 +476,37 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.dataset != "synthetic" and (args.images or args.ann or args.eval_ann):
         p.error(f"--dataset {args.dataset} brings its own data; leave out --images/--ann/--eval-ann")
+    yolo = args.framework == "ultralytics"
+    if yolo:
+        # Ultralytics trains with its own augmentation, schedule and image handling
+        given = [flag for flag, key in (("--augment", "augment"), ("--standardize", "standardize"),
+                                        ("--train-sizes", "train_sizes"), ("--weights", "weights"),
+                                        ("--weights-backbone", "weights_backbone"), ("--loss-weight", "loss_weight"))
+                 if getattr(args, key) is not None]
+        if given:
+            p.error(f"{', '.join(given)}: torchvision-only; --framework ultralytics trains with Ultralytics' own "
+                    "augmentation and image handling")
+        args.augment, args.standardize, args.train_sizes = "none", False, ()
+        for key, value in YOLO_DEFAULTS[args.dataset].items():
+            if getattr(args, key, None) is None:
+                setattr(args, key, value)
+        if args.image_size % 32:
+            p.error(f"--image-size must be a multiple of 32 for YOLO (its largest stride); got {args.image_size}")
+    elif args.model is None:
+        args.model = "small"
+    elif args.model not in ("small",) + STOCK_MODELS:
+        p.error(f"--model for torchvision must be 'small' or one of {', '.join(STOCK_MODELS)}; got {args.model!r}")
     for key, value in DATASET_DEFAULTS[args.dataset].items():
-        if getattr(args, key, None) is None:
+        if getattr(args, key, None) is None and not (yolo and key == "lr"):  # YOLO: Ultralytics' own optimiser
             setattr(args, key, value)
-    losses = args.losses or ",".join(QUICK_LOSSES if args.quick else ALL_LOSSES)
+    choices = YOLO_CHOICES if yolo else CHOICES
+    default = (YOLO_QUICK_LOSSES if args.quick else YOLO_DEFAULT_LOSSES) if yolo else \
+        (QUICK_LOSSES if args.quick else ALL_LOSSES)
+    losses = args.losses or ",".join(default)
     args.losses = [s.strip() for s in losses.split(",") if s.strip()]
-    unknown = [s for s in args.losses if s not in CHOICES]
+    unknown = [s for s in args.losses if s not in choices]
     if unknown or not args.losses:
-        p.error(f"--losses: unknown {unknown}; choose from {', '.join(CHOICES)}")
+        p.error(f"--losses: unknown {unknown} for --framework {args.framework}; choose from {', '.join(choices)}")
     try:
         args.seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [args.seed]
     except ValueError:
@@ -471,14 +521,27 @@ def parse_args(argv=None):
 def main(argv=None) -> dict:
     args = parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
+    yolo = args.framework == "ultralytics"
     try:
         train_set, eval_set, gt, category_ids, dataset = prepare_data(args)
+        if yolo:
+            import ultralytics_yolo
+
+            ultralytics_yolo._ultralytics()  # the install hint now, not after the data are written
+            data_yaml, ids_of = ultralytics_yolo.write_yolo_dataset(
+                os.path.join(args.out, "yolo_data"), {"train": train_set, "eval": eval_set}, dataset["categories"])
     except DataError as e:
         sys.exit(f"error: {e}")
     device = torch.device(args.device)
-    weights = {**DEFAULT_LOSS_WEIGHTS} if args.loss_weight is None else {k: args.loss_weight for k in DEFAULT_LOSS_WEIGHTS}
-    print(f"{dataset['train_images']} training / {dataset['eval_images']} held-out images, classes "
-          f"{dataset['categories']}; box-loss weights {weights} (smooth_l1: torchvision's own)", file=sys.stderr)
+    if yolo:
+        weights = "Ultralytics' own box gain (hyp box=7.5) for every loss"
+        print(f"{dataset['train_images']} training / {dataset['eval_images']} held-out images, classes "
+              f"{dataset['categories']}; {args.model} from its YAML; {weights}", file=sys.stderr)
+    else:
+        weights = {**DEFAULT_LOSS_WEIGHTS} if args.loss_weight is None else \
+            {k: args.loss_weight for k in DEFAULT_LOSS_WEIGHTS}
+        print(f"{dataset['train_images']} training / {dataset['eval_images']} held-out images, classes "
+              f"{dataset['categories']}; box-loss weights {weights} (smooth_l1: torchvision's own)", file=sys.stderr)
     for flag, path in (("--weights", args.weights), ("--weights-backbone", args.weights_backbone)):
         if path:
             try:
@@ -488,17 +551,30 @@ def main(argv=None) -> dict:
     config = {k: v for k, v in vars(args).items()}
     config.update(loss_weights=weights, torch=torch.__version__, python=platform.python_version(),
                   device_name=torch.cuda.get_device_name() if device.type == "cuda" else platform.machine())
+    if yolo:
+        import ultralytics
+
+        config.update(ultralytics=ultralytics.__version__)
     results, curves, shown = {}, {}, {}
     try:
         for name in args.losses:
             runs = []
             for seed in args.seeds:
-                model, curve, seconds = train_one(name, seed, args, train_set, len(category_ids) + 1, device)
                 detections = [] if seed == args.seeds[0] else None
-                stats = evaluate(model, eval_set, gt, category_ids, device, args.batch_size, detections)
+                if yolo:
+                    model, curve, seconds = ultralytics_yolo.train_one(name, seed, args, data_yaml, device)
+                    found = ultralytics_yolo.detect(model, ids_of, category_ids, args, device)
+                    stats = coco_stats(gt, found)
+                    if detections is not None:
+                        detections.extend(found)
+                    final = curve[-1] if curve else {}
+                    final = sum(final.values()) if final else float("nan")
+                else:
+                    model, curve, seconds = train_one(name, seed, args, train_set, len(category_ids) + 1, device)
+                    stats = evaluate(model, eval_set, gt, category_ids, device, args.batch_size, detections)
+                    final = statistics.fmean(sum(c.values()) for c in curve[-20:])
                 if detections is not None:
                     shown[name] = detections
-                final = statistics.fmean(sum(c.values()) for c in curve[-20:])
                 runs.append({"seed": seed, "stats": stats, "AP": stats[0], "AP50": stats[1], "AP75": stats[2],
                              "train_seconds": seconds, "final_loss": final})
                 curves.setdefault(name, curve)

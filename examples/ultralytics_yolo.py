@@ -113,7 +113,7 @@ def train_one(loss_name: str, seed: int, args, data_yaml: str, device) -> tuple:
 
     def progress(trainer):
         items = trainer.label_loss_items(trainer.tloss, prefix="")
-        bar.set_postfix({k: f"{float(v):.3f}" for k, v in items.items()})
+        bar.set_postfix({k.split("/")[-1]: f"{float(v):.3f}" for k, v in items.items()})
         bar.update(1)
 
     model.add_callback("on_train_epoch_end", progress)
