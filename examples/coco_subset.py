@@ -81,7 +81,7 @@ YOLO_QUICK_LOSSES = ("stock", "giou", "siou")
 # what YOLO trains with on each built-in data set unless the command line says otherwise (sides: multiples of 32)
 YOLO_DEFAULTS = {
     "synthetic": {"model": "yolo11n.yaml", "epochs": 30, "image_size": 128, "batch_size": 16, "detections": 100},
-    "neon-trees": {"model": "yolo11n.yaml", "epochs": 80, "image_size": 320, "batch_size": 8, "detections": 150},
+    "neon-trees": {"model": "yolo11n.yaml", "epochs": 100, "image_size": 320, "batch_size": 8, "detections": 150},
 }
 STOCK_MODELS = ("fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2", "fasterrcnn_mobilenet_v3_large_fpn",
                 "fasterrcnn_mobilenet_v3_large_320_fpn")
