@@ -12,6 +12,11 @@ peak). Only the public API is used.
     python benchmarks/bench_speed.py --mode variants       # each variant against torchvision's GIoU loss, N = 1e6
     python benchmarks/bench_speed.py --mode rotated        # rotated boxes: pairwise IoU against torchvision's,
                                                            # aligned losses against the plain-PyTorch reference
+    python benchmarks/bench_speed.py --mode threads --busy 0,1,2 --threads 1,default,8 --no-memory
+                                                           # every case at each thread setting, idle and with
+                                                           # 1 and 2 other busy processes
+    python benchmarks/bench_speed.py --mode threads --against compile --no-memory
+                                                           # beside the plain formula under torch.compile
 
 Writes bench_<device>.json and scaling_<device>.png to --out.
 """
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -249,6 +255,146 @@ def bench_rotated(n_pair: int, n_aligned: int, device, repeats, memory: bool) ->
     return rows
 
 
+def plain_formula(kind: str):
+    """What a user writes instead of boxloss: the loss in ten lines of PyTorch, one coordinate per ``(N, 1)``
+    column (the form Inductor vectorises), summed."""
+    def loss(p, t):
+        x1, y1, x2, y2 = p.unbind(-1)
+        a1, b1, a2, b2 = t.unbind(-1)
+        inter = (torch.min(x2, a2) - torch.max(x1, a1)).clamp_min(0) * (torch.min(y2, b2) - torch.max(y1, b1)).clamp_min(0)
+        union = (x2 - x1) * (y2 - y1) + (a2 - a1) * (b2 - b1) - inter
+        iou = inter / (union + 1e-7)
+        cw, ch = torch.max(x2, a2) - torch.min(x1, a1), torch.max(y2, b2) - torch.min(y1, b1)
+        if kind == "giou":
+            area_c = cw * ch
+            return (1 - iou + (area_c - union) / (area_c + 1e-7)).sum()
+        rho2 = ((x1 + x2 - a1 - a2) ** 2 + (y1 + y2 - b1 - b2) ** 2) / 4
+        out = 1 - iou + rho2 / (cw ** 2 + ch ** 2 + 1e-7)
+        if kind == "ciou":
+            v = (4 / math.pi ** 2) * (torch.atan((a2 - a1) / (b2 - b1)) - torch.atan((x2 - x1) / (y2 - y1))) ** 2
+            with torch.no_grad():
+                alpha = v / (1 - iou + v + 1e-7)
+            out = out + alpha * v
+        return out.sum()
+    return loss
+
+
+class BusyProcesses:
+    """``k`` other processes that keep a core each busy (a Python loop) while the timings run: ``k`` = the number
+    of cores is a machine whose data-loader workers decode images on every core."""
+
+    def __init__(self, k: int) -> None:
+        self.k, self.procs = k, []
+
+    def __enter__(self):
+        import subprocess
+
+        self.procs = [subprocess.Popen([sys.executable, "-c", "x = 0\nwhile True:\n    x += 1"])
+                      for _ in range(self.k)]
+        time.sleep(0.5 if self.k else 0)  # let them reach the loop
+        return self
+
+    def __exit__(self, *exc):
+        for p in self.procs:
+            p.kill()
+        for p in self.procs:
+            p.wait()
+
+
+def _thread_settings(spec: str) -> list:
+    """"1,default,8" -> [1, None, 8] (None: PyTorch's default for this machine)."""
+    out = []
+    for item in spec.split(","):
+        item = item.strip()
+        out.append(None if item == "default" else int(item))
+    return out
+
+
+def bench_threads(sizes, thread_settings, busy_levels, repeats, against_compile: bool) -> list:
+    """The busy-machine table: every case at every thread setting and load, interleaved with its peer (and with
+    the plain formula under ``torch.compile`` when asked)."""
+    device = torch.device("cpu")
+    default = torch.get_num_threads()
+    cases = []
+    for n in sizes:
+        p = random_boxes(n, device, seed=1).requires_grad_()
+        t = random_boxes(n, device, seed=2)
+        for kind in BL_LOSSES:
+            impls = {"boxloss": loss_step(BL_LOSSES[kind], p, t), "torchvision": loss_step(TV_LOSSES[kind], p, t)}
+            if against_compile:
+                compiled = torch.compile(plain_formula(kind), dynamic=False)
+
+                def step(compiled=compiled, p=p, t=t):
+                    p.grad = None
+                    compiled(p, t).backward()
+                impls["compile(formula)"] = step
+            cases.append((f"{kind}_loss fwd+bwd", n, impls, "torchvision"))
+    n = 100_000
+    p = random_boxes(n, device, seed=1).requires_grad_()
+    t = random_boxes(n, device, seed=2)
+    for name in ("siou", "wiou"):
+        fn = VARIANTS[name][0]
+        cases.append((f"{name} fwd+bwd (torchvision: giou)", n, {
+            "boxloss": loss_step(fn, p, t), "torchvision": loss_step(tvops.generalized_box_iou_loss, p, t)},
+            "torchvision"))
+    rp = random_rotated(n, device, 1000.0, seed=7).requires_grad_()
+    rt = (rp.detach() + random_rotated(n, device, 20.0, size=(-5.0, 5.0), seed=8) - 10).contiguous()
+    ours = loss_step(lambda x, y, reduction: boxloss.giou_loss(x, y, fmt="cxcywhr", reduction=reduction), rp, rt)
+
+    def reference(ours=ours):
+        with boxloss._fast.reference_path():
+            ours()
+    cases.append(("rotated giou_loss fwd+bwd (peer: the reference)", n, {"boxloss": ours, "reference": reference},
+                  "reference"))
+    for n_rows in (2_000, 20_000):
+        a, b = random_boxes(n_rows, device, seed=3), random_boxes(1_000, device, seed=4)
+        for name, (f_ours, f_tv) in PAIRWISE.items():
+            cases.append((f"{name} pairwise", f"{n_rows}x1000", {
+                "boxloss": lambda f=f_ours, a=a, b=b: f(a, b), "torchvision": lambda f=f_tv, a=a, b=b: f(a, b)},
+                "torchvision"))
+    a, b = random_rotated(2_000, device, 1000.0, seed=5), random_rotated(2_000, device, 1000.0, seed=6)
+    cases.append(("rotated box_iou pairwise, spread", "2000x2000", {
+        "boxloss": lambda: boxloss.box_iou(a, b, fmt="cxcywhr"),
+        "torchvision": lambda: tvops.box_iou(a, b, fmt="cxcywhr")}, "torchvision"))
+    rows = []
+    try:
+        for busy in busy_levels:
+            with BusyProcesses(busy):
+                for threads in thread_settings:
+                    torch.set_num_threads(threads or default)
+                    for op, n, impls, peer in cases:
+                        row = {"op": op, "n": n, "busy": busy, "threads": threads or f"default ({default})",
+                               "times": time_interleaved(impls, device, repeats), "peer": peer}
+                        rows.append(row)
+                        print(f"busy {busy}, threads {row['threads']}: " + _row_text(row), file=sys.stderr)
+    finally:
+        torch.set_num_threads(default)
+    return rows
+
+
+def threads_table(rows) -> str:
+    """One line per case and load: the speed-up over the peer at each thread setting, and how much slower the
+    slowest thread setting is than one thread."""
+    settings = list(dict.fromkeys(str(r["threads"]) for r in rows))
+    head = " | ".join(f"×peer, {s} thr" for s in settings)
+    lines = [f"| op | n | busy | boxloss ms at {', '.join(settings)} threads | {head} | worst / 1 thread |",
+             "|---|---|---:|---|" + "---:|" * len(settings) + "---:|"]
+    by_case = {}
+    for r in rows:
+        by_case.setdefault((r["op"], str(r["n"]), r["busy"]), {})[str(r["threads"])] = r
+    for (op, n, busy), per in by_case.items():
+        ms = ", ".join(f"{per[s]['times']['boxloss'][0] * 1e3:.3f}" for s in settings if s in per)
+        ratios = " | ".join(f"{per[s]['times'][per[s]['peer']][0] / per[s]['times']['boxloss'][0]:.2f}×"
+                            + (f" (compile {per[s]['times']['compile(formula)'][0] / per[s]['times']['boxloss'][0]:.2f}×)"
+                               if "compile(formula)" in per[s]["times"] else "")
+                            if s in per else "–" for s in settings)
+        one = per.get("1")
+        worst = max(per[s]["times"]["boxloss"][0] for s in per)
+        slow = f"{worst / one['times']['boxloss'][0]:.2f}" if one else "–"
+        lines.append(f"| {op} | {n} | {busy} | {ms} | {ratios} | {slow} |")
+    return "\n".join(lines)
+
+
 def _row_text(row) -> str:
     t = row["times"]
     return f"{row['op']} n={row['n']}: " + ", ".join(f"{k} {v[0] * 1e3:.3f} ms" for k, v in t.items())
@@ -310,8 +456,14 @@ def _reexec_with_fixed_mmap_threshold() -> None:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--mode", choices=["all", "speed", "pairwise", "scaling", "variants", "rotated"],
+    parser.add_argument("--mode", choices=["all", "speed", "pairwise", "scaling", "variants", "rotated", "threads"],
                         default="all")
+    parser.add_argument("--busy", default="0", help="--mode threads: comma-separated numbers of other busy "
+                                                     "processes to time under (e.g. 0,1,2: idle, one, every core)")
+    parser.add_argument("--threads", default="1,default,8",
+                        help="--mode threads: comma-separated torch.set_num_threads settings ('default': PyTorch's)")
+    parser.add_argument("--against", choices=["torchvision", "compile"], default="torchvision",
+                        help="--mode threads: 'compile' also times the plain formula under torch.compile")
     parser.add_argument("--sizes", help="comma-separated N for the aligned losses (default: the issue's)")
     parser.add_argument("--repeats", type=int, default=None, help="default 7 on CPU, 50 on CUDA")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
@@ -340,6 +492,12 @@ def main(argv=None) -> dict:
     if args.mode in ("all", "rotated"):
         n_pair, n_aligned = (20_000, 1_000_000) if cuda else (2_000, 100_000)
         rows["rotated"] = bench_rotated(n_pair, n_aligned, device, repeats, memory)
+    if args.mode == "threads":
+        if cuda:
+            parser.error("--mode threads times the CPU kernels")
+        sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else [1_000, 10_000, 100_000, 1_000_000]
+        rows["threads"] = bench_threads(sizes, _thread_settings(args.threads),
+                                        [int(k) for k in args.busy.split(",")], repeats, args.against == "compile")
     if args.mode in ("all", "scaling"):
         sizes = [1_000, 10_000, 100_000, 1_000_000, 10_000_000]
         rows["scaling"] = bench_aligned(["giou"], sizes, device, max(3, repeats // 2), with_compile, False)
@@ -356,7 +514,7 @@ def main(argv=None) -> dict:
           f"{torch.get_num_threads()} threads, median of {repeats} interleaved repeats")
     for section, r in rows.items():
         print(f"\n### {section}\n")
-        print(table(r))
+        print(threads_table(r) if section == "threads" else table(r))
     return payload
 
 

@@ -239,3 +239,41 @@ def test_kernels_are_built_without_floating_point_contraction(tmp_path):
             fused = None  # this compiler does not take -march=native: nothing to compare
         if fused is not None:
             assert fused in (0.0, 2.0 ** -60)
+
+
+def test_cpu_threads_follow_the_grain_and_never_exceed_torch():
+    from boxloss._fast import cpu
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert cpu.threads_for(1_000, cpu.GRAIN["aligned"]) == 1  # no parallel region for a small batch
+        assert cpu.threads_for(10 * cpu.GRAIN["aligned"], cpu.GRAIN["aligned"]) == 2  # never over torch's
+        torch.set_num_threads(1)
+        assert cpu.threads_for(10**9, 1) == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("loss", ["giou_loss", "ciou_loss", "siou_loss", "wiou_loss"])
+def test_cpu_reduced_loss_and_gradients_do_not_depend_on_the_thread_count(monkeypatch, loss):
+    # the weighted sum is added up per chunk of boxes, then over chunks in order: bit for bit the same total at
+    # any thread count (and schedule), unlike a per-thread reduction
+    from boxloss._fast import cpu
+
+    monkeypatch.setitem(cpu.GRAIN, "aligned", 64)  # several threads even for this small batch
+    p, t = random_boxes(5000, seed=3), random_boxes(5000, seed=4)
+    w = torch.rand(5000, generator=torch.Generator().manual_seed(5))
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2, 3, 4):
+            torch.set_num_threads(threads)
+            q = p.clone().requires_grad_()
+            value = getattr(boxloss, loss)(q, t, weight=w, reduction="sum")
+            value.backward()
+            results.append((value.detach(), q.grad))
+    finally:
+        torch.set_num_threads(before)
+    for value, grad in results[1:]:
+        assert torch.equal(value, results[0][0]) and torch.equal(grad, results[0][1])

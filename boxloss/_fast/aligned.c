@@ -3,7 +3,9 @@
  * Scalar port of boxloss/_fast/fused.py (itself the closed form of the reference in boxloss/boxes.py), with the
  * reference's conventions at the kinks: clamp_min passes no gradient at its bound, max/min split it evenly on
  * ties, a denominator at or under eps passes none. Compiled at first use by boxloss/_fast/cpu.py, for float
- * and double (REAL), parallel over boxes with OpenMP.
+ * and double (REAL), parallel over chunks of boxes with OpenMP (the runtime PyTorch itself loaded: the
+ * library names libgomp.so.1, which resolves to the copy already in the process), on as many threads as
+ * cpu.py passes (none beyond torch.get_num_threads(), one below its grain size).
  *
  * NaN: every max, min and clamp propagates NaN as torch.maximum/minimum/clamp_min do (a plain `a > b ? a : b`
  * silently drops it), so a NaN coordinate gives a NaN loss exactly where the reference gives one, and a box
@@ -15,6 +17,7 @@
  */
 #include <math.h>
 #include <stddef.h>
+#include <stdlib.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -22,6 +25,9 @@
 /* the kind codes: each kind's place in boxloss._fast.fused.KINDS (fused.KIND_CODES) */
 enum { K_IOU = 0, K_IOU_DIST = 1, K_LOG = 2, K_LOG_DIST = 3, K_GIOU = 4, K_DIOU = 5, K_CIOU = 6 };
 #define LOG_TAU 0.7  /* boxloss.boxes.LOG_IOU_LINEAR_BELOW */
+/* boxes per work item: threads take chunks as they come free (a thread the machine has descheduled holds up at
+ * most one chunk), and the weighted sum is added up per chunk, then over chunks in order */
+#define BL_CHUNK 1024
 
 #define DEFINE_KERNEL(REAL, NAME, SQRT, ATAN2, LOG)                                                           \
 static inline REAL NAME##_sel(REAL a, REAL b) { return a > b ? (REAL)1 : (a == b ? (REAL)0.5 : (REAL)0); }     \
@@ -35,10 +41,16 @@ void NAME(int kind, const REAL *P, const REAL *T, const REAL *W, REAL *L, REAL *
     const int need = (GP != NULL) || (GT != NULL);                                                           \
     const int dist = (kind == K_IOU_DIST || kind == K_LOG_DIST);                                             \
     const int encl = dist || kind == K_GIOU || kind == K_DIOU || kind == K_CIOU;                              \
-    double acc = 0;                                                                                          \
+    const long chunks = (n + BL_CHUNK - 1) / BL_CHUNK;                                                         \
+    double *partial = total ? (double *)malloc(sizeof(double) * (size_t)(chunks > 0 ? chunks : 1)) : NULL;    \
+    if (total && !partial) threads = 1;  /* no memory for the partial sums: one pass, one sum */             \
+    double acc1 = 0;                                                                                         \
     (void)threads;                                                                                           \
-    _Pragma("omp parallel for schedule(static) num_threads(threads) reduction(+:acc)")                      \
-    for (long i = 0; i < n; ++i) {                                                                           \
+    _Pragma("omp parallel for schedule(dynamic, 1) num_threads(threads)")                                   \
+    for (long c = 0; c < chunks; ++c) {                                                                      \
+    double acc = 0;                                                                                          \
+    const long end = (c + 1) * BL_CHUNK < n ? (c + 1) * BL_CHUNK : n;                                        \
+    for (long i = c * BL_CHUNK; i < end; ++i) {                                                              \
         const REAL *p = P + 4 * i, *t = T + 4 * i;                                                           \
         REAL plo[2] = {p[0], p[1]}, phi[2] = {p[2], p[3]}, tlo[2] = {t[0], t[1]}, thi[2] = {t[2], t[3]};      \
         REAL pwr[2], twr[2], pwh[2], twh[2], ir[2], iwh[2], cr[2] = {0, 0}, cwh[2] = {0, 0};                  \
@@ -157,7 +169,14 @@ void NAME(int kind, const REAL *P, const REAL *T, const REAL *W, REAL *L, REAL *
         if (GP) for (int k = 0; k < 4; ++k) GP[4 * i + k] = f * gp[k];                                       \
         if (GT) for (int k = 0; k < 4; ++k) GT[4 * i + k] = f * gt[k];                                       \
     }                                                                                                        \
-    if (total) *total = acc;                                                                                 \
+    if (partial) partial[c] = acc; else if (total) acc1 += acc;  /* (then one thread) */                     \
+    }                                                                                                        \
+    if (total) {  /* the chunks' sums in chunk order: the same total for every thread count and schedule */ \
+        double sum = 0;                                                                                      \
+        if (partial) { for (long c = 0; c < chunks; ++c) sum += partial[c]; free(partial); }                 \
+        else sum = acc1;                                                                                     \
+        *total = sum;                                                                                        \
+    }                                                                                                        \
 }
 
 DEFINE_KERNEL(float, boxloss_aligned_f32, sqrtf, atan2f, logf)
@@ -208,7 +227,9 @@ void NAME(int kind, const REAL *A, const REAL *B, REAL *OUT, long batch, long n,
     const REAL eps = (REAL)eps_d;                                                                            \
     const REAL four_pi2 = (REAL)(4.0 / (M_PI * M_PI));                                                         \
     (void)threads;                                                                                           \
-    _Pragma("omp parallel for collapse(2) schedule(static) num_threads(threads)")                           \
+    const long rows = m >= 4096 ? 1 : 4096 / (m > 0 ? m : 1);  /* about 4096 pairs per work item */         \
+    (void)rows;                                                                                              \
+    _Pragma("omp parallel for collapse(2) schedule(dynamic, rows) num_threads(threads)")                    \
     for (long b = 0; b < batch; ++b) {                                                                       \
         for (long i = 0; i < n; ++i) {                                                                       \
             const REAL *a = A + 4 * (b * n + i);                                                             \

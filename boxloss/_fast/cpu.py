@@ -326,6 +326,18 @@ def variants_status(which: str = "axis") -> dict:
     return dict(LIBRARIES[which].status)
 
 
+# Work per thread below which a kernel runs on the calling thread alone: opening a parallel region costs a few
+# microseconds on an idle machine and, on a busy one, the wait for a descheduled thread to arrive at its end
+# (milliseconds). In boxes for the aligned kernels, in pairs for the pairwise ones; the rotated geometry costs
+# some fifty times an axis-aligned box. Measured with ``benchmarks/bench_speed.py --mode threads`` (RESULTS.md).
+GRAIN = {"aligned": 16384, "aligned_rotated": 512, "pairwise": 262144, "pairwise_rotated": 4096}
+
+
+def threads_for(work: int, grain: int) -> int:
+    """Threads for ``work`` items: one per ``grain`` items, at least one, at most ``torch.get_num_threads()``."""
+    return max(1, min(torch.get_num_threads(), work // grain))
+
+
 def _ptr(x: Optional[Tensor]):
     return None if x is None else ctypes.c_void_p(x.data_ptr())
 
@@ -342,7 +354,8 @@ def _run_aligned(fn, first, p: Tensor, t: Tensor, eps: float, need_p: bool, need
     total = ctypes.c_double(0.0)
     fn(first, _ptr(p), _ptr(t), _ptr(weight), None if reduce else _ptr(loss),
        _ptr(grad_p) if need_p else None, _ptr(grad_t) if need_t else None, n, float(eps),
-       float(scale) if reduce else 1.0, ctypes.byref(total) if reduce else None, torch.get_num_threads())
+       float(scale) if reduce else 1.0, ctypes.byref(total) if reduce else None,
+       threads_for(n, GRAIN["aligned" if cols == 4 else "aligned_rotated"]))
     if reduce:
         loss = torch.tensor(total.value, dtype=p.dtype)
     return loss, grad_p, grad_t
@@ -364,7 +377,8 @@ def run_pairwise(lib, kind: str, a: Tensor, b: Tensor, eps: float) -> Tensor:
     batch, n, m = a.shape[0], a.shape[1], b.shape[1]
     out = a.new_empty(batch, n, m)
     fn = lib.boxloss_pairwise_f64 if a.dtype == torch.float64 else lib.boxloss_pairwise_f32
-    fn(PAIRWISE_CODES[kind], _ptr(a), _ptr(b), _ptr(out), batch, n, m, float(eps), torch.get_num_threads())
+    fn(PAIRWISE_CODES[kind], _ptr(a), _ptr(b), _ptr(out), batch, n, m, float(eps),
+       threads_for(batch * n * m, GRAIN["pairwise"]))
     return out
 
 
@@ -382,5 +396,6 @@ def run_generated_pairwise(lib, symbol: str, a: Tensor, b: Tensor, eps: float) -
     batch, n, m = a.shape[0], a.shape[1], b.shape[2]
     out = a.new_empty(batch, n, m)
     fn = getattr(lib, symbol + ("_f64" if a.dtype == torch.float64 else "_f32"))
-    fn(_ptr(a), _ptr(b), _ptr(out), batch, n, m, float(eps), torch.get_num_threads())
+    fn(_ptr(a), _ptr(b), _ptr(out), batch, n, m, float(eps),
+       threads_for(batch * n * m, GRAIN["pairwise" if a.shape[2] == 4 else "pairwise_rotated"]))
     return out
