@@ -1,11 +1,16 @@
 /* boxloss: the aligned IoU-family losses and their local gradients in one pass over the boxes.
  *
- * Scalar port of boxloss/_fast/fused.py (itself the closed form of the reference in boxloss/boxes.py), with the
+ * Port of boxloss/_fast/fused.py (itself the closed form of the reference in boxloss/boxes.py), with the
  * reference's conventions at the kinks: clamp_min passes no gradient at its bound, max/min split it evenly on
  * ties, a denominator at or under eps passes none. Compiled at first use by boxloss/_fast/cpu.py, for float
  * and double (REAL), parallel over chunks of boxes with OpenMP (the runtime PyTorch itself loaded: the
  * library names libgomp.so.1, which resolves to the copy already in the process), on as many threads as
  * cpu.py passes (none beyond torch.get_num_threads(), one below its grain size).
+ *
+ * Vectorised: each chunk's boxes are copied into columns, and the main loop over them is free of calls and
+ * branches (selects only), one loop per kind, with and without gradients, which the compiler turns into SIMD
+ * code (8 or 16 boxes per instruction with AVX2/AVX-512). What needs a library call per box runs in a loop of
+ * its own: CIoU's arctangent before the main loop, the log losses' logarithm after it.
  *
  * NaN: every max, min and clamp propagates NaN as torch.maximum/minimum/clamp_min do (a plain `a > b ? a : b`
  * silently drops it), so a NaN coordinate gives a NaN loss exactly where the reference gives one, and a box
@@ -26,33 +31,60 @@
 enum { K_IOU = 0, K_IOU_DIST = 1, K_LOG = 2, K_LOG_DIST = 3, K_GIOU = 4, K_DIOU = 5, K_CIOU = 6 };
 #define LOG_TAU 0.7  /* boxloss.boxes.LOG_IOU_LINEAR_BELOW */
 /* boxes per work item: threads take chunks as they come free (a thread the machine has descheduled holds up at
- * most one chunk), and the weighted sum is added up per chunk, then over chunks in order */
-#define BL_CHUNK 1024
+ * most one chunk), and the weighted sum is added up per chunk, then over chunks in order; a chunk's columns
+ * (NAME##_cols, 18 values per box) live on the thread's stack: 36 KiB for double */
+#define BL_CHUNK 256
+
+/* The vectorised loops: one function per kind, with and without gradients, each the main loop inlined with
+ * those as constants. GCC's cost model rejects these loops (it counts the selects as if they were branches), so
+ * they are compiled with it switched off, and without partial redundancy elimination, which would turn a
+ * NaN test of a maximum into a select between two NaN tests (a form GCC 12 cannot vectorise). Vectorising
+ * changes no result: the same IEEE operations on each box, in the same order, without contraction
+ * (tests/test_fast.py compares this build bit for bit with one compiled with vectorisation off). */
+#if defined(__GNUC__) && !defined(__clang__)
+#define BL_VECTOR_LOOP __attribute__((noinline, optimize("vect-cost-model=unlimited", "no-tree-pre")))
+#else
+#define BL_VECTOR_LOOP __attribute__((noinline))
+#endif
+/* the loops of kind K (an enum name), without and with gradients: NAME##_main_K_GIOU_1 is GIoU with gradients */
+#define BL_MAIN(REAL, NAME, K)                                                                                \
+    static BL_VECTOR_LOOP void NAME##_main_##K##_0(NAME##_cols *S, long m, const REAL eps) {                  \
+        NAME##_main(K, 0, S, m, eps);                                                                        \
+    }                                                                                                        \
+    static BL_VECTOR_LOOP void NAME##_main_##K##_1(NAME##_cols *S, long m, const REAL eps) {                  \
+        NAME##_main(K, 1, S, m, eps);                                                                        \
+    }
 
 #define DEFINE_KERNEL(REAL, NAME, SQRT, ATAN2, LOG)                                                           \
 static inline REAL NAME##_sel(REAL a, REAL b) { return a > b ? (REAL)1 : (a == b ? (REAL)0.5 : (REAL)0); }     \
-static inline REAL NAME##_pos(REAL a) { return (a > 0 || a != a) ? a : (REAL)0; }                              \
-static inline REAL NAME##_max(REAL a, REAL b) { return (a > b || a != a) ? a : b; }                            \
-static inline REAL NAME##_min(REAL a, REAL b) { return (a < b || a != a) ? a : b; }                            \
-void NAME(int kind, const REAL *P, const REAL *T, const REAL *W, REAL *L, REAL *GP, REAL *GT, long n,          \
-          double eps_d, double scale, double *total, int threads) {                                           \
-    const REAL eps = (REAL)eps_d;                                                                            \
+static inline REAL NAME##_pos(REAL a) { return a <= 0 ? (REAL)0 : a; }  /* NaN stays NaN */                \
+static inline REAL NAME##_max(REAL a, REAL b) { return ((a > b) | (a != a)) ? a : b; }                         \
+static inline REAL NAME##_min(REAL a, REAL b) { return ((a < b) | (a != a)) ? a : b; }                         \
+/* a chunk's boxes as columns (x1, y1, x2, y2 of p, then of t), its local gradients, losses and one more value   \
+ * per box (the CIoU angle difference; the IoU whose logarithm the log losses take) */                        \
+typedef struct { REAL in[8][BL_CHUNK], g[8][BL_CHUNK], loss[BL_CHUNK], aux[BL_CHUNK]; } NAME##_cols;          \
+/* CIoU's θt − θp, one library call per box (a loop of its own, so that the main loop has none) */          \
+static inline __attribute__((always_inline)) void NAME##_angles(NAME##_cols *S, long m, const REAL eps) {      \
+    for (long j = 0; j < m; ++j) {                                                                            \
+        REAL pwh[2] = {NAME##_pos(S->in[2][j] - S->in[0][j]), NAME##_pos(S->in[3][j] - S->in[1][j])};          \
+        REAL twh[2] = {NAME##_pos(S->in[6][j] - S->in[4][j]), NAME##_pos(S->in[7][j] - S->in[5][j])};          \
+        REAL okp = (pwh[0] + pwh[1]) > eps, okt = (twh[0] + twh[1]) > eps;                                    \
+        /* θt − θp in one call: atan a − atan b = atan((a − b) / (1 + ab)) holds for a, b ≥ 0 */             \
+        if (okp && okt) S->aux[j] = ATAN2(twh[0] * pwh[1] - pwh[0] * twh[1], twh[1] * pwh[1] + twh[0] * pwh[0]); \
+        else S->aux[j] = (okt ? ATAN2(twh[0], twh[1]) : (REAL)0) - (okp ? ATAN2(pwh[0], pwh[1]) : (REAL)0);     \
+    }                                                                                                        \
+}                                                                                                            \
+/* the losses and local gradients of a chunk's boxes: no calls and no branches (the kind and whether          \
+ * gradients are needed are constants where this is inlined), so the compiler vectorizes it */               \
+static inline __attribute__((always_inline)) void NAME##_main(const int kind, const int need, NAME##_cols *S,  \
+                                                              long m, const REAL eps) {                      \
     const REAL four_pi2 = (REAL)(4.0 / (M_PI * M_PI));                                                         \
-    const int need = (GP != NULL) || (GT != NULL);                                                           \
     const int dist = (kind == K_IOU_DIST || kind == K_LOG_DIST);                                             \
     const int encl = dist || kind == K_GIOU || kind == K_DIOU || kind == K_CIOU;                              \
-    const long chunks = (n + BL_CHUNK - 1) / BL_CHUNK;                                                         \
-    double *partial = total ? (double *)malloc(sizeof(double) * (size_t)(chunks > 0 ? chunks : 1)) : NULL;    \
-    if (total && !partial) threads = 1;  /* no memory for the partial sums: one pass, one sum */             \
-    double acc1 = 0;                                                                                         \
-    (void)threads;                                                                                           \
-    _Pragma("omp parallel for schedule(dynamic, 1) num_threads(threads)")                                   \
-    for (long c = 0; c < chunks; ++c) {                                                                      \
-    double acc = 0;                                                                                          \
-    const long end = (c + 1) * BL_CHUNK < n ? (c + 1) * BL_CHUNK : n;                                        \
-    for (long i = c * BL_CHUNK; i < end; ++i) {                                                              \
-        const REAL *p = P + 4 * i, *t = T + 4 * i;                                                           \
-        REAL plo[2] = {p[0], p[1]}, phi[2] = {p[2], p[3]}, tlo[2] = {t[0], t[1]}, thi[2] = {t[2], t[3]};      \
+    _Pragma("omp simd")                                                                                      \
+    for (long j = 0; j < m; ++j) {                                                                            \
+        REAL plo[2] = {S->in[0][j], S->in[1][j]}, phi[2] = {S->in[2][j], S->in[3][j]};                   \
+        REAL tlo[2] = {S->in[4][j], S->in[5][j]}, thi[2] = {S->in[6][j], S->in[7][j]};                   \
         REAL pwr[2], twr[2], pwh[2], twh[2], ir[2], iwh[2], cr[2] = {0, 0}, cwh[2] = {0, 0};                  \
         REAL slo[2], shi[2], sclo[2] = {0, 0}, schi[2] = {0, 0};                                              \
         for (int k = 0; k < 2; ++k) {                                                                        \
@@ -76,12 +108,12 @@ void NAME(int kind, const REAL *P, const REAL *T, const REAL *W, REAL *L, REAL *
         REAL u_ok = uni > eps, inv_u = (REAL)1 / NAME##_max(uni, eps);                                        \
         REAL iou = inter * inv_u;                                                                            \
         REAL loss, g_iou;                                                                                    \
-        if (kind == K_LOG) {                                                                                 \
+        if (kind == K_LOG) {  /* the logarithm itself is taken after this loop (NAME##_finish) */            \
             REAL ic = NAME##_max(iou, eps);                                                                  \
-            loss = -LOG(ic); g_iou = iou > eps ? -(REAL)1 / ic : (REAL)0;                                    \
+            S->aux[j] = ic; loss = 0; g_iou = iou > eps ? -(REAL)1 / ic : (REAL)0;                           \
         } else if (kind == K_LOG_DIST) {  /* Smooth-ln: -ln IoU above TAU, its tangent below */              \
-            if (iou >= LOG_TAU) { loss = -LOG(iou); g_iou = -(REAL)1 / iou; }                                \
-            else { loss = -LOG((REAL)LOG_TAU) + ((REAL)LOG_TAU - iou) / (REAL)LOG_TAU; g_iou = -(REAL)1 / (REAL)LOG_TAU; } \
+            S->aux[j] = iou; loss = 0;                                                                       \
+            g_iou = iou >= LOG_TAU ? -(REAL)1 / iou : -(REAL)1 / (REAL)LOG_TAU;                              \
         } else { loss = 1 - iou; g_iou = -1; }                                                               \
         REAL g_union_extra = 0, g_cwh[2] = {0, 0}, g_d[2] = {0, 0}, g_gapxy[2] = {0, 0};                      \
         REAL g_pwh_c[2] = {0, 0}, g_twh_c[2] = {0, 0};                                                        \
@@ -104,9 +136,7 @@ void NAME(int kind, const REAL *P, const REAL *T, const REAL *W, REAL *L, REAL *
             if (kind == K_CIOU) {                                                                            \
                 REAL okp = (pwh[0] + pwh[1]) > eps, okt = (twh[0] + twh[1]) > eps;                            \
                 /* θt − θp in one call: atan a − atan b = atan((a − b) / (1 + ab)) holds for a, b ≥ 0 */     \
-                REAL diff;                                                                                   \
-                if (okp && okt) diff = ATAN2(twh[0] * pwh[1] - pwh[0] * twh[1], twh[1] * pwh[1] + twh[0] * pwh[0]); \
-                else diff = (okt ? ATAN2(twh[0], twh[1]) : (REAL)0) - (okp ? ATAN2(pwh[0], pwh[1]) : (REAL)0);   \
+                REAL diff = S->aux[j];  /* θt − θp, from NAME##_angles */                                     \
                 REAL v = four_pi2 * diff * diff;                                                             \
                 REAL alpha = v / (1 - iou + v + eps);                                                        \
                 loss += alpha * v;                                                                           \
@@ -120,38 +150,32 @@ void NAME(int kind, const REAL *P, const REAL *T, const REAL *W, REAL *L, REAL *
         REAL g_twh_gap[2] = {0, 0};                                                                          \
         if (dist) {  /* gap / target diagonal; / max(enclosing diagonal, gap) for a point target */          \
             REAL gx = NAME##_pos(-ir[0]), gy = NAME##_pos(-ir[1]);                                           \
-            REAL g2 = gx * gx + gy * gy, gap = (g2 > 0 || g2 != g2) ? SQRT(g2) : (REAL)0;                   \
-            REAL cd2 = cwh[0] * cwh[0] + cwh[1] * cwh[1], cdiag = (cd2 > 0 || cd2 != cd2) ? SQRT(cd2) : (REAL)0; \
-            REAL td2 = twh[0] * twh[0] + twh[1] * twh[1], tdiag = (td2 > 0 || td2 != td2) ? SQRT(td2) : (REAL)0; \
-            REAL g_gap, g_cd = 0;                                                                            \
-            if (tdiag > eps) {                                                                               \
-                REAL inv_t = (REAL)1 / tdiag;                                                                \
-                loss += gap * inv_t;                                                                         \
-                g_gap = inv_t * (gap > 0);                                                                   \
-                REAL g_td = -gap * inv_t * inv_t;                                                            \
-                g_twh_gap[0] = g_td * inv_t * twh[0]; g_twh_gap[1] = g_td * inv_t * twh[1];                   \
-            } else {                                                                                         \
-                REAL den = NAME##_max(cdiag, gap), den_ok = den > eps, inv_den = (REAL)1 / NAME##_max(den, eps);  \
-                loss += gap * inv_den;                                                                       \
-                REAL s = NAME##_sel(cdiag, gap), q = gap * inv_den * inv_den * den_ok;                        \
-                g_gap = (inv_den * den_ok - q * (1 - s)) * (gap > 0);                                        \
-                g_cd = -q * s * (cdiag > 0);                                                                 \
-            }                                                                                                \
+            REAL g2 = gx * gx + gy * gy, gap = g2 <= 0 ? (REAL)0 : SQRT(g2);                   \
+            REAL cd2 = cwh[0] * cwh[0] + cwh[1] * cwh[1], cdiag = cd2 <= 0 ? (REAL)0 : SQRT(cd2); \
+            REAL td2 = twh[0] * twh[0] + twh[1] * twh[1], tdiag = td2 <= 0 ? (REAL)0 : SQRT(td2); \
+            /* both cases computed, one selected: the same values as branches, and no branch in the loop */   \
+            const int tok = tdiag > eps;                                                                     \
+            REAL inv_t = (REAL)1 / tdiag;                                                                    \
+            REAL g_td = -gap * inv_t * inv_t;                                                                \
+            REAL den = NAME##_max(cdiag, gap), den_ok = den > eps, inv_den = (REAL)1 / NAME##_max(den, eps);  \
+            REAL s = NAME##_sel(cdiag, gap), q = gap * inv_den * inv_den * den_ok;                            \
+            loss += tok ? gap * inv_t : gap * inv_den;                                                       \
+            REAL g_gap = tok ? inv_t * (gap > 0) : (inv_den * den_ok - q * (1 - s)) * (gap > 0);             \
+            REAL g_cd = tok ? (REAL)0 : -q * s * (cdiag > 0);                                                \
+            g_twh_gap[0] = tok ? g_td * inv_t * twh[0] : (REAL)0;                                            \
+            g_twh_gap[1] = tok ? g_td * inv_t * twh[1] : (REAL)0;                                            \
             REAL inv_gap = gap > 0 ? (REAL)1 / gap : (REAL)1, inv_cd = cdiag > 0 ? (REAL)1 / cdiag : (REAL)1;  \
             g_gapxy[0] = g_gap * inv_gap * gx * (-ir[0] > 0); g_gapxy[1] = g_gap * inv_gap * gy * (-ir[1] > 0); \
             g_cwh[0] = g_cd * inv_cd * cwh[0]; g_cwh[1] = g_cd * inv_cd * cwh[1];                             \
         }                                                                                                    \
-        const REAL f = (W ? W[i] : (REAL)1) * (REAL)scale;  /* this box's share of the reduced loss */     \
-        if (L) L[i] = loss;                                                                                  \
-        if (total) acc += (double)f * (double)loss;                                                          \
-        if (!need) continue;                                                                                 \
+        S->loss[j] = loss;                                                                                   \
+        if (need) {                                                                                          \
         REAL g_inter = g_iou * inv_u * u_ok;                                                                 \
         REAL g_union = -(g_iou * iou * inv_u) * u_ok + g_union_extra;                                        \
         g_inter -= g_union;                                                                                  \
         REAL gi[2] = {g_inter * iwh[1] * (ir[0] > 0), g_inter * iwh[0] * (ir[1] > 0)};                        \
         REAL gpw[2] = {g_union * pwh[1] * (pwr[0] > 0), g_union * pwh[0] * (pwr[1] > 0)};                    \
         REAL gtw[2] = {g_union * twh[1] * (twr[0] > 0), g_union * twh[0] * (twr[1] > 0)};                    \
-        REAL gp[4], gt[4];                                                                                   \
         for (int k = 0; k < 2; ++k) {                                                                        \
             gpw[k] += g_pwh_c[k] * (pwr[k] > 0); gtw[k] += (g_twh_c[k] + g_twh_gap[k]) * (twr[k] > 0);        \
             REAL gir = gi[k] - g_gapxy[k];                                                                   \
@@ -163,13 +187,82 @@ void NAME(int kind, const REAL *P, const REAL *T, const REAL *W, REAL *L, REAL *
                 gplo -= gc * sclo[k]; gtlo -= gc * (1 - sclo[k]);                                             \
             }                                                                                                \
             gplo += g_d[k]; gphi += g_d[k]; gtlo -= g_d[k]; gthi -= g_d[k];                                  \
-            gp[k] = gplo; gp[k + 2] = gphi; gt[k] = gtlo; gt[k + 2] = gthi;                                  \
+            S->g[k][j] = gplo; S->g[k + 2][j] = gphi; S->g[4 + k][j] = gtlo; S->g[6 + k][j] = gthi;          \
         }                                                                                                    \
-        if (loss != loss) for (int k = 0; k < 4; ++k) { gp[k] = loss; gt[k] = loss; }  /* NaN out */          \
-        if (GP) for (int k = 0; k < 4; ++k) GP[4 * i + k] = f * gp[k];                                       \
-        if (GT) for (int k = 0; k < 4; ++k) GT[4 * i + k] = f * gt[k];                                       \
+        }                                                                                                    \
     }                                                                                                        \
-    if (partial) partial[c] = acc; else if (total) acc1 += acc;  /* (then one thread) */                     \
+}                                                                                                            \
+/* the chunk's losses (the logarithms of the log losses taken here), their weighted sum, and the gradients      \
+ * scaled by each box's share of it, written back as rows */                                                  \
+BL_MAIN(REAL, NAME, K_IOU) BL_MAIN(REAL, NAME, K_IOU_DIST) BL_MAIN(REAL, NAME, K_LOG)                          \
+BL_MAIN(REAL, NAME, K_LOG_DIST) BL_MAIN(REAL, NAME, K_GIOU) BL_MAIN(REAL, NAME, K_DIOU) BL_MAIN(REAL, NAME, K_CIOU) \
+/* the loops by kind * 2 + need, in the order of the kind codes */                                           \
+static void (*const NAME##_mains[14])(NAME##_cols *, long, const REAL) = {                                     \
+    NAME##_main_K_IOU_0, NAME##_main_K_IOU_1, NAME##_main_K_IOU_DIST_0, NAME##_main_K_IOU_DIST_1,              \
+    NAME##_main_K_LOG_0, NAME##_main_K_LOG_1, NAME##_main_K_LOG_DIST_0, NAME##_main_K_LOG_DIST_1,              \
+    NAME##_main_K_GIOU_0, NAME##_main_K_GIOU_1, NAME##_main_K_DIOU_0, NAME##_main_K_DIOU_1,                    \
+    NAME##_main_K_CIOU_0, NAME##_main_K_CIOU_1};                                                               \
+static inline __attribute__((always_inline)) double NAME##_finish(                                             \
+        const int kind, const NAME##_cols *S, long begin, long m, const REAL *W, REAL *L, REAL *GP, REAL *GT,    \
+        const REAL scale_r) {                                                                                 \
+    double acc = 0;                                                                                          \
+    for (long j = 0; j < m; ++j) {                                                                            \
+        const long i = begin + j;                                                                            \
+        REAL loss = S->loss[j];                                                                              \
+        if (kind == K_LOG) loss = -LOG(S->aux[j]);                                                           \
+        else if (kind == K_LOG_DIST) {                                                                       \
+            const REAL iou = S->aux[j];                                                                      \
+            loss = (iou >= LOG_TAU ? -LOG(iou) : -LOG((REAL)LOG_TAU) + ((REAL)LOG_TAU - iou) / (REAL)LOG_TAU) + loss; \
+        }                                                                                                    \
+        const REAL f = (W ? W[i] : (REAL)1) * scale_r;  /* this box's share of the reduced loss */           \
+        if (L) L[i] = loss;                                                                                  \
+        acc += (double)f * (double)loss;                                                                     \
+        const int bad = loss != loss;  /* NaN out */                                                         \
+        if (GP) for (int k = 0; k < 4; ++k) GP[4 * i + k] = f * (bad ? loss : S->g[k][j]);                   \
+        if (GT) for (int k = 0; k < 4; ++k) GT[4 * i + k] = f * (bad ? loss : S->g[4 + k][j]);               \
+    }                                                                                                        \
+    return acc;                                                                                              \
+}                                                                                                            \
+static inline __attribute__((always_inline)) double NAME##_chunk(                                              \
+        const int kind, const int need, NAME##_cols *S, const REAL *P, const REAL *T, const REAL *W, REAL *L,    \
+        REAL *GP, REAL *GT, long begin, long m, const REAL eps, const REAL scale_r) {                          \
+    for (long j = 0; j < m; ++j)                                                                             \
+        for (int k = 0; k < 4; ++k) { S->in[k][j] = P[4 * (begin + j) + k]; S->in[4 + k][j] = T[4 * (begin + j) + k]; } \
+    if (kind == K_CIOU) NAME##_angles(S, m, eps);                                                            \
+    NAME##_mains[kind * 2 + need](S, m, eps);                                                                \
+    return NAME##_finish(kind, S, begin, m, W, L, GP, GT, scale_r);                                          \
+}                                                                                                            \
+void NAME(int kind, const REAL *P, const REAL *T, const REAL *W, REAL *L, REAL *GP, REAL *GT, long n,          \
+          double eps_d, double scale, double *total, int threads) {                                           \
+    const REAL eps = (REAL)eps_d, scale_r = (REAL)scale;                                                     \
+    const int need = (GP != NULL) || (GT != NULL);                                                           \
+    const long chunks = (n + BL_CHUNK - 1) / BL_CHUNK;                                                         \
+    double *partial = total ? (double *)malloc(sizeof(double) * (size_t)(chunks > 0 ? chunks : 1)) : NULL;    \
+    if (total && !partial) threads = 1;  /* no memory for the partial sums: one pass, one sum */             \
+    double acc1 = 0;                                                                                         \
+    (void)threads;                                                                                           \
+    _Pragma("omp parallel for schedule(dynamic, 1) num_threads(threads)")                                   \
+    for (long c = 0; c < chunks; ++c) {                                                                      \
+        NAME##_cols S;                                                                                       \
+        const long b = c * BL_CHUNK, m = (c + 1) * BL_CHUNK < n ? BL_CHUNK : n - b;                          \
+        double acc;                                                                                          \
+        switch (kind * 2 + need) {  /* each kind, with and without gradients, as its own loop */             \
+            case 2 * K_IOU: acc = NAME##_chunk(K_IOU, 0, &S, P, T, W, L, GP, GT, b, m, eps, scale_r); break;  \
+            case 2 * K_IOU + 1: acc = NAME##_chunk(K_IOU, 1, &S, P, T, W, L, GP, GT, b, m, eps, scale_r); break; \
+            case 2 * K_IOU_DIST: acc = NAME##_chunk(K_IOU_DIST, 0, &S, P, T, W, L, GP, GT, b, m, eps, scale_r); break; \
+            case 2 * K_IOU_DIST + 1: acc = NAME##_chunk(K_IOU_DIST, 1, &S, P, T, W, L, GP, GT, b, m, eps, scale_r); break; \
+            case 2 * K_LOG: acc = NAME##_chunk(K_LOG, 0, &S, P, T, W, L, GP, GT, b, m, eps, scale_r); break;  \
+            case 2 * K_LOG + 1: acc = NAME##_chunk(K_LOG, 1, &S, P, T, W, L, GP, GT, b, m, eps, scale_r); break; \
+            case 2 * K_LOG_DIST: acc = NAME##_chunk(K_LOG_DIST, 0, &S, P, T, W, L, GP, GT, b, m, eps, scale_r); break; \
+            case 2 * K_LOG_DIST + 1: acc = NAME##_chunk(K_LOG_DIST, 1, &S, P, T, W, L, GP, GT, b, m, eps, scale_r); break; \
+            case 2 * K_GIOU: acc = NAME##_chunk(K_GIOU, 0, &S, P, T, W, L, GP, GT, b, m, eps, scale_r); break; \
+            case 2 * K_GIOU + 1: acc = NAME##_chunk(K_GIOU, 1, &S, P, T, W, L, GP, GT, b, m, eps, scale_r); break; \
+            case 2 * K_DIOU: acc = NAME##_chunk(K_DIOU, 0, &S, P, T, W, L, GP, GT, b, m, eps, scale_r); break; \
+            case 2 * K_DIOU + 1: acc = NAME##_chunk(K_DIOU, 1, &S, P, T, W, L, GP, GT, b, m, eps, scale_r); break; \
+            case 2 * K_CIOU: acc = NAME##_chunk(K_CIOU, 0, &S, P, T, W, L, GP, GT, b, m, eps, scale_r); break; \
+            default: acc = NAME##_chunk(K_CIOU, 1, &S, P, T, W, L, GP, GT, b, m, eps, scale_r); break;        \
+        }                                                                                                    \
+        if (partial) partial[c] = acc; else if (total) acc1 += acc;  /* (then one thread) */                 \
     }                                                                                                        \
     if (total) {  /* the chunks' sums in chunk order: the same total for every thread count and schedule */ \
         double sum = 0;                                                                                      \
