@@ -302,17 +302,17 @@ def _edge_pairs(n=2000, seed=0):
     return p, t
 
 
-def test_vectorised_cpu_kernel_equals_its_scalar_build_bit_for_bit(tmp_path):
-    # the SIMD loops must compute what the scalar code computes: the same kernel source compiled with
-    # vectorisation off is the referee, on every kind, dtype and output combination, edge cases included
+@pytest.fixture(scope="module")
+def vector_and_scalar_builds(tmp_path_factory):
+    """aligned.c compiled as the package compiles it, and with vectorisation off (the referee)."""
     import ctypes
-    import math
 
     from boxloss._fast import cpu
 
     compiler = cpu._compiler()
     if compiler is None:
         pytest.skip("no C compiler")
+    tmp_path = tmp_path_factory.mktemp("builds")
     flags = [f for f in cpu.FLAG_SETS[0] if f != "-fopenmp"]
     libs = []
     for name, extra in (("vector", cpu.FLAG_SETS[0]), ("scalar", flags + ["-fno-tree-vectorize",
@@ -325,13 +325,24 @@ def test_vectorised_cpu_kernel_equals_its_scalar_build_bit_for_bit(tmp_path):
                                      "-lm"], capture_output=True, text=True)
         assert result.returncode == 0, result.stderr
         libs.append(cpu._declare(ctypes.CDLL(str(out))))
+    return libs
+
+
+def _same_bits(a, b):
+    return bool(((a == b) | (a.isnan() & b.isnan())).all()) and \
+        bool((torch.signbit(a) == torch.signbit(b))[~a.isnan()].all())
+
+
+def test_vectorised_cpu_kernel_equals_its_scalar_build_bit_for_bit(vector_and_scalar_builds):
+    # the SIMD loops must compute what the scalar code computes: the same kernel source compiled with
+    # vectorisation off is the referee, on every kind, dtype and output combination, edge cases included
+    import ctypes
+    import math
+
+    libs = vector_and_scalar_builds
     p, t = _edge_pairs()
     n = len(p)
     w = torch.rand(n, generator=torch.Generator().manual_seed(9))
-
-    def same(a, b):
-        return bool(((a == b) | (a.isnan() & b.isnan())).all()) and \
-            bool((torch.signbit(a) == torch.signbit(b))[~a.isnan()].all())
 
     for dtype, suffix in ((torch.float32, "f32"), (torch.float64, "f64")):
         P, T, W = p.to(dtype).contiguous(), t.to(dtype).contiguous(), w.to(dtype)
@@ -350,5 +361,18 @@ def test_vectorised_cpu_kernel_equals_its_scalar_build_bit_for_bit(tmp_path):
                             ctypes.byref(total) if reduce else None, 2)
                         got.append((L, GP, GT, total.value))
                     (l0, gp0, gt0, s0), (l1, gp1, gt1, s1) = got
-                    assert same(l0, l1) and same(gp0, gp1) and same(gt0, gt1), (suffix, kind, weighted, outputs)
+                    assert _same_bits(l0, l1) and _same_bits(gp0, gp1) and _same_bits(gt0, gt1), \
+                        (suffix, kind, weighted, outputs)
                     assert s0 == s1 or (math.isnan(s0) and math.isnan(s1)), (suffix, kind, weighted, outputs)
+
+
+@pytest.mark.parametrize("kind", ["iou", "giou", "diou", "ciou"])
+def test_vectorised_pairwise_kernel_equals_its_scalar_build_bit_for_bit(vector_and_scalar_builds, kind):
+    from boxloss._fast import cpu
+
+    p, t = _edge_pairs(seed=2)
+    p, t = torch.cat([p[:150], p[740:800], p[-390:]]), torch.cat([t[:150], t[740:800], t[-390:]])  # edge rows too
+    for dtype in (torch.float32, torch.float64):
+        a, b = p.to(dtype).reshape(2, 300, 4).contiguous(), t[:500].to(dtype).reshape(2, 250, 4).contiguous()
+        vector, scalar = (cpu.run_pairwise(lib, kind, a, b, 1e-7) for lib in vector_and_scalar_builds)
+        assert _same_bits(vector, scalar), (kind, dtype)

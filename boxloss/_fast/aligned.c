@@ -279,71 +279,84 @@ DEFINE_KERNEL(double, boxloss_aligned_f64, sqrt, atan2, log)
  * 6 CIoU (values of boxes.py's kernels: clamped widths, denominators clamped at eps). One pass, written
  * straight into the output: no N×M temporaries.
  *
- * One formula (PAIR_SCORE), instantiated twice: with plain max/min (compiled to branchless maxss/minss) for
- * pairs whose eight coordinates are finite, and with the NaN-propagating ones for the rare pairs that are not,
- * so that NaN and Inf come out as from the reference without slowing down the finite pairs. */
-#define PAIR_SCORE(REAL, MAX, MIN, POS, ATAN2, OUT)                                                           \
+ * B comes as columns (BT: batch × 4 × m, x1 row, y1 row, x2 row, y2 row), so that the loop over a row of the
+ * output reads contiguous memory and, free of calls and branches (NaN-propagating selects), is vectorised:
+ * one such loop per kind. CIoU's arctangent of each column box is taken once, before (into THB). */
+#define PAIR_SCORE(REAL, K, KIND, OUT)                                                                        \
     {                                                                                                        \
-        REAL aw = POS(ax2 - ax1), ah = POS(ay2 - ay1), aa = aw * ah;                                          \
-        REAL bw = POS(c[2] - c[0]), bh = POS(c[3] - c[1]);                                                   \
-        REAL iw = POS(MIN(ax2, c[2]) - MAX(ax1, c[0]));                                                      \
-        REAL ih = POS(MIN(ay2, c[3]) - MAX(ay1, c[1]));                                                      \
+        const REAL bx1 = bt[j], by1 = bt[m + j], bx2 = bt[2 * m + j], by2 = bt[3 * m + j];                   \
+        REAL aw = K##_pos(ax2 - ax1), ah = K##_pos(ay2 - ay1), aa = aw * ah;                                  \
+        REAL bw = K##_pos(bx2 - bx1), bh = K##_pos(by2 - by1);                                               \
+        REAL iw = K##_pos(K##_min(ax2, bx2) - K##_max(ax1, bx1));                                            \
+        REAL ih = K##_pos(K##_min(ay2, by2) - K##_max(ay1, by1));                                            \
         REAL inter = iw * ih, uni = aa + bw * bh - inter;                                                    \
-        REAL iou = inter / MAX(uni, eps);                                                                    \
+        REAL iou = inter / K##_max(uni, eps);                                                                \
         OUT = iou;                                                                                           \
-        if (kind != 0) {                                                                                     \
-            REAL cw = POS(MAX(ax2, c[2]) - MIN(ax1, c[0]));                                                  \
-            REAL ch = POS(MAX(ay2, c[3]) - MIN(ay1, c[1]));                                                  \
-            if (kind == 4) {                                                                                 \
+        if (KIND != K_IOU) {                                                                                 \
+            REAL cw = K##_pos(K##_max(ax2, bx2) - K##_min(ax1, bx1));                                        \
+            REAL ch = K##_pos(K##_max(ay2, by2) - K##_min(ay1, by1));                                        \
+            if (KIND == K_GIOU) {                                                                            \
                 REAL ac = cw * ch;                                                                           \
-                OUT = iou - (ac - uni) / MAX(ac, eps);                                                       \
+                OUT = iou - (ac - uni) / K##_max(ac, eps);                                                   \
             } else {                                                                                         \
-                REAL dx = ax1 + ax2 - c[0] - c[2], dy = ay1 + ay2 - c[1] - c[3];                              \
+                REAL dx = ax1 + ax2 - bx1 - bx2, dy = ay1 + ay2 - by1 - by2;                                  \
                 REAL rho2 = (dx * dx + dy * dy) * (REAL)0.25, c2 = cw * cw + ch * ch;                         \
-                OUT = iou - rho2 / MAX(MAX(c2, rho2), eps);                                                  \
-                if (kind == 6) {                                                                             \
-                    REAL thb = bw + bh > eps ? ATAN2(bw, bh) : (REAL)0;                                       \
-                    REAL diff = thb - tha, v = four_pi2 * diff * diff;                                       \
+                OUT = iou - rho2 / K##_max(K##_max(c2, rho2), eps);                                          \
+                if (KIND == K_CIOU) {                                                                        \
+                    REAL diff = thb[j] - tha, v = four_pi2 * diff * diff;                                    \
                     OUT -= v / (1 - iou + v + eps) * v;                                                      \
                 }                                                                                            \
             }                                                                                                \
         }                                                                                                    \
     }
 
-#define FAST_MAX(a, b) ((a) > (b) ? (a) : (b))
-#define FAST_MIN(a, b) ((a) < (b) ? (a) : (b))
-#define FAST_POS(a) ((a) > 0 ? (a) : 0)
-
-#define DEFINE_PAIRWISE(REAL, NAME, SQRT, ATAN2, K)                                                           \
-void NAME(int kind, const REAL *A, const REAL *B, REAL *OUT, long batch, long n, long m, double eps_d,        \
-          int threads) {                                                                                      \
-    const REAL eps = (REAL)eps_d;                                                                            \
+#define DEFINE_PAIRWISE_ROW(REAL, NAME, K, KIND)                                                              \
+static BL_VECTOR_LOOP void NAME##_row_##KIND(const REAL *a, const REAL *bt, const REAL *thb, REAL tha, REAL *o,  \
+                                             long m, const REAL eps) {                                        \
     const REAL four_pi2 = (REAL)(4.0 / (M_PI * M_PI));                                                         \
-    (void)threads;                                                                                           \
+    const REAL ax1 = a[0], ay1 = a[1], ax2 = a[2], ay2 = a[3];                                               \
+    (void)thb; (void)tha; (void)four_pi2;                                                                    \
+    _Pragma("omp simd")                                                                                      \
+    for (long j = 0; j < m; ++j) {                                                                           \
+        REAL score;                                                                                          \
+        PAIR_SCORE(REAL, K, KIND, score)                                                                     \
+        o[j] = score;                                                                                        \
+    }                                                                                                        \
+}
+
+#define DEFINE_PAIRWISE(REAL, NAME, ATAN2, K)                                                                 \
+DEFINE_PAIRWISE_ROW(REAL, NAME, K, K_IOU)                                                                    \
+DEFINE_PAIRWISE_ROW(REAL, NAME, K, K_GIOU)                                                                   \
+DEFINE_PAIRWISE_ROW(REAL, NAME, K, K_DIOU)                                                                   \
+DEFINE_PAIRWISE_ROW(REAL, NAME, K, K_CIOU)                                                                   \
+void NAME(int kind, const REAL *A, const REAL *BT, REAL *THB, REAL *OUT, long batch, long n, long m,          \
+          double eps_d, int threads) {                                                                        \
+    const REAL eps = (REAL)eps_d;                                                                            \
+    if (kind == K_CIOU)  /* θ of every column box, once (THB: batch × m) */                                   \
+        for (long b = 0; b < batch; ++b)                                                                     \
+            for (long j = 0; j < m; ++j) {                                                                   \
+                const REAL *bt = BT + 4 * b * m;                                                             \
+                REAL bw = K##_pos(bt[2 * m + j] - bt[j]), bh = K##_pos(bt[3 * m + j] - bt[m + j]);           \
+                THB[b * m + j] = bw + bh > eps ? ATAN2(bw, bh) : (REAL)0;                                     \
+            }                                                                                                \
     const long rows = m >= 4096 ? 1 : 4096 / (m > 0 ? m : 1);  /* about 4096 pairs per work item */         \
-    (void)rows;                                                                                              \
+    (void)rows; (void)threads;                                                                               \
     _Pragma("omp parallel for collapse(2) schedule(dynamic, rows) num_threads(threads)")                    \
     for (long b = 0; b < batch; ++b) {                                                                       \
         for (long i = 0; i < n; ++i) {                                                                       \
-            const REAL *a = A + 4 * (b * n + i);                                                             \
-            const REAL ax1 = a[0], ay1 = a[1], ax2 = a[2], ay2 = a[3];                                       \
-            const int a_finite = isfinite(ax1) && isfinite(ay1) && isfinite(ax2) && isfinite(ay2);          \
-            const REAL aw0 = K##_pos(ax2 - ax1), ah0 = K##_pos(ay2 - ay1);                                  \
-            const REAL tha = (kind == 6 && aw0 + ah0 > eps) ? ATAN2(aw0, ah0) : (REAL)0;  /* hoisted */      \
+            const REAL *a = A + 4 * (b * n + i), *bt = BT + 4 * b * m;                                       \
             REAL *o = OUT + (b * n + i) * m;                                                                 \
-            const REAL *Bb = B + 4 * b * m;                                                                  \
-            for (long j = 0; j < m; ++j) {                                                                   \
-                const REAL *c = Bb + 4 * j;                                                                  \
-                REAL score;                                                                                  \
-                if (a_finite && isfinite(c[0] + c[1] + c[2] + c[3]))                                         \
-                    PAIR_SCORE(REAL, FAST_MAX, FAST_MIN, FAST_POS, ATAN2, score)                             \
-                else                                                                                         \
-                    PAIR_SCORE(REAL, K##_max, K##_min, K##_pos, ATAN2, score)                                \
-                o[j] = score;                                                                                \
+            if (kind == K_IOU) NAME##_row_K_IOU(a, bt, NULL, 0, o, m, eps);                                   \
+            else if (kind == K_GIOU) NAME##_row_K_GIOU(a, bt, NULL, 0, o, m, eps);                            \
+            else if (kind == K_DIOU) NAME##_row_K_DIOU(a, bt, NULL, 0, o, m, eps);                            \
+            else {                                                                                           \
+                const REAL aw0 = K##_pos(a[2] - a[0]), ah0 = K##_pos(a[3] - a[1]);                           \
+                const REAL tha = aw0 + ah0 > eps ? ATAN2(aw0, ah0) : (REAL)0;  /* once per row */             \
+                NAME##_row_K_CIOU(a, bt, THB + b * m, tha, o, m, eps);                                       \
             }                                                                                                \
         }                                                                                                    \
     }                                                                                                        \
 }
 
-DEFINE_PAIRWISE(float, boxloss_pairwise_f32, sqrtf, atan2f, boxloss_aligned_f32)
-DEFINE_PAIRWISE(double, boxloss_pairwise_f64, sqrt, atan2, boxloss_aligned_f64)
+DEFINE_PAIRWISE(float, boxloss_pairwise_f32, atan2f, boxloss_aligned_f32)
+DEFINE_PAIRWISE(double, boxloss_pairwise_f64, atan2, boxloss_aligned_f64)

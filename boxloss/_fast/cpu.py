@@ -145,7 +145,7 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     for name in ("boxloss_pairwise_f32", "boxloss_pairwise_f64"):
         fn = getattr(lib, name)
         fn.restype = None
-        fn.argtypes = [ctypes.c_int] + [ctypes.c_void_p] * 3 + [ctypes.c_long] * 3 + [ctypes.c_double, ctypes.c_int]
+        fn.argtypes = [ctypes.c_int] + [ctypes.c_void_p] * 4 + [ctypes.c_long] * 3 + [ctypes.c_double, ctypes.c_int]
     return lib
 
 
@@ -376,8 +376,10 @@ def run_pairwise(lib, kind: str, a: Tensor, b: Tensor, eps: float) -> Tensor:
     """Scores ``(batch, n, m)`` for contiguous CPU ``a`` ``(batch, n, 4)`` and ``b`` ``(batch, m, 4)``."""
     batch, n, m = a.shape[0], a.shape[1], b.shape[1]
     out = a.new_empty(batch, n, m)
+    columns = b.transpose(1, 2).contiguous()  # the kernel reads b as columns: contiguous rows of x1, y1, x2, y2
+    angles = a.new_empty(batch, m) if kind == "ciou" else None  # its θ per column box, filled by the kernel
     fn = lib.boxloss_pairwise_f64 if a.dtype == torch.float64 else lib.boxloss_pairwise_f32
-    fn(PAIRWISE_CODES[kind], _ptr(a), _ptr(b), _ptr(out), batch, n, m, float(eps),
+    fn(PAIRWISE_CODES[kind], _ptr(a), _ptr(columns), _ptr(angles), _ptr(out), batch, n, m, float(eps),
        threads_for(batch * n * m, GRAIN["pairwise"]))
     return out
 
