@@ -376,3 +376,40 @@ def test_vectorised_pairwise_kernel_equals_its_scalar_build_bit_for_bit(vector_a
         a, b = p.to(dtype).reshape(2, 300, 4).contiguous(), t[:500].to(dtype).reshape(2, 250, 4).contiguous()
         vector, scalar = (cpu.run_pairwise(lib, kind, a, b, 1e-7) for lib in vector_and_scalar_builds)
         assert _same_bits(vector, scalar), (kind, dtype)
+
+
+def test_generated_column_kernels_equal_the_row_form_bit_for_bit(tmp_path):
+    # the variants' kernels are generated in columns, cut into vectorised stages at their library calls; the row
+    # form (one box at a time, in order, as before) is the referee: the same bits for every variant, both dtypes,
+    # values, both gradients and the weighted sum, edge cases included
+    import ctypes
+
+    from boxloss._fast import cpu, expr, variants
+
+    compiler = cpu._compiler()
+    columns_lib = cpu.load_variants("axis")
+    if compiler is None or columns_lib is None:
+        pytest.skip("no C compiler")
+    reg = variants._registry()
+    names = variants._members("axis")
+    rows_source = expr.generate_library([(variants.symbol(n), reg[n].formula, len(reg[n].params)) for n in names],
+                                        rows_only=True)
+    assert "_s0_f32" in variants.c_source("axis") and "_s0_f32" not in rows_source
+    (tmp_path / "rows.c").write_text(rows_source)
+    result = subprocess.run([compiler, *cpu.FLAG_SETS[1], "-shared", "-fPIC", "-o", str(tmp_path / "rows.so"),
+                             str(tmp_path / "rows.c"), "-lm"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows_lib = cpu._declare_variants(ctypes.CDLL(str(tmp_path / "rows.so")))
+    values = {"theta": 4.0, "gamma": 0.5, "width": 640.0, "height": 480.0, "scale": 0.5, "constant": 12.8,
+              "alpha": 3.0, "ratio": 0.8, "d": 0.1, "u": 0.9}
+    p, t = _edge_pairs()
+    w = torch.rand(len(p), generator=torch.Generator().manual_seed(9))
+    for name in names:
+        params = [values[k] for k in reg[name].params]
+        for dtype in (torch.float32, torch.float64):
+            P, T, W = p.to(dtype).contiguous(), t.to(dtype).contiguous(), w.to(dtype)
+            for need, weight, scale in ((False, None, None), (True, None, None), (True, W, 0.5)):
+                got = [cpu.run_variant(lib, variants.symbol(name), params, P, T, 1e-7, need, need, weight, scale)
+                       for lib in (columns_lib, rows_lib)]
+                for a, b in zip(*got):
+                    assert _same_bits(a, b), (name, dtype, need, weight is not None)

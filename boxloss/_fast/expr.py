@@ -17,7 +17,8 @@ generated kernel); branches are written with ``m.where``.
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, List, Sequence, Tuple
+import re
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -383,6 +384,178 @@ def generate_c(name: str, fn: Callable, n_params: int, columns: int = 4) -> str:
     return _KERNEL.format(name=name, body=body, out=v(out), back=back, gp=gp, gt=gt)
 
 
+# library calls: the compiler vectorises no loop that makes them (glibc offers no vector versions without
+# -ffast-math), so the column form evaluates them in loops of their own, between the vectorised stages
+_CALL_OPS = frozenset({"exp", "log", "log1p", "expm1", "atan2", "sin", "cos"})
+_SCRATCH_BYTES = 64 * 1024  # a sub-chunk's columns (all stages' spilled values), on the thread's stack
+
+
+def generate_columns_c(name: str, fn: Callable, n_params: int, columns: int = 4) -> Optional[str]:
+    """The vectorisable form of :func:`generate_c` (same signature, same results bit for bit), or ``None`` where
+    the reverse pass itself would make library calls (sin, cos).
+
+    Each chunk of boxes is taken in sub-chunks whose values live in columns (``st[slot][j]``): the inputs are
+    copied into columns; the forward pass is cut into stages at its library calls — a vectorised loop computes
+    a stage's values, a plain loop applies the calls, the next stage reads their results — and the last stage
+    also runs the reverse pass; a last plain loop writes the losses, the weighted sum (in the order of the
+    boxes) and the gradients as rows. Only values that cross a loop are kept in columns."""
+    g, out, p, t, _params = trace(fn, n_params, columns)
+    live = _live(out)
+    nodes = [e for e in g.nodes if live[e.index]]
+    needs = _needs_grad(nodes)
+    reverse = _reverse(nodes, needs, _C_SPELLING)
+    if any(e.op in ("sin", "cos") and needs.get(e.args[0].index) for e in nodes):
+        return None
+    free_inputs = {"eps": "eps", "ulp": "BL_ULP", **{f"q{k}": f"(R)prm[{k}]" for k in range(n_params)}}
+    box_inputs = [f"p{k}" for k in range(columns)] + [f"t{k}" for k in range(columns)]
+
+    def is_free(e):
+        return e.op == "const" or (e.op == "input" and e.value in free_inputs)
+
+    stage: Dict[int, int] = {}
+    for e in nodes:
+        base = max((stage[a.index] for a in e.args), default=0)
+        stage[e.index] = base + 1 if e.op in _CALL_OPS else base
+    last = max(stage.values(), default=0)
+    by_index = {e.index: e for e in nodes}
+    ref = re.compile(r"\bv(\d+)\b")
+    back_refs = {int(i) for _, expr in reverse for i in ref.findall(expr)}
+    # where each value is used: the loop of each user (a call's argument: the call loop before its stage)
+    used_in: Dict[int, set] = {e.index: set() for e in nodes}
+    for e in nodes:
+        for a in e.args:
+            used_in[a.index].add(("call", stage[e.index]) if e.op in _CALL_OPS else ("stage", stage[e.index]))
+    for i in back_refs:
+        used_in[i].add(("stage", last))
+    made_in = {e.index: ("call", stage[e.index]) if e.op in _CALL_OPS else
+               ("input", 0) if e.op == "input" and not is_free(e) else ("stage", stage[e.index]) for e in nodes}
+    slots: Dict[int, int] = {}
+    for e in nodes:
+        if not is_free(e) and (made_in[e.index][0] != "stage" or any(u != made_in[e.index] for u in used_in[e.index])):
+            slots[e.index] = len(slots)
+    n_grads = 2 * columns
+    loss_slot, grad_slot = len(slots), len(slots) + 1
+    n_slots = grad_slot + n_grads
+    sub = max(16, min(256, _SCRATCH_BYTES // (8 * n_slots)) // 16 * 16)
+
+    def value_line(e, inputs):
+        return _forward_lines([e], inputs)[0]
+
+    def load(i):
+        e = by_index[i]
+        return f"const {'int' if e.is_bool else 'R'} v{i} = {'(int)' if e.is_bool else ''}st[{slots[i]}][j];"
+
+    def stage_loop(k: int, backward: bool) -> str:
+        body, have = [], set()
+        mine = [e for e in nodes if stage[e.index] == k and e.op not in _CALL_OPS and e.op != "input"
+                and not is_free(e)]
+        wanted = {a.index for e in mine for a in e.args} | ({out.index} | back_refs if k == last else set())
+        wanted |= {e.index for e in mine}
+        for i in sorted(wanted):
+            e = by_index[i]
+            if is_free(e):
+                body.append(value_line(e, free_inputs))
+            elif i in slots and made_in[i] != ("stage", k):
+                body.append(load(i))
+            have.add(i)
+        for e in mine:
+            body.append(value_line(e, free_inputs))
+            if e.index in slots:
+                body.append(f"st[{slots[e.index]}][j] = (R)v{e.index};")
+        if k == last:
+            body.append(f"st[{loss_slot}][j] = v{out.index};")
+            if backward:
+                body += [f"R a{e.index} = 0;" for e in nodes if needs[e.index]]
+                if needs[out.index]:
+                    body.append(f"a{out.index} = 1;")
+                body += [f"a{i} += {expr};" for i, expr in reverse]
+                for k2, e in enumerate(list(p) + list(t)):
+                    grad = f"a{e.index}" if needs.get(e.index) and live[e.index] else "(R)0"
+                    body.append(f"st[{grad_slot + k2}][j] = {grad};")
+        lines = "\n        ".join(body)
+        return (f"static BL_VECTOR_LOOP void {name}_s{k}{'b' if backward else ''}_SFX(R (*restrict st)[{sub}], long m, "
+                f"const double *prm, const R eps) {{\n    (void)prm; (void)eps;\n    _Pragma(\"omp simd\")\n"
+                f"    for (long j = 0; j < m; ++j) {{\n        {lines}\n    }}\n}}\n")
+
+    def call_loop(k: int) -> str:
+        body = []
+        for e in nodes:
+            if e.op in _CALL_OPS and stage[e.index] == k:
+                args = ", ".join(f"st[{slots[a.index]}][j]" if a.index in slots else
+                                 _forward_lines([a], free_inputs)[0].split(" = ", 1)[1].rstrip(";") for a in e.args)
+                fn_name = _C_BINARY.get(e.op) or _C_UNARY[e.op]
+                expr = fn_name.split("(")[0]
+                body.append(f"st[{slots[e.index]}][j] = {expr}({args});")
+        return "\n        ".join(body)
+
+    funcs = [stage_loop(k, False) for k in range(last)] + [stage_loop(last, False), stage_loop(last, True)]
+    calls = {k: call_loop(k) for k in range(1, last + 1)}
+    loads = "\n                ".join(
+        f"st[{slots[by_index[e.index].index]}][j] = {('P' if nm.startswith('p') else 'T')}[{columns} * (b + j) + {nm[1:]}];"
+        for nm in box_inputs for e in nodes if e.op == "input" and e.value == nm and e.index in slots)
+    steps = []
+    for k in range(last + 1):
+        if k:
+            steps.append(f"for (long j = 0; j < m; ++j) {{\n                {calls[k]}\n            }}")
+        if k < last:
+            steps.append(f"{name}_s{k}_SFX(st, m, prm, eps);")
+        else:
+            steps.append(f"if (GP || GT) {name}_s{k}b_SFX(st, m, prm, eps); else {name}_s{k}_SFX(st, m, prm, eps);")
+    gp = "\n                    ".join(f"GP[{columns} * i + {k}] = f * (loss != loss ? loss : st[{grad_slot + k}][j]);"
+                                      for k in range(columns))
+    gt = "\n                    ".join(f"GT[{columns} * i + {k}] = f * (loss != loss ? loss : "
+                                      f"st[{grad_slot + columns + k}][j]);" for k in range(columns))
+    return "".join(funcs) + _COLUMNS_KERNEL.format(
+        name=name, sub=sub, n_slots=n_slots, loads=loads, steps="\n            ".join(steps), loss=loss_slot,
+        gp=gp, gt=gt)
+
+
+_COLUMNS_KERNEL = """
+void {name}_SFX(const double *prm, const R *P, const R *T, const R *W, R *L, R *GP, R *GT, long n,
+                double eps_d, double scale, double *total, int threads) {{
+    const R eps = (R)eps_d;
+    const long chunks = (n + BL_CHUNK - 1) / BL_CHUNK;
+    double *partial = total ? (double *)malloc(sizeof(double) * (size_t)(chunks > 0 ? chunks : 1)) : NULL;
+    double acc1 = 0;
+    if (total && !partial) threads = 1;  /* no memory for the partial sums: one pass, one sum */
+    (void)threads;
+    _Pragma("omp parallel for schedule(dynamic, 1) num_threads(threads)")
+    for (long c = 0; c < chunks; ++c) {{
+        double acc = 0;
+        const long end = (c + 1) * BL_CHUNK < n ? (c + 1) * BL_CHUNK : n;
+        R st[{n_slots}][{sub}];
+        for (long b = c * BL_CHUNK; b < end; b += {sub}) {{
+            const long m = end - b < {sub} ? end - b : {sub};
+            for (long j = 0; j < m; ++j) {{
+                {loads}
+            }}
+            {steps}
+            for (long j = 0; j < m; ++j) {{
+                const long i = b + j;
+                const R loss = st[{loss}][j];
+                const R f = (W ? W[i] : (R)1) * (R)scale;
+                if (L) L[i] = loss;
+                if (total) acc += (double)f * (double)loss;
+                if (GP) {{
+                    {gp}
+                }}
+                if (GT) {{
+                    {gt}
+                }}
+            }}
+        }}
+        if (partial) partial[c] = acc; else if (total) acc1 += acc;  /* (then one thread) */
+    }}
+    if (total) {{  /* the chunks' sums in chunk order: the same total for every thread count and schedule */
+        double sum = 0;
+        if (partial) {{ for (long c = 0; c < chunks; ++c) sum += partial[c]; free(partial); }}
+        else sum = acc1;
+        *total = sum;
+    }}
+}}
+"""
+
+
 class _Spelling:
     """How a generated program writes a select, a number and a library function (C or Triton)."""
 
@@ -574,15 +747,23 @@ PRELUDE = """/* Generated by boxloss._fast.expr from the formulas in boxloss: do
 #include <float.h>
 /* boxes per work item of the aligned kernels (see aligned.c) */
 #define BL_CHUNK 1024
+/* the vectorised loops of the column form: GCC's cost model off, and no partial redundancy elimination (see
+ * aligned.c); results are unchanged (the same IEEE operations per box, no contraction) */
+#if defined(__GNUC__) && !defined(__clang__)
+#define BL_VECTOR_LOOP __attribute__((noinline, optimize("vect-cost-model=unlimited", "no-tree-pre")))
+#else
+#define BL_VECTOR_LOOP __attribute__((noinline))
+#endif
 #define BL_INF (1.0 / 0.0)
 #define BL_CAT_(a, b) a##b
 #define BL_CAT(a, b) BL_CAT_(a, b)
 """
-# maximum/minimum/clamp that propagate a NaN from either side, as torch's do
-NAN_MINMAX = """#define BL_MAX(a, b) (((a) > (b) || (a) != (a)) ? (a) : (b))
-#define BL_MIN(a, b) (((a) < (b) || (a) != (a)) ? (a) : (b))
-#define BL_CLAMP_MIN(x, c) (((x) > (c) || (x) != (x)) ? (x) : (c))
-#define BL_CLAMP_MAX(x, c) (((x) < (c) || (x) != (x)) ? (x) : (c))
+# maximum/minimum/clamp that propagate a NaN from either side, as torch's do (`|`, not `||`: a select without a
+# branch, which the compiler can vectorise)
+NAN_MINMAX = """#define BL_MAX(a, b) ((((a) > (b)) | ((a) != (a))) ? (a) : (b))
+#define BL_MIN(a, b) ((((a) < (b)) | ((a) != (a))) ? (a) : (b))
+#define BL_CLAMP_MIN(x, c) ((((x) > (c)) | ((x) != (x))) ? (x) : (c))
+#define BL_CLAMP_MAX(x, c) ((((x) < (c)) | ((x) != (x))) ? (x) : (c))
 """
 # for formulas that propagate NaN themselves (the rotated ones add x − x of every input): plain selects, one
 # comparison each instead of two
@@ -601,17 +782,22 @@ _TYPES = {
 
 
 def generate_library(kernels: Sequence[Tuple[str, Callable, int]], columns: int = 4,
-                     pairwise: Sequence[tuple] = (), nan_minmax: bool = True, extra: str = "") -> str:
+                     pairwise: Sequence[tuple] = (), nan_minmax: bool = True, extra: str = "",
+                     rows_only: bool = False) -> str:
     """One C file with a float and a double instantiation of every aligned ``(name, formula, n_params)`` and
     every pairwise ``(name, formula, columns)`` (see :func:`generate_pairwise_c`). ``nan_minmax=False`` (only
-    for formulas that propagate NaN themselves) uses min/max without a NaN test.
+    for formulas that propagate NaN themselves) uses min/max without a NaN test. The aligned kernels take the
+    vectorisable column form (:func:`generate_columns_c`) where it exists, the row form otherwise, or always
+    with ``rows_only`` (the tests' referee).
     ``extra``: hand-written C appended once per type (with ``R``, ``SFX`` and the ``BL_`` macros defined)."""
     parts = [PRELUDE + (NAN_MINMAX if nan_minmax else PLAIN_MINMAX)]
     for sfx, names in _TYPES.items():
         parts.append(f"#define R {names['R']}\n#define SFX _{sfx}\n"
                      + "".join(f"#define BL_{k} {fname}\n" for k, fname in names.items() if k != "R"))
         for name, fn, n_params in kernels:
-            parts.append(generate_c(name, fn, n_params, columns).replace("_SFX(", f"_{sfx}("))
+            text = (None if rows_only else generate_columns_c(name, fn, n_params, columns)) or \
+                generate_c(name, fn, n_params, columns)
+            parts.append(text.replace("_SFX(", f"_{sfx}("))
         for name, fn, pair_columns in pairwise:
             parts.append(generate_pairwise_c(name, fn, pair_columns).replace("_SFX(", f"_{sfx}("))
         parts.append(extra)
