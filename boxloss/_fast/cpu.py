@@ -327,10 +327,12 @@ def variants_status(which: str = "axis") -> dict:
 
 
 # Work per thread below which a kernel runs on the calling thread alone: opening a parallel region costs a few
-# microseconds on an idle machine and, on a busy one, the wait for a descheduled thread to arrive at its end
-# (milliseconds). In boxes for the aligned kernels, in pairs for the pairwise ones; the rotated geometry costs
-# some fifty times an axis-aligned box. Measured with ``benchmarks/bench_speed.py --mode threads`` (RESULTS.md).
-GRAIN = {"aligned": 16384, "aligned_rotated": 512, "pairwise": 262144, "pairwise_rotated": 4096}
+# microseconds on an idle machine but, on a busy one, the wait at its end for a thread the machine has
+# descheduled (milliseconds: 8 ms for 8,192 boxes measured with the other cores busy). So a second thread must
+# have about a millisecond of work to pay for that risk: in boxes for the aligned kernels (the vectorised ones
+# take 5-15 ns per box with its gradient), in pairs for the pairwise ones (about 1 ns), fewer for the rotated
+# geometry (some 100 times an axis-aligned box). Measured with ``benchmarks/bench_speed.py --mode threads``.
+GRAIN = {"aligned": 131072, "aligned_rotated": 2048, "pairwise": 2097152, "pairwise_rotated": 16384}
 
 
 def threads_for(work: int, grain: int) -> int:
