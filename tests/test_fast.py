@@ -378,7 +378,26 @@ def test_vectorised_pairwise_kernel_equals_its_scalar_build_bit_for_bit(vector_a
         assert _same_bits(vector, scalar), (kind, dtype)
 
 
-def test_generated_column_kernels_equal_the_row_form_bit_for_bit(tmp_path):
+def _rotated_edge_pairs(n=1000, seed=0):
+    g = torch.Generator().manual_seed(seed)
+
+    def boxes():
+        return torch.cat([torch.rand(n, 2, generator=g) * 100, torch.rand(n, 2, generator=g) * 40 + 1,
+                          torch.rand(n, 1, generator=g) * 360 - 180], 1)
+    p, t = boxes(), boxes()
+    t[:100] = p[:100]
+    t[100:200] = p[100:200] + torch.randn(100, 5, generator=g) * 1e-3
+    t[200:300, :4], t[200:300, 4] = p[200:300][:, [0, 1, 3, 2]], p[200:300, 4] + 90  # the same box, turned
+    p[300:350, 2:4] = 0
+    t[350:400] = p[350:400] + torch.tensor([0.0, 0, 0, 0, 1e-4])
+    p[400, 0], t[401, 4], p[402, 2] = float("nan"), float("inf"), float("-inf")
+    p[410:420] *= 1e4
+    t[410:420] *= 1e4
+    return p, t
+
+
+@pytest.mark.parametrize("group", ["axis", "rotated"])
+def test_generated_column_kernels_equal_the_row_form_bit_for_bit(tmp_path, group):
     # the variants' kernels are generated in columns, cut into vectorised stages at their library calls; the row
     # form (one box at a time, in order, as before) is the referee: the same bits for every variant, both dtypes,
     # values, both gradients and the weighted sum, edge cases included
@@ -387,22 +406,27 @@ def test_generated_column_kernels_equal_the_row_form_bit_for_bit(tmp_path):
     from boxloss._fast import cpu, expr, variants
 
     compiler = cpu._compiler()
-    columns_lib = cpu.load_variants("axis")
+    columns_lib = cpu.load_variants(group)
     if compiler is None or columns_lib is None:
         pytest.skip("no C compiler")
     reg = variants._registry()
-    names = variants._members("axis")
+    names = variants._members(group)
+    rotated = group == "rotated"
     rows_source = expr.generate_library([(variants.symbol(n), reg[n].formula, len(reg[n].params)) for n in names],
-                                        rows_only=True)
-    assert "_s0_f32" in variants.c_source("axis") and "_s0_f32" not in rows_source
+                                        columns=5 if rotated else 4, nan_minmax=not rotated, rows_only=True)
+    assert "_s0_f32" in variants.c_source(group) and "_s0_f32" not in rows_source
     (tmp_path / "rows.c").write_text(rows_source)
     result = subprocess.run([compiler, *cpu.FLAG_SETS[1], "-shared", "-fPIC", "-o", str(tmp_path / "rows.so"),
                              str(tmp_path / "rows.c"), "-lm"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
-    rows_lib = cpu._declare_variants(ctypes.CDLL(str(tmp_path / "rows.so")))
+    rows_lib = ctypes.CDLL(str(tmp_path / "rows.so"))
+    for name in names:  # the aligned kernels only (no pairwise scores in this build)
+        for sfx in ("_f32", "_f64"):
+            fn = getattr(rows_lib, variants.symbol(name) + sfx)
+            fn.restype, fn.argtypes = None, cpu.VARIANT_ARGTYPES
     values = {"theta": 4.0, "gamma": 0.5, "width": 640.0, "height": 480.0, "scale": 0.5, "constant": 12.8,
-              "alpha": 3.0, "ratio": 0.8, "d": 0.1, "u": 0.9}
-    p, t = _edge_pairs()
+              "alpha": 3.0, "ratio": 0.8, "d": 0.1, "u": 0.9, "tau": 1.0, "beta": 2.0}
+    p, t = _rotated_edge_pairs() if rotated else _edge_pairs()
     w = torch.rand(len(p), generator=torch.Generator().manual_seed(9))
     for name in names:
         params = [values[k] for k in reg[name].params]

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -390,22 +390,25 @@ _CALL_OPS = frozenset({"exp", "log", "log1p", "expm1", "atan2", "sin", "cos"})
 _SCRATCH_BYTES = 64 * 1024  # a sub-chunk's columns (all stages' spilled values), on the thread's stack
 
 
-def generate_columns_c(name: str, fn: Callable, n_params: int, columns: int = 4) -> Optional[str]:
-    """The vectorisable form of :func:`generate_c` (same signature, same results bit for bit), or ``None`` where
-    the reverse pass itself would make library calls (sin, cos).
+def generate_columns_c(name: str, fn: Callable, n_params: int, columns: int = 4) -> str:
+    """The vectorisable form of :func:`generate_c`: the same signature and, bit for bit, the same results.
 
     Each chunk of boxes is taken in sub-chunks whose values live in columns (``st[slot][j]``): the inputs are
     copied into columns; the forward pass is cut into stages at its library calls — a vectorised loop computes
     a stage's values, a plain loop applies the calls, the next stage reads their results — and the last stage
     also runs the reverse pass; a last plain loop writes the losses, the weighted sum (in the order of the
-    boxes) and the gradients as rows. Only values that cross a loop are kept in columns."""
+    boxes) and the gradients as rows. Only values that cross a loop are kept in columns. The reverse pass of a
+    sine or cosine needs the other one of the same argument: it is taken in the call loop beside it."""
     g, out, p, t, _params = trace(fn, n_params, columns)
     live = _live(out)
     nodes = [e for e in g.nodes if live[e.index]]
     needs = _needs_grad(nodes)
     reverse = _reverse(nodes, needs, _C_SPELLING)
-    if any(e.op in ("sin", "cos") and needs.get(e.args[0].index) for e in nodes):
-        return None
+    # the reverse pass of sin and cos calls cos and sin of the same argument: taken in the call loop beside them
+    partner_of = {("COS" if e.op == "sin" else "SIN", e.args[0].index): e for e in nodes
+                  if e.op in ("sin", "cos") and needs.get(e.args[0].index)}
+    partner_call = re.compile(r"BL_(COS|SIN)\(v(\d+)\)")
+    reverse = [(i, partner_call.sub(lambda m: f"p{m.group(1).lower()}{m.group(2)}", expr)) for i, expr in reverse]
     free_inputs = {"eps": "eps", "ulp": "BL_ULP", **{f"q{k}": f"(R)prm[{k}]" for k in range(n_params)}}
     box_inputs = [f"p{k}" for k in range(columns)] + [f"t{k}" for k in range(columns)]
 
@@ -433,8 +436,9 @@ def generate_columns_c(name: str, fn: Callable, n_params: int, columns: int = 4)
     for e in nodes:
         if not is_free(e) and (made_in[e.index][0] != "stage" or any(u != made_in[e.index] for u in used_in[e.index])):
             slots[e.index] = len(slots)
+    partner_slots = {key: len(slots) + k for k, key in enumerate(sorted(partner_of))}
     n_grads = 2 * columns
-    loss_slot, grad_slot = len(slots), len(slots) + 1
+    loss_slot, grad_slot = len(slots) + len(partner_slots), len(slots) + len(partner_slots) + 1
     n_slots = grad_slot + n_grads
     sub = max(16, min(256, _SCRATCH_BYTES // (8 * n_slots)) // 16 * 16)
 
@@ -465,6 +469,7 @@ def generate_columns_c(name: str, fn: Callable, n_params: int, columns: int = 4)
         if k == last:
             body.append(f"st[{loss_slot}][j] = v{out.index};")
             if backward:
+                body += [f"const R p{fname.lower()}{x} = st[{slot}][j];" for (fname, x), slot in partner_slots.items()]
                 body += [f"R a{e.index} = 0;" for e in nodes if needs[e.index]]
                 if needs[out.index]:
                     body.append(f"a{out.index} = 1;")
@@ -486,6 +491,9 @@ def generate_columns_c(name: str, fn: Callable, n_params: int, columns: int = 4)
                 fn_name = _C_BINARY.get(e.op) or _C_UNARY[e.op]
                 expr = fn_name.split("(")[0]
                 body.append(f"st[{slots[e.index]}][j] = {expr}({args});")
+        for (fname, x), e in partner_of.items():
+            if stage[e.index] == k:
+                body.append(f"st[{partner_slots[(fname, x)]}][j] = BL_{fname}(st[{slots[x]}][j]);")
         return "\n        ".join(body)
 
     funcs = [stage_loop(k, False) for k in range(last)] + [stage_loop(last, False), stage_loop(last, True)]
@@ -787,16 +795,15 @@ def generate_library(kernels: Sequence[Tuple[str, Callable, int]], columns: int 
     """One C file with a float and a double instantiation of every aligned ``(name, formula, n_params)`` and
     every pairwise ``(name, formula, columns)`` (see :func:`generate_pairwise_c`). ``nan_minmax=False`` (only
     for formulas that propagate NaN themselves) uses min/max without a NaN test. The aligned kernels take the
-    vectorisable column form (:func:`generate_columns_c`) where it exists, the row form otherwise, or always
-    with ``rows_only`` (the tests' referee).
+    vectorisable column form (:func:`generate_columns_c`), or the row form with ``rows_only`` (the tests'
+    referee).
     ``extra``: hand-written C appended once per type (with ``R``, ``SFX`` and the ``BL_`` macros defined)."""
     parts = [PRELUDE + (NAN_MINMAX if nan_minmax else PLAIN_MINMAX)]
     for sfx, names in _TYPES.items():
         parts.append(f"#define R {names['R']}\n#define SFX _{sfx}\n"
                      + "".join(f"#define BL_{k} {fname}\n" for k, fname in names.items() if k != "R"))
         for name, fn, n_params in kernels:
-            text = (None if rows_only else generate_columns_c(name, fn, n_params, columns)) or \
-                generate_c(name, fn, n_params, columns)
+            text = (generate_c if rows_only else generate_columns_c)(name, fn, n_params, columns)
             parts.append(text.replace("_SFX(", f"_{sfx}("))
         for name, fn, pair_columns in pairwise:
             parts.append(generate_pairwise_c(name, fn, pair_columns).replace("_SFX(", f"_{sfx}("))
