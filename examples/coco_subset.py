@@ -591,7 +591,8 @@ def main(argv=None) -> dict:
             write_results(args.out, {"dataset": dataset, "config": config, "losses": results,
                                      "complete": len(results) == len(args.losses)})
             plot(results, curves, args.out)
-            plot_predictions(eval_set, gt, shown, results, args.out)
+            # YOLO trained from scratch scores few boxes above 0.5: draw from its own default confidence, 0.25
+            plot_predictions(eval_set, gt, shown, results, args.out, min_score=0.25 if yolo else 0.5)
     except DataError as e:
         sys.exit(f"error: {e} (results.json holds the losses finished before this)" if results else f"error: {e}")
     payload = {"dataset": dataset, "config": config, "losses": results, "complete": True}
