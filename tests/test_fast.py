@@ -262,6 +262,7 @@ def test_cpu_reduced_loss_and_gradients_do_not_depend_on_the_thread_count(monkey
     from boxloss._fast import cpu
 
     monkeypatch.setitem(cpu.GRAIN, "aligned", 64)  # several threads even for this small batch
+    monkeypatch.setitem(cpu.GRAIN, "aligned_calls", 64)
     p, t = random_boxes(5000, seed=3), random_boxes(5000, seed=4)
     w = torch.rand(5000, generator=torch.Generator().manual_seed(5))
     before = torch.get_num_threads()

@@ -331,8 +331,12 @@ def variants_status(which: str = "axis") -> dict:
 # descheduled (milliseconds: 8 ms for 8,192 boxes measured with the other cores busy). So a second thread must
 # have about a millisecond of work to pay for that risk: in boxes for the aligned kernels (the vectorised ones
 # take 5-15 ns per box with its gradient), in pairs for the pairwise ones (about 1 ns), fewer for the rotated
-# geometry (some 100 times an axis-aligned box). Measured with ``benchmarks/bench_speed.py --mode threads``.
-GRAIN = {"aligned": 131072, "aligned_rotated": 2048, "pairwise": 2097152, "pairwise_rotated": 16384}
+# geometry (some 100 times an axis-aligned box); "aligned_calls" for the kinds with a library call per box (CIoU's
+# arctangent, the logarithms, the variants' exponentials: 15-35 ns per box). Measured with
+# ``benchmarks/bench_speed.py --mode threads``.
+GRAIN = {"aligned": 131072, "aligned_calls": 32768, "aligned_rotated": 2048, "pairwise": 2097152,
+         "pairwise_rotated": 16384}
+CALL_FREE_KINDS = ("iou", "iou_distance", "giou", "diou")  # aligned.c's kinds whose loop makes no library call
 
 
 def threads_for(work: int, grain: int) -> int:
@@ -345,7 +349,7 @@ def _ptr(x: Optional[Tensor]):
 
 
 def _run_aligned(fn, first, p: Tensor, t: Tensor, eps: float, need_p: bool, need_t: bool,
-                 weight: Optional[Tensor], scale: Optional[float]):
+                 weight: Optional[Tensor], scale: Optional[float], grain: int):
     """Call an aligned kernel (``boxloss_aligned_*`` with ``first`` its kind, or a generated one with ``first``
     its parameters' pointer) and return its outputs (see :func:`run`)."""
     n, cols = p.shape
@@ -357,7 +361,7 @@ def _run_aligned(fn, first, p: Tensor, t: Tensor, eps: float, need_p: bool, need
     fn(first, _ptr(p), _ptr(t), _ptr(weight), None if reduce else _ptr(loss),
        _ptr(grad_p) if need_p else None, _ptr(grad_t) if need_t else None, n, float(eps),
        float(scale) if reduce else 1.0, ctypes.byref(total) if reduce else None,
-       threads_for(n, GRAIN["aligned" if cols == 4 else "aligned_rotated"]))
+       threads_for(n, grain if cols == 4 else GRAIN["aligned_rotated"]))
     if reduce:
         loss = torch.tensor(total.value, dtype=p.dtype)
     return loss, grad_p, grad_t
@@ -371,7 +375,8 @@ def run(lib, kind: str, p: Tensor, t: Tensor, eps: float, need_p: bool, need_t: 
     scalar ``scale * sum(weight * loss)`` and the gradients of that scalar.
     """
     fn = lib.boxloss_aligned_f64 if p.dtype == torch.float64 else lib.boxloss_aligned_f32
-    return _run_aligned(fn, KIND_CODES[kind], p, t, eps, need_p, need_t, weight, scale)
+    grain = GRAIN["aligned" if kind in CALL_FREE_KINDS else "aligned_calls"]
+    return _run_aligned(fn, KIND_CODES[kind], p, t, eps, need_p, need_t, weight, scale, grain)
 
 
 def run_pairwise(lib, kind: str, a: Tensor, b: Tensor, eps: float) -> Tensor:
@@ -391,7 +396,7 @@ def run_variant(lib, symbol: str, params, p: Tensor, t: Tensor, eps: float, need
     """As :func:`run`, for the generated kernel ``symbol`` (without its dtype suffix) and its parameters."""
     prm = (ctypes.c_double * max(1, len(params)))(*[float(x) for x in params])
     fn = getattr(lib, symbol + ("_f64" if p.dtype == torch.float64 else "_f32"))
-    return _run_aligned(fn, prm, p, t, eps, need_p, need_t, weight, scale)
+    return _run_aligned(fn, prm, p, t, eps, need_p, need_t, weight, scale, GRAIN["aligned_calls"])
 
 
 def run_generated_pairwise(lib, symbol: str, a: Tensor, b: Tensor, eps: float) -> Tensor:
