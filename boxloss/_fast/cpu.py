@@ -1,7 +1,7 @@
 """The compiled CPU kernel: ``aligned.c`` built with the system C compiler at first use, called through ctypes.
 
 No build step at install and no PyTorch headers: a plain C function over contiguous float arrays, compiled
-once per machine into a cache directory, in well under a second, and entered only through the ``boxloss``
+once per machine into a cache directory (a few seconds), and entered only through the ``boxloss``
 operators of :mod:`boxloss._fast.ops` (so ``torch.compile``, ``jit.trace`` and ``torch.func`` see an operator,
 never this pointer call).
 
