@@ -257,7 +257,8 @@ def bench_rotated(n_pair: int, n_aligned: int, device, repeats, memory: bool) ->
 
 def plain_formula(kind: str):
     """What a user writes instead of boxloss: the loss in ten lines of PyTorch, one coordinate per ``(N, 1)``
-    column (the form Inductor vectorises), summed."""
+    column (the form Inductor vectorises), summed. ``siou`` and ``wiou`` as detector code bases write them
+    (for timing; on ordinary boxes their values agree with boxloss' to rounding)."""
     def loss(p, t):
         x1, y1, x2, y2 = p.unbind(-1)
         a1, b1, a2, b2 = t.unbind(-1)
@@ -265,6 +266,19 @@ def plain_formula(kind: str):
         union = (x2 - x1) * (y2 - y1) + (a2 - a1) * (b2 - b1) - inter
         iou = inter / (union + 1e-7)
         cw, ch = torch.max(x2, a2) - torch.min(x1, a1), torch.max(y2, b2) - torch.min(y1, b1)
+        if kind == "wiou":  # Wise-IoU v1: the enclosing size detached
+            rho2 = ((x1 + x2 - a1 - a2) ** 2 + (y1 + y2 - b1 - b2) ** 2) / 4
+            return (torch.exp(rho2 / (cw ** 2 + ch ** 2).detach().clamp_min(1e-7)) * (1 - iou)).sum()
+        if kind == "siou":  # SIoU in the form detectors copy (angle, distance and shape costs)
+            dx, dy = (a1 + a2 - x1 - x2) / 2, (b1 + b2 - y1 - y2) / 2
+            sigma = torch.sqrt(dx ** 2 + dy ** 2) + 1e-7
+            sin_a = torch.where(dx.abs() / sigma > math.sqrt(2) / 2, dy.abs() / sigma, dx.abs() / sigma)
+            gamma = torch.cos(torch.arcsin(sin_a) * 2 - math.pi / 2) - 2
+            dist = 2 - torch.exp(gamma * (dx / cw) ** 2) - torch.exp(gamma * (dy / ch) ** 2)
+            w1, h1, w2, h2 = x2 - x1, y2 - y1, a2 - a1, b2 - b1
+            ow, oh = (w1 - w2).abs() / torch.max(w1, w2), (h1 - h2).abs() / torch.max(h1, h2)
+            shape = (1 - torch.exp(-ow)) ** 4 + (1 - torch.exp(-oh)) ** 4
+            return (1 - iou + (dist + shape) / 2).sum()
         if kind == "giou":
             area_c = cw * ch
             return (1 - iou + (area_c - union) / (area_c + 1e-7)).sum()
@@ -340,9 +354,21 @@ def bench_threads(sizes, thread_settings, busy_levels, repeats, against_compile:
     t = random_boxes(n, device, seed=2)
     for name in ("siou", "wiou"):
         fn = VARIANTS[name][0]
-        cases.append((f"{name} fwd+bwd (torchvision: giou)", n, {
-            "boxloss": loss_step(fn, p, t), "torchvision": loss_step(tvops.generalized_box_iou_loss, p, t)},
-            "torchvision"))
+        impls = {"boxloss": loss_step(fn, p, t), "torchvision": loss_step(tvops.generalized_box_iou_loss, p, t)}
+        if against_compile:
+            compiled = torch.compile(plain_formula(name), dynamic=False)
+
+            def step(compiled=compiled, p=p, t=t):
+                p.grad = None
+                compiled(p, t).backward()
+            impls["compile(formula)"] = step
+            ours = torch.compile(lambda a, b, fn=fn: fn(a, b, reduction="sum"), dynamic=False)
+
+            def step_ours(ours=ours, p=p, t=t):
+                p.grad = None
+                ours(p, t).backward()
+            impls["compile(boxloss)"] = step_ours
+        cases.append((f"{name} fwd+bwd (torchvision: giou)", n, impls, "torchvision"))
     rp = random_rotated(n, device, 1000.0, seed=7).requires_grad_()
     rt = (rp.detach() + random_rotated(n, device, 20.0, size=(-5.0, 5.0), seed=8) - 10).contiguous()
     ours = loss_step(lambda x, y, reduction: boxloss.giou_loss(x, y, fmt="cxcywhr", reduction=reduction), rp, rt)
