@@ -35,6 +35,22 @@ enum { K_IOU = 0, K_IOU_DIST = 1, K_LOG = 2, K_LOG_DIST = 3, K_GIOU = 4, K_DIOU 
  * (NAME##_cols, 18 values per box) live on the thread's stack: 36 KiB for double */
 #define BL_CHUNK 256
 
+/* the weighted sum is added up per chunk, then over chunks in order: the same total for every thread count and
+ * schedule. bl_partials: one slot per chunk (NULL when not reducing, or when memory is short: then one thread
+ * and one running sum, acc1); bl_total: their sum, in chunk order, into *total */
+static double *bl_partials(const double *total, long chunks, int *threads) {
+    double *partial = total ? (double *)malloc(sizeof(double) * (size_t)(chunks > 0 ? chunks : 1)) : NULL;
+    if (total && !partial) *threads = 1;
+    return partial;
+}
+static void bl_total(double *total, double *partial, long chunks, double acc1) {
+    if (!total) return;
+    double sum = 0;
+    if (partial) { for (long c = 0; c < chunks; ++c) sum += partial[c]; free(partial); }
+    else sum = acc1;
+    *total = sum;
+}
+
 /* The vectorised loops: one function per kind, with and without gradients, each the main loop inlined with
  * those as constants. GCC's cost model rejects these loops (it counts the selects as if they were branches), so
  * they are compiled with it switched off, and without partial redundancy elimination, which would turn a
@@ -54,6 +70,12 @@ enum { K_IOU = 0, K_IOU_DIST = 1, K_LOG = 2, K_LOG_DIST = 3, K_GIOU = 4, K_DIOU 
     static BL_VECTOR_LOOP void NAME##_main_##K##_1(NAME##_cols *S, long m, const REAL eps) {                  \
         NAME##_main(K, 1, S, m, eps);                                                                        \
     }
+
+/* the two cases of kind K in the chunk loop's switch (kind * 2 + need), each the chunk inlined with K and need
+ * constant */
+#define BL_CHUNK_CASES(NAME, K)                                                                               \
+    case 2 * K: acc = NAME##_chunk(K, 0, &S, P, T, W, L, GP, GT, b, m, eps, scale_r); break;                 \
+    case 2 * K + 1: acc = NAME##_chunk(K, 1, &S, P, T, W, L, GP, GT, b, m, eps, scale_r); break;
 
 #define DEFINE_KERNEL(REAL, NAME, SQRT, ATAN2, LOG)                                                           \
 static inline REAL NAME##_sel(REAL a, REAL b) { return a > b ? (REAL)1 : (a == b ? (REAL)0.5 : (REAL)0); }     \
@@ -237,8 +259,7 @@ void NAME(int kind, const REAL *P, const REAL *T, const REAL *W, REAL *L, REAL *
     const REAL eps = (REAL)eps_d, scale_r = (REAL)scale;                                                     \
     const int need = (GP != NULL) || (GT != NULL);                                                           \
     const long chunks = (n + BL_CHUNK - 1) / BL_CHUNK;                                                         \
-    double *partial = total ? (double *)malloc(sizeof(double) * (size_t)(chunks > 0 ? chunks : 1)) : NULL;    \
-    if (total && !partial) threads = 1;  /* no memory for the partial sums: one pass, one sum */             \
+    double *partial = bl_partials(total, chunks, &threads);                                                  \
     double acc1 = 0;                                                                                         \
     (void)threads;                                                                                           \
     _Pragma("omp parallel for schedule(dynamic, 1) num_threads(threads)")                                   \
@@ -247,29 +268,14 @@ void NAME(int kind, const REAL *P, const REAL *T, const REAL *W, REAL *L, REAL *
         const long b = c * BL_CHUNK, m = (c + 1) * BL_CHUNK < n ? BL_CHUNK : n - b;                          \
         double acc;                                                                                          \
         switch (kind * 2 + need) {  /* each kind, with and without gradients, as its own loop */             \
-            case 2 * K_IOU: acc = NAME##_chunk(K_IOU, 0, &S, P, T, W, L, GP, GT, b, m, eps, scale_r); break;  \
-            case 2 * K_IOU + 1: acc = NAME##_chunk(K_IOU, 1, &S, P, T, W, L, GP, GT, b, m, eps, scale_r); break; \
-            case 2 * K_IOU_DIST: acc = NAME##_chunk(K_IOU_DIST, 0, &S, P, T, W, L, GP, GT, b, m, eps, scale_r); break; \
-            case 2 * K_IOU_DIST + 1: acc = NAME##_chunk(K_IOU_DIST, 1, &S, P, T, W, L, GP, GT, b, m, eps, scale_r); break; \
-            case 2 * K_LOG: acc = NAME##_chunk(K_LOG, 0, &S, P, T, W, L, GP, GT, b, m, eps, scale_r); break;  \
-            case 2 * K_LOG + 1: acc = NAME##_chunk(K_LOG, 1, &S, P, T, W, L, GP, GT, b, m, eps, scale_r); break; \
-            case 2 * K_LOG_DIST: acc = NAME##_chunk(K_LOG_DIST, 0, &S, P, T, W, L, GP, GT, b, m, eps, scale_r); break; \
-            case 2 * K_LOG_DIST + 1: acc = NAME##_chunk(K_LOG_DIST, 1, &S, P, T, W, L, GP, GT, b, m, eps, scale_r); break; \
-            case 2 * K_GIOU: acc = NAME##_chunk(K_GIOU, 0, &S, P, T, W, L, GP, GT, b, m, eps, scale_r); break; \
-            case 2 * K_GIOU + 1: acc = NAME##_chunk(K_GIOU, 1, &S, P, T, W, L, GP, GT, b, m, eps, scale_r); break; \
-            case 2 * K_DIOU: acc = NAME##_chunk(K_DIOU, 0, &S, P, T, W, L, GP, GT, b, m, eps, scale_r); break; \
-            case 2 * K_DIOU + 1: acc = NAME##_chunk(K_DIOU, 1, &S, P, T, W, L, GP, GT, b, m, eps, scale_r); break; \
-            case 2 * K_CIOU: acc = NAME##_chunk(K_CIOU, 0, &S, P, T, W, L, GP, GT, b, m, eps, scale_r); break; \
+            BL_CHUNK_CASES(NAME, K_IOU) BL_CHUNK_CASES(NAME, K_IOU_DIST) BL_CHUNK_CASES(NAME, K_LOG)             \
+            BL_CHUNK_CASES(NAME, K_LOG_DIST) BL_CHUNK_CASES(NAME, K_GIOU) BL_CHUNK_CASES(NAME, K_DIOU)            \
+            BL_CHUNK_CASES(NAME, K_CIOU)                                                                     \
             default: acc = NAME##_chunk(K_CIOU, 1, &S, P, T, W, L, GP, GT, b, m, eps, scale_r); break;        \
         }                                                                                                    \
         if (partial) partial[c] = acc; else if (total) acc1 += acc;  /* (then one thread) */                 \
     }                                                                                                        \
-    if (total) {  /* the chunks' sums in chunk order: the same total for every thread count and schedule */ \
-        double sum = 0;                                                                                      \
-        if (partial) { for (long c = 0; c < chunks; ++c) sum += partial[c]; free(partial); }                 \
-        else sum = acc1;                                                                                     \
-        *total = sum;                                                                                        \
-    }                                                                                                        \
+    bl_total(total, partial, chunks, acc1);                                                                  \
 }
 
 DEFINE_KERNEL(float, boxloss_aligned_f32, sqrtf, atan2f, logf)
