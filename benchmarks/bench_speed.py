@@ -293,6 +293,21 @@ def plain_formula(kind: str):
     return loss
 
 
+def compiled_steps(kind: str, ours, p, t) -> dict:
+    """fwd+bwd steps compiled for the static shape: the plain formula of ``kind``, and boxloss' ``ours`` inside a
+    compiled function."""
+    steps = {}
+    for label, fn in (("compile(formula)", plain_formula(kind)),
+                      ("compile(boxloss)", lambda a, b: ours(a, b, reduction="sum"))):
+        compiled = torch.compile(fn, dynamic=False)
+
+        def step(compiled=compiled):
+            p.grad = None
+            compiled(p, t).backward()
+        steps[label] = step
+    return steps
+
+
 class BusyProcesses:
     """``k`` other processes that keep a core each busy (a Python loop) while the timings run: ``k`` = the number
     of cores is a machine whose data-loader workers decode images on every core."""
@@ -336,18 +351,7 @@ def bench_threads(sizes, thread_settings, busy_levels, repeats, against_compile:
         for kind in BL_LOSSES:
             impls = {"boxloss": loss_step(BL_LOSSES[kind], p, t), "torchvision": loss_step(TV_LOSSES[kind], p, t)}
             if against_compile:
-                compiled = torch.compile(plain_formula(kind), dynamic=False)
-
-                def step(compiled=compiled, p=p, t=t):
-                    p.grad = None
-                    compiled(p, t).backward()
-                impls["compile(formula)"] = step
-                ours = torch.compile(lambda a, b, kind=kind: BL_LOSSES[kind](a, b, reduction="sum"), dynamic=False)
-
-                def step_ours(ours=ours, p=p, t=t):
-                    p.grad = None
-                    ours(p, t).backward()
-                impls["compile(boxloss)"] = step_ours
+                impls.update(compiled_steps(kind, BL_LOSSES[kind], p, t))
             cases.append((f"{kind}_loss fwd+bwd", n, impls, "torchvision"))
     n = 100_000
     p = random_boxes(n, device, seed=1).requires_grad_()
@@ -356,18 +360,7 @@ def bench_threads(sizes, thread_settings, busy_levels, repeats, against_compile:
         fn = VARIANTS[name][0]
         impls = {"boxloss": loss_step(fn, p, t), "torchvision": loss_step(tvops.generalized_box_iou_loss, p, t)}
         if against_compile:
-            compiled = torch.compile(plain_formula(name), dynamic=False)
-
-            def step(compiled=compiled, p=p, t=t):
-                p.grad = None
-                compiled(p, t).backward()
-            impls["compile(formula)"] = step
-            ours = torch.compile(lambda a, b, fn=fn: fn(a, b, reduction="sum"), dynamic=False)
-
-            def step_ours(ours=ours, p=p, t=t):
-                p.grad = None
-                ours(p, t).backward()
-            impls["compile(boxloss)"] = step_ours
+            impls.update(compiled_steps(name, fn, p, t))
         cases.append((f"{name} fwd+bwd (torchvision: giou)", n, impls, "torchvision"))
     rp = random_rotated(n, device, 1000.0, seed=7).requires_grad_()
     rt = (rp.detach() + random_rotated(n, device, 20.0, size=(-5.0, 5.0), seed=8) - 10).contiguous()
