@@ -23,8 +23,6 @@ loss_curves.png.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import os
 import platform
@@ -106,8 +104,7 @@ def detections(model_name: str, out, size: int, keep: int = 100):
 
 
 def evaluate(model, model_name, eval_set, gt, category_ids, size, device, batch_size) -> list:
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
+    from coco_subset import coco_stats  # the same COCOeval as the torchvision comparison
     from tqdm import tqdm
 
     model.eval()
@@ -121,17 +118,7 @@ def evaluate(model, model_name, eval_set, gt, category_ids, size, device, batch_
                 for box, score, label in zip(boxes.tolist(), scores.tolist(), labels.tolist()):
                     found.append({"image_id": t["image_id"], "category_id": category_ids[label],
                                   "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]], "score": score})
-    if not found:
-        return [0.0] * 12
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt = COCO()
-        coco_gt.dataset = gt
-        coco_gt.createIndex()
-        ev = COCOeval(coco_gt, coco_gt.loadRes(found), "bbox")
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    return [float(s) for s in ev.stats]
+    return coco_stats(gt, found)
 
 
 def train(loss_name: str, seed: int, args, train_set, num_classes: int, device):
