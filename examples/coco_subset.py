@@ -570,7 +570,7 @@ def main(argv=None) -> dict:
                 detections = [] if seed == args.seeds[0] else None
                 if yolo:
                     model, curve, seconds = ultralytics_yolo.train_one(name, seed, args, data_yaml, device)
-                    found = ultralytics_yolo.detect(model, ids_of, category_ids, args, device)
+                    found = ultralytics_yolo.detect(model, ids_of["eval"], category_ids, args, device)
                     stats = coco_stats(gt, found)
                     if detections is not None:
                         detections.extend(found)

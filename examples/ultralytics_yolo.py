@@ -40,19 +40,21 @@ def base_dataset(ds):
     return ds
 
 
-def write_yolo_dataset(root: str, splits: Dict[str, object], names: Sequence[str]) -> Tuple[str, Dict[str, int]]:
+def write_yolo_dataset(root: str, splits: Dict[str, object],
+                       names: Sequence[str]) -> Tuple[str, Dict[str, Dict[str, int]]]:
     """Write ``root/images/<split>`` (links to the images, copies where links are not allowed),
     ``root/labels/<split>/*.txt`` (``class cx cy w h``, normalised) and ``root/data.yaml``.
 
-    Returns (data.yaml path, {image path as written: COCO image id}) — the map turns YOLO's predictions back into
-    COCO results. Boxes are those the COCO loader keeps (crowd and sub-pixel boxes left out), so both frameworks
+    Returns (data.yaml path, {split: {image path as written: COCO image id}}) — the maps turn YOLO's predictions
+    back into COCO results. Boxes are those the COCO loader keeps (crowd and sub-pixel boxes left out), so both frameworks
     train and evaluate on the same objects.
     """
     import shutil
 
-    ids_of = {}
+    ids_of: Dict[str, Dict[str, int]] = {}
     for split, dataset in splits.items():
         ds = base_dataset(dataset)
+        ids_of[split] = {}
         image_dir, label_dir = os.path.join(root, "images", split), os.path.join(root, "labels", split)
         os.makedirs(image_dir, exist_ok=True)
         os.makedirs(label_dir, exist_ok=True)
@@ -75,7 +77,7 @@ def write_yolo_dataset(root: str, splits: Dict[str, object], names: Sequence[str
                                  f"{(x2 - x1) / width:.6f} {(y2 - y1) / height:.6f}")
             with open(os.path.join(label_dir, stem + ".txt"), "w") as f:
                 f.write("\n".join(lines) + ("\n" if lines else ""))
-            ids_of[path] = image_id
+            ids_of[split][path] = image_id
     for stale in ("train.cache", "eval.cache"):  # Ultralytics' label caches: rebuilt from the files above
         cache = os.path.join(root, "labels", stale)
         if os.path.exists(cache):
@@ -133,12 +135,13 @@ def train_one(loss_name: str, seed: int, args, data_yaml: str, device) -> tuple:
 
 
 def detect(model, ids_of: Dict[str, int], category_ids: Sequence[int], args, device) -> list:
-    """COCO result dicts (xywh, score, category id) for every held-out image: Ultralytics' own predictor at
+    """COCO result dicts (xywh, score, category id) for every image of ``ids_of`` (one split's map from
+    :func:`write_yolo_dataset`): Ultralytics' own predictor at
     ``args.image_size``, confidence ≥ 0.001 and NMS IoU 0.7 as its validator uses, at most ``args.detections``
     per image."""
     from tqdm import tqdm
 
-    paths = sorted(p for p in ids_of if os.sep + "eval" + os.sep in p)
+    paths = sorted(ids_of)
     detections = []
     for start in tqdm(range(0, len(paths), args.batch_size), desc="evaluate", file=sys.stderr):
         chunk = paths[start:start + args.batch_size]

@@ -47,7 +47,8 @@ def test_the_yolo_export_reads_back_through_ultralytics_as_the_same_boxes(tmp_pa
     yaml_path, ids_of = ultralytics_yolo.write_yolo_dataset(str(tmp_path / "yolo"), {"train": train_set,
                                                                                       "eval": eval_set},
                                                             dataset["categories"])
-    assert sorted(ids_of.values()) == sorted(train_set.image_ids + eval_set.image_ids)
+    assert sorted(ids_of["train"].values()) == sorted(train_set.image_ids)
+    assert sorted(ids_of["eval"].values()) == sorted(eval_set.image_ids)
     assert "names:" in Path(yaml_path).read_text()
     data = {"names": dict(enumerate(dataset["categories"])), "channels": 3}
     loaded = YOLODataset(img_path=str(tmp_path / "yolo" / "images" / "eval"), data=data, augment=False,
@@ -58,7 +59,7 @@ def test_the_yolo_export_reads_back_through_ultralytics_as_the_same_boxes(tmp_pa
         by_id.setdefault(a["image_id"], []).append((category_ids.index(a["category_id"]), x, y, x + w, y + h))
     assert len(loaded.labels) == len(eval_set.image_ids)
     for label in loaded.labels:
-        image_id = ids_of[label["im_file"]]
+        image_id = ids_of["eval"][label["im_file"]]
         h, w = label["shape"]
         cxcywh = torch.tensor(label["bboxes"], dtype=torch.float64).reshape(-1, 4) * torch.tensor([w, h, w, h])
         xyxy = torch.cat([cxcywh[:, :2] - cxcywh[:, 2:] / 2, cxcywh[:, :2] + cxcywh[:, 2:] / 2], 1)
