@@ -291,11 +291,11 @@ def _spec_from(loss, params: dict, task: str, names: tuple, weight: float, what:
 def _module_spec(module: torch.nn.Module, what: str) -> tuple:
     """(name, options) of a boxloss loss module; its reduction and format are the integration's to set."""
     if isinstance(module, boxloss.WIoULoss):
-        params = {k: getattr(module, k) for k in WIOU_STATE_PARAMS if k != "steps_to_plateau"}
-        params["eps"] = module.eps
-        if module.version == 1:
-            params = {"eps": module.eps}
-        return "wiou", params
+        if module.version == 1:  # the function: no running mean
+            return "wiou", {"eps": module.eps}
+        # its momentum already holds what steps_to_plateau set
+        return "wiou", {**{k: getattr(module, k) for k in WIOU_STATE_PARAMS if k != "steps_to_plateau"},
+                        "eps": module.eps}
     fn = getattr(type(module), "_fn", None)
     name = getattr(fn, "__name__", "")
     if not name.endswith("_loss") or not hasattr(module, "_options"):
