@@ -67,15 +67,34 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def time_interleaved(fns: dict, device, repeats: int, warmup: int = 2) -> dict:
-    """{name: (median s, iqr s)} with the implementations interleaved repetition by repetition."""
+def time_interleaved(fns: dict, device, repeats: int, warmup: int = 2, min_sample: float = 0.0) -> dict:
+    """{name: (median s, iqr s)} with the implementations interleaved repetition by repetition.
+
+    ``min_sample`` (CPU): each sample times ``k`` calls in a row and records their mean, ``k`` chosen once per
+    case (the same for every implementation) so that the fastest one's sample lasts at least that long; a
+    0.1 ms call is then not one reading of a noisy clock on a shared machine (a stall still counts, in
+    proportion)."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     _sync(device)
+    calls = 1
+    if min_sample > 0 and device.type != "cuda":
+        fastest = float("inf")
+        for fn in fns.values():
+            t0 = time.perf_counter()
+            fn()
+            fastest = min(fastest, time.perf_counter() - t0)
+        calls = max(1, math.ceil(min_sample / max(fastest, 1e-7)))
     samples = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
+            if calls > 1:
+                t0 = time.perf_counter()
+                for _ in range(calls):
+                    fn()
+                samples[name].append((time.perf_counter() - t0) / calls)
+                continue
             if device.type == "cuda":
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 start.record()
@@ -293,6 +312,23 @@ def plain_formula(kind: str):
     return loss
 
 
+def plain_pairwise(name: str):
+    """The pairwise score a user writes instead (``box_iou`` or ``generalized_box_iou``): one coordinate per
+    ``(N, 1)`` and ``(1, M)`` column, broadcast to the ``(N, M)`` scores (the form Inductor fuses into one loop)."""
+    def score(a, b):
+        ax1, ay1, ax2, ay2 = (c[:, None] for c in a.unbind(-1))
+        bx1, by1, bx2, by2 = (c[None, :] for c in b.unbind(-1))
+        inter = (torch.min(ax2, bx2) - torch.max(ax1, bx1)).clamp_min(0) * \
+            (torch.min(ay2, by2) - torch.max(ay1, by1)).clamp_min(0)
+        union = (ax2 - ax1) * (ay2 - ay1) + (bx2 - bx1) * (by2 - by1) - inter
+        iou = inter / union
+        if name == "box_iou":
+            return iou
+        area_c = (torch.max(ax2, bx2) - torch.min(ax1, bx1)) * (torch.max(ay2, by2) - torch.min(ay1, by1))
+        return iou - (area_c - union) / area_c
+    return score
+
+
 def compiled_steps(kind: str, ours, p, t) -> dict:
     """fwd+bwd steps compiled for the static shape: the plain formula of ``kind``, and boxloss' ``ours`` inside a
     compiled function."""
@@ -339,7 +375,8 @@ def _thread_settings(spec: str) -> list:
     return out
 
 
-def bench_threads(sizes, thread_settings, busy_levels, repeats, against_compile: bool) -> list:
+def bench_threads(sizes, thread_settings, busy_levels, repeats, against_compile: bool,
+                  min_sample: float = 0.0) -> list:
     """The busy-machine table: every case at every thread setting and load, interleaved with its peer (and with
     the plain formula under ``torch.compile`` when asked)."""
     device = torch.device("cpu")
@@ -374,9 +411,12 @@ def bench_threads(sizes, thread_settings, busy_levels, repeats, against_compile:
     for n_rows in (2_000, 20_000):
         a, b = random_boxes(n_rows, device, seed=3), random_boxes(1_000, device, seed=4)
         for name, (f_ours, f_tv) in PAIRWISE.items():
-            cases.append((f"{name} pairwise", f"{n_rows}x1000", {
-                "boxloss": lambda f=f_ours, a=a, b=b: f(a, b), "torchvision": lambda f=f_tv, a=a, b=b: f(a, b)},
-                "torchvision"))
+            impls = {"boxloss": lambda f=f_ours, a=a, b=b: f(a, b), "torchvision": lambda f=f_tv, a=a, b=b: f(a, b)}
+            if against_compile:
+                for label, fn in (("compile(formula)", plain_pairwise(name)), ("compile(torchvision)", f_tv)):
+                    compiled = torch.compile(fn, dynamic=False)
+                    impls[label] = lambda compiled=compiled, a=a, b=b: compiled(a, b)
+            cases.append((f"{name} pairwise", f"{n_rows}x1000", impls, "torchvision"))
     a, b = random_rotated(2_000, device, 1000.0, seed=5), random_rotated(2_000, device, 1000.0, seed=6)
     cases.append(("rotated box_iou pairwise, spread", "2000x2000", {
         "boxloss": lambda: boxloss.box_iou(a, b, fmt="cxcywhr"),
@@ -389,7 +429,8 @@ def bench_threads(sizes, thread_settings, busy_levels, repeats, against_compile:
                     torch.set_num_threads(threads or default)
                     for op, n, impls, peer in cases:
                         row = {"op": op, "n": n, "busy": busy, "threads": threads or f"default ({default})",
-                               "times": time_interleaved(impls, device, repeats), "peer": peer}
+                               "times": time_interleaved(impls, device, repeats, min_sample=min_sample),
+                               "peer": peer}
                         rows.append(row)
                         print(f"busy {busy}, threads {row['threads']}: " + _row_text(row), file=sys.stderr)
     finally:
@@ -409,16 +450,21 @@ def threads_table(rows) -> str:
         by_case.setdefault((r["op"], str(r["n"]), r["busy"]), {})[str(r["threads"])] = r
     for (op, n, busy), per in by_case.items():
         ms = ", ".join(f"{per[s]['times']['boxloss'][0] * 1e3:.3f}" for s in settings if s in per)
-        ratios = " | ".join(f"{per[s]['times'][per[s]['peer']][0] / per[s]['times']['boxloss'][0]:.2f}×"
-                            + (f" (formula compiled {per[s]['times']['compile(formula)'][0] / per[s]['times']['boxloss'][0]:.2f}×"
-                               f", boxloss compiled {per[s]['times']['compile(boxloss)'][0] / per[s]['times']['boxloss'][0]:.2f}×)"
-                               if "compile(formula)" in per[s]["times"] else "")
-                            if s in per else "–" for s in settings)
+        ratios = " | ".join(_ratios(per[s]) if s in per else "–" for s in settings)
         one = per.get("1")
         worst = max(per[s]["times"]["boxloss"][0] for s in per)
         slow = f"{worst / one['times']['boxloss'][0]:.2f}" if one else "–"
         lines.append(f"| {op} | {n} | {busy} | {ms} | {ratios} | {slow} |")
     return "\n".join(lines)
+
+
+def _ratios(row) -> str:
+    """The peer's time over boxloss', then (in brackets) every other implementation's, e.g. the compiled ones."""
+    t = row["times"]
+    ours = t["boxloss"][0]
+    text = f"{t[row['peer']][0] / ours:.2f}×"
+    others = [f"{name} {v[0] / ours:.2f}×" for name, v in t.items() if name not in ("boxloss", row["peer"])]
+    return text + (f" ({', '.join(others)})" if others else "")
 
 
 def _row_text(row) -> str:
@@ -490,6 +536,8 @@ def main(argv=None) -> dict:
                         help="--mode threads: comma-separated torch.set_num_threads settings ('default': PyTorch's)")
     parser.add_argument("--against", choices=["torchvision", "compile"], default="torchvision",
                         help="--mode threads: 'compile' also times the plain formula under torch.compile")
+    parser.add_argument("--min-sample-ms", type=float, default=2.0,
+                        help="--mode threads: each timing sample repeats the call until it lasts this long")
     parser.add_argument("--sizes", help="comma-separated N for the aligned losses (default: the issue's)")
     parser.add_argument("--repeats", type=int, default=None, help="default 7 on CPU, 50 on CUDA")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
@@ -523,7 +571,8 @@ def main(argv=None) -> dict:
             parser.error("--mode threads times the CPU kernels")
         sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else [1_000, 10_000, 100_000, 1_000_000]
         rows["threads"] = bench_threads(sizes, _thread_settings(args.threads),
-                                        [int(k) for k in args.busy.split(",")], repeats, args.against == "compile")
+                                        [int(k) for k in args.busy.split(",")], repeats, args.against == "compile",
+                                        args.min_sample_ms / 1000)
     if args.mode in ("all", "scaling"):
         sizes = [1_000, 10_000, 100_000, 1_000_000, 10_000_000]
         rows["scaling"] = bench_aligned(["giou"], sizes, device, max(3, repeats // 2), with_compile, False)

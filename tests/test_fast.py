@@ -280,6 +280,51 @@ def test_cpu_reduced_loss_and_gradients_do_not_depend_on_the_thread_count(monkey
         assert torch.equal(value, results[0][0]) and torch.equal(grad, results[0][1])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("g_form", ["scalar", "per-box", "expanded", "strided"])
+def test_cpu_backward_product_is_torch_mul_bit_for_bit(monkeypatch, dtype, g_form):
+    # the first-order backward multiplies the saved local gradients by the incoming one in C (no parallel region
+    # below its grain); it must be exactly torch's product, NaN and inf included, for every layout of g
+    from boxloss._fast import cpu
+
+    lib = cpu.load()
+    assert lib is not None, cpu.status()
+    gen = torch.Generator().manual_seed(7)
+    n = 3001
+    a = torch.randn(n, 4, generator=gen, dtype=dtype) * 1e3
+    b = torch.randn(n, 5, generator=gen, dtype=dtype)[:, :4].contiguous()
+    a[5, 1], a[6, 2], b[7, 0] = float("nan"), float("inf"), float("-inf")
+    g = {"scalar": torch.tensor(0.3, dtype=dtype),
+         "per-box": torch.randn(n, generator=gen, dtype=dtype),
+         "expanded": torch.tensor(1.7, dtype=dtype).expand(n),
+         "strided": torch.randn(2 * n, generator=gen, dtype=dtype)[::2]}[g_form]
+    gx = g if g.dim() == 0 else g.unsqueeze(-1)
+    for threads in (1, 3):  # one thread, and chunks shared between threads
+        monkeypatch.setitem(cpu.GRAIN, "scale", 1 if threads > 1 else 10**9)
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            out_a, out_b = cpu.run_scale(lib, g, a, b)
+            only_b = cpu.run_scale(lib, g, None, b)[1]
+        finally:
+            torch.set_num_threads(before)
+        assert torch.equal(out_a.nan_to_num(7.0), (gx * a).nan_to_num(7.0))
+        assert torch.isnan(out_a).equal(torch.isnan(gx * a))
+        assert torch.equal(out_b, gx * b) and torch.equal(only_b, gx * b)
+
+
+def test_cpu_backward_with_a_per_box_gradient_matches_the_reference():
+    # reduction="none" and a weighted sum outside boxloss: the incoming gradient is one value per box
+    p, t = random_boxes(4000, seed=11), random_boxes(4000, seed=12)
+    w = torch.rand(4000, generator=torch.Generator().manual_seed(13), dtype=torch.float64)
+    q = p.clone().requires_grad_()
+    (boxloss.giou_loss(q, t, reduction="none") * w.float()).sum().backward()
+    r = p.double().requires_grad_()
+    with boxloss._fast.reference_path():
+        (boxloss.giou_loss(r, t.double(), reduction="none") * w).sum().backward()
+    torch.testing.assert_close(q.grad.double(), r.grad, rtol=1e-4, atol=1e-5)
+
+
 def _edge_pairs(n=2000, seed=0):
     """Random pairs with every edge case the kernel has a branch-free select for: identical, nearly identical,
     zero-size, inverted, point targets, far apart, NaN, ±inf, all-zero, huge and tiny boxes."""

@@ -366,3 +366,33 @@ void NAME(int kind, const REAL *A, const REAL *BT, REAL *THB, REAL *OUT, long ba
 
 DEFINE_PAIRWISE(float, boxloss_pairwise_f32, atan2f, boxloss_aligned_f32)
 DEFINE_PAIRWISE(double, boxloss_pairwise_f64, atan2, boxloss_aligned_f64)
+
+/* The first-order backward of the aligned operators: OA = g * A and OB = g * B for the local gradients A, B
+ * (n × cols; either may be NULL), g read at G[i * g_stride] for box i (g_stride 0: one scalar, the reduced
+ * case; 1: one per box; any other stride: an expanded or strided gradient). The same IEEE product as
+ * torch.mul, on the threads cpu.py passes (one below its grain), so that a backward of a few thousand boxes
+ * opens no parallel region on a busy machine. */
+#define DEFINE_SCALE(REAL, NAME)                                                                              \
+void NAME(const REAL *G, long g_stride, const REAL *A, REAL *OA, const REAL *B, REAL *OB, long n, long cols, \
+          int threads) {                                                                                     \
+    const long chunks = (n + 4 * BL_CHUNK - 1) / (4 * BL_CHUNK);                                             \
+    (void)threads;                                                                                           \
+    _Pragma("omp parallel for schedule(dynamic, 1) num_threads(threads)")                                   \
+    for (long c = 0; c < chunks; ++c) {                                                                      \
+        const long b = c * 4 * BL_CHUNK, e = b + 4 * BL_CHUNK < n ? b + 4 * BL_CHUNK : n;                     \
+        if (g_stride == 0) {                                                                                 \
+            const REAL g = G[0];                                                                             \
+            if (A) for (long k = b * cols; k < e * cols; ++k) OA[k] = g * A[k];                              \
+            if (B) for (long k = b * cols; k < e * cols; ++k) OB[k] = g * B[k];                              \
+        } else {                                                                                             \
+            for (long i = b; i < e; ++i) {                                                                   \
+                const REAL g = G[i * g_stride];                                                              \
+                if (A) for (long k = 0; k < cols; ++k) OA[i * cols + k] = g * A[i * cols + k];                \
+                if (B) for (long k = 0; k < cols; ++k) OB[i * cols + k] = g * B[i * cols + k];                \
+            }                                                                                                \
+        }                                                                                                    \
+    }                                                                                                        \
+}
+
+DEFINE_SCALE(float, boxloss_scale_f32)
+DEFINE_SCALE(double, boxloss_scale_f64)

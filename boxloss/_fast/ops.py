@@ -191,7 +191,7 @@ def _aligned_setup_context(ctx, inputs, output):
     _save_aligned(ctx, inputs, gp, gt)
 
 
-def _aligned_backward(ctx, g, _g_gp, _g_gt):
+def _aligned_backward(ctx, g, _g_gp, _g_gt, eager: bool = False):
     pred, target, weight, divisor, gp, gt = ctx.saved_tensors
     kind, eps, reduce, scale, need_pred, need_target = ctx.args
     needs = ctx.needs_input_grad
@@ -203,10 +203,27 @@ def _aligned_backward(ctx, g, _g_gp, _g_gt):
         grads = _reference_vjp(lambda p, t, w, d: reference_aligned(kind, p, t, w, d, eps, reduce, scale),
                                (pred, target, weight, divisor), needs[:4], g)
         return (*grads, None, None, None, None, None, None)
-    gx = g if reduce else g.unsqueeze(-1)
-    dp = _saturate(gx * gp, pred.dtype) if needs[0] else None
-    dt = _saturate(gx * gt, target.dtype) if needs[1] else None
+    dp, dt = _first_order(g, gp if needs[0] else None, gt if needs[1] else None, reduce, eager)
+    dp = _saturate(dp, pred.dtype) if needs[0] else None
+    dt = _saturate(dt, target.dtype) if needs[1] else None
     return dp, dt, None, None, None, None, None, None, None, None
+
+
+def _first_order(g: Tensor, gp: Optional[Tensor], gt: Optional[Tensor], reduce: bool, eager: bool):
+    """The incoming gradient times the saved local gradients. In eager code on the CPU, by the compiled kernel's
+    own product (one thread below its grain: PyTorch's multiply opens a parallel region from 32,768 elements,
+    which on a busy machine waits for descheduled threads); else (a traced or compiled backward: fake and
+    functional tensors have no data) by ``torch.mul``. The same IEEE products either way."""
+    ref = gp if gp is not None else gt
+    if (eager and ref is not None and type(g) is Tensor and type(ref) is Tensor and ref.device.type == "cpu"
+            and g.device.type == "cpu" and g.dtype == ref.dtype
+            and (g.dim() == 0 if reduce else (g.dim() == 1 and g.shape[0] == ref.shape[0]))
+            and (gp is None or gp.is_contiguous()) and (gt is None or gt.is_contiguous())):
+        lib = cpu_library()
+        if lib is not None:
+            return cpu.run_scale(lib, g, gp, gt)
+    gx = g if reduce else g.unsqueeze(-1)
+    return (gx * gp if gp is not None else None), (gx * gt if gt is not None else None)
 
 
 def _reference_vjp(fn, inputs, needs, g):
@@ -283,7 +300,7 @@ class EagerAligned(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):
-        return (None, *_aligned_backward(_NeedsShim(ctx, ctx.needs_input_grad[1:]), g, None, None))
+        return (None, *_aligned_backward(_NeedsShim(ctx, ctx.needs_input_grad[1:]), g, None, None, eager=True))
 
 
 class AlignedLoss(torch.autograd.Function):
