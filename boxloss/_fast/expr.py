@@ -390,7 +390,7 @@ _CALL_OPS = frozenset({"exp", "log", "log1p", "expm1", "atan2", "sin", "cos"})
 _SCRATCH_BYTES = 64 * 1024  # a sub-chunk's columns (all stages' spilled values), on the thread's stack
 
 
-def generate_columns_c(name: str, fn: Callable, n_params: int, columns: int = 4) -> str:
+def generate_columns_c(name: str, fn: Callable, n_params: int, columns: int = 4, real_bools: bool = True) -> str:
     """The vectorisable form of :func:`generate_c`: the same signature and, bit for bit, the same results.
 
     Each chunk of boxes is taken in sub-chunks whose values live in columns (``st[slot][j]``): the inputs are
@@ -443,11 +443,13 @@ def generate_columns_c(name: str, fn: Callable, n_params: int, columns: int = 4)
     sub = max(16, min(256, _SCRATCH_BYTES // (8 * n_slots)) // 16 * 16)
 
     def value_line(e, inputs):
-        return _forward_lines([e], inputs)[0]
+        return _forward_lines([e], inputs, real_bools=real_bools)[0]
 
     def load(i):
         e = by_index[i]
-        return f"const {'int' if e.is_bool else 'R'} v{i} = {'(int)' if e.is_bool else ''}st[{slots[i]}][j];"
+        if e.is_bool and not real_bools:
+            return f"const int v{i} = (int)st[{slots[i]}][j];"
+        return f"const R v{i} = st[{slots[i]}][j];"
 
     def stage_loop(k: int, backward: bool) -> str:
         body, have = [], set()
@@ -641,8 +643,14 @@ def _reverse(nodes: Sequence[Expr], needs: Dict[int, bool], sp: _Spelling) -> Li
     return out
 
 
-def _forward_lines(nodes: Sequence[Expr], inputs: Dict[str, str]) -> List[str]:
-    """One C declaration per node: the forward pass."""
+# Truth values as numbers 0 and 1 of the loop's floating type (real_bools): a loop that holds only one type
+# of element, which GCC vectorises where a mix of int masks and floats defeats it ("no vectype" in the rotated
+# geometry). The same selects, so the same results.
+_REAL_BOOL = {"and": "({a} * {b})", "or": "((({a}) + ({b})) > 0 ? (R)1 : (R)0)", "not": "((R)1 - {a})"}
+
+
+def _forward_lines(nodes: Sequence[Expr], inputs: Dict[str, str], real_bools: bool = False) -> List[str]:
+    """One C declaration per node: the forward pass (``real_bools``: truth values as ``R`` 0/1)."""
     lines = []
     for e in nodes:
         a = [f"v{x.index}" for x in e.args]
@@ -651,14 +659,18 @@ def _forward_lines(nodes: Sequence[Expr], inputs: Dict[str, str]) -> List[str]:
         elif e.op == "input":
             expr = inputs[e.value]
         elif e.op == "where":
-            expr = f"({a[0]} ? {a[1]} : {a[2]})"
+            expr = f"({a[0]} != 0 ? {a[1]} : {a[2]})" if real_bools else f"({a[0]} ? {a[1]} : {a[2]})"
         elif e.op in ("eq", "ne") and e.args[0].is_bool:  # as a sum of 0/1 (no mask-to-mask comparison)
             expr = f"(({a[0]} + {a[1]}) {'==' if e.op == 'ne' else '!='} 1)"
+        elif real_bools and e.op in _REAL_BOOL:
+            expr = _REAL_BOOL[e.op].format(a=a[0], b=a[-1])
         elif e.op in _C_BINARY:
             expr = _C_BINARY[e.op].format(a=a[0], b=a[1])
         else:
             expr = _C_UNARY[e.op].format(a=a[0])
-        lines.append(f"const {'int' if e.is_bool else 'R'} v{e.index} = {expr};")
+        if real_bools and e.is_bool and e.op not in _REAL_BOOL:
+            expr = f"({expr} ? (R)1 : (R)0)"
+        lines.append(f"const {'R' if real_bools or not e.is_bool else 'int'} v{e.index} = {expr};")
     return lines
 
 
