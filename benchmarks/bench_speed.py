@@ -24,6 +24,7 @@ Writes bench_<device>.json and scaling_<device>.png to --out.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -334,12 +335,17 @@ def compiled_steps(kind: str, ours, p, t) -> dict:
     compiled function."""
     steps = {}
     for label, fn in (("compile(formula)", plain_formula(kind)),
-                      ("compile(boxloss)", lambda a, b: ours(a, b, reduction="sum"))):
+                      ("compile(boxloss)", lambda a, b: ours(a, b, reduction="sum")),
+                      ("compile(boxloss reference)", lambda a, b: ours(a, b, reduction="sum"))):
         compiled = torch.compile(fn, dynamic=False)
+        # "boxloss reference": what boxloss would hand Inductor instead of its operator (its own formula, with
+        # the zero-overlap and degenerate-box handling), traced and run under reference_path()
+        context = boxloss._fast.reference_path if label.endswith("reference)") else contextlib.nullcontext
 
-        def step(compiled=compiled):
+        def step(compiled=compiled, context=context):
             p.grad = None
-            compiled(p, t).backward()
+            with context():
+                compiled(p, t).backward()
         steps[label] = step
     return steps
 

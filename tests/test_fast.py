@@ -255,6 +255,59 @@ def test_cpu_threads_follow_the_grain_and_never_exceed_torch():
         torch.set_num_threads(before)
 
 
+@pytest.mark.parametrize("call", ["aligned", "variant", "rotated", "pairwise", "rotated pairwise"])
+def test_cpu_kernels_report_their_wait_and_back_off_to_one_thread(monkeypatch, call):
+    # each kernel records how long the calling thread waited at the end of a parallel call; a long wait (a thread
+    # descheduled by a busy machine) makes the next calls run on one thread for BUSY_BACKOFF_S. A wait of any
+    # length counts here (thresholds below zero), so the first parallel call must start the back-off
+    from boxloss._fast import cpu
+
+    if cpu.load() is None:
+        pytest.skip("no C compiler")
+    monkeypatch.setattr(cpu, "_busy", {"until": 0.0, "backoffs": 0})
+    for key in cpu.GRAIN:
+        monkeypatch.setitem(cpu.GRAIN, key, 8)  # several threads for these small inputs
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert cpu.threads_for(1000, 8) == 2 and not cpu.busy_state()["backing_off"]
+        p, t = random_boxes(1000, seed=1), random_boxes(1000, seed=2)
+        rp = torch.cat([p[:, :2], (p[:, 2:] - p[:, :2]), torch.rand(1000, 1) * 90], 1)
+        run = {"aligned": lambda: boxloss.giou_loss(p, t), "variant": lambda: boxloss.siou_loss(p, t),
+               "rotated": lambda: boxloss.giou_loss(rp, rp.flip(0), fmt="cxcywhr"),
+               "pairwise": lambda: boxloss.box_iou(p, t),
+               "rotated pairwise": lambda: boxloss.box_iou(rp[:200], rp[200:400], fmt="cxcywhr")}[call]
+        run()  # builds and loads the kernels; a real wait may or may not be long enough
+        monkeypatch.setattr(cpu, "_busy", {"until": 0.0, "backoffs": 0})
+        monkeypatch.setattr(cpu, "BUSY_WAIT_S", -1.0)
+        monkeypatch.setattr(cpu, "BUSY_WAIT_FRACTION", -1.0)
+        run()
+        assert cpu.busy_state() == {"backing_off": True, "backoffs": 1}
+        assert cpu.threads_for(1000, 8) == 1  # backing off: the calling thread alone
+        run()  # on one thread: nothing to watch, no new back-off
+        assert cpu.busy_state()["backoffs"] == 1
+        cpu._busy["until"] = 0.0  # the back-off over: several threads again
+        assert cpu.threads_for(1000, 8) == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_cpu_kernel_reports_the_wait_of_its_last_parallel_call():
+    import ctypes
+
+    from boxloss._fast import cpu
+
+    lib = cpu.load()
+    if lib is None:
+        pytest.skip("no C compiler")
+    p, t = random_boxes(4096, seed=1), random_boxes(4096, seed=2)
+    wait = (ctypes.c_double * 2)()
+    cpu.run(lib, "giou", p, t, 1e-7, True, False)  # whatever thread count: the call is timed
+    lib.boxloss_last_wait(wait)
+    if cpu.status().get("openmp"):
+        assert 0 <= wait[0] <= wait[1] and 0 < wait[1] < 10.0
+
+
 @pytest.mark.parametrize("loss", ["giou_loss", "ciou_loss", "siou_loss", "wiou_loss"])
 def test_cpu_reduced_loss_and_gradients_do_not_depend_on_the_thread_count(monkeypatch, loss):
     # the weighted sum is added up per chunk of boxes, then over chunks in order: bit for bit the same total at

@@ -23,9 +23,22 @@
 #include <math.h>
 #include <stddef.h>
 #include <stdlib.h>
+/* How long the calling thread waited at the end of its last parallel call, and that call's duration (read by
+ * cpu.py through boxloss_last_wait after a call on several threads): a long wait means a thread the machine had
+ * descheduled held the call up, and cpu.py then runs the kernels on the calling thread alone for a while. */
 #ifdef _OPENMP
 #include <omp.h>
+static __thread double bl_watch[2];
+#define BL_WATCH_START double bl_t0 = omp_get_wtime(), bl_done = bl_t0
+#define BL_CHUNK_DONE if (omp_get_thread_num() == 0) bl_done = omp_get_wtime()
+#define BL_WATCH_END { const double bl_t1 = omp_get_wtime(); bl_watch[0] = bl_t1 - bl_done; bl_watch[1] = bl_t1 - bl_t0; }
+#else
+static double bl_watch[2];
+#define BL_WATCH_START (void)0
+#define BL_CHUNK_DONE (void)0
+#define BL_WATCH_END (void)0
 #endif
+void boxloss_last_wait(double *out) { out[0] = bl_watch[0]; out[1] = bl_watch[1]; }
 
 /* the kind codes: each kind's place in boxloss._fast.fused.KINDS (fused.KIND_CODES) */
 enum { K_IOU = 0, K_IOU_DIST = 1, K_LOG = 2, K_LOG_DIST = 3, K_GIOU = 4, K_DIOU = 5, K_CIOU = 6 };
@@ -262,6 +275,7 @@ void NAME(int kind, const REAL *P, const REAL *T, const REAL *W, REAL *L, REAL *
     double *partial = bl_partials(total, chunks, &threads);                                                  \
     double acc1 = 0;                                                                                         \
     (void)threads;                                                                                           \
+    BL_WATCH_START;                                                                                          \
     _Pragma("omp parallel for schedule(dynamic, 1) num_threads(threads)")                                   \
     for (long c = 0; c < chunks; ++c) {                                                                      \
         NAME##_cols S;                                                                                       \
@@ -274,7 +288,9 @@ void NAME(int kind, const REAL *P, const REAL *T, const REAL *W, REAL *L, REAL *
             default: acc = NAME##_chunk(K_CIOU, 1, &S, P, T, W, L, GP, GT, b, m, eps, scale_r); break;        \
         }                                                                                                    \
         if (partial) partial[c] = acc; else if (total) acc1 += acc;  /* (then one thread) */                 \
+        BL_CHUNK_DONE;                                                                                       \
     }                                                                                                        \
+    BL_WATCH_END;                                                                                            \
     bl_total(total, partial, chunks, acc1);                                                                  \
 }
 
@@ -347,6 +363,7 @@ void NAME(int kind, const REAL *A, const REAL *BT, REAL *THB, REAL *OUT, long ba
             }                                                                                                \
     const long rows = m >= 4096 ? 1 : 4096 / (m > 0 ? m : 1);  /* about 4096 pairs per work item */         \
     (void)rows; (void)threads;                                                                               \
+    BL_WATCH_START;                                                                                          \
     _Pragma("omp parallel for collapse(2) schedule(dynamic, rows) num_threads(threads)")                    \
     for (long b = 0; b < batch; ++b) {                                                                       \
         for (long i = 0; i < n; ++i) {                                                                       \
@@ -360,8 +377,10 @@ void NAME(int kind, const REAL *A, const REAL *BT, REAL *THB, REAL *OUT, long ba
                 const REAL tha = aw0 + ah0 > eps ? ATAN2(aw0, ah0) : (REAL)0;  /* once per row */             \
                 NAME##_row_K_CIOU(a, bt, THB + b * m, tha, o, m, eps);                                       \
             }                                                                                                \
+            BL_CHUNK_DONE;                                                                                   \
         }                                                                                                    \
     }                                                                                                        \
+    BL_WATCH_END;                                                                                            \
 }
 
 DEFINE_PAIRWISE(float, boxloss_pairwise_f32, atan2f, boxloss_aligned_f32)
@@ -377,6 +396,7 @@ void NAME(const REAL *G, long g_stride, const REAL *A, REAL *OA, const REAL *B, 
           int threads) {                                                                                     \
     const long chunks = (n + 4 * BL_CHUNK - 1) / (4 * BL_CHUNK);                                             \
     (void)threads;                                                                                           \
+    BL_WATCH_START;                                                                                          \
     _Pragma("omp parallel for schedule(dynamic, 1) num_threads(threads)")                                   \
     for (long c = 0; c < chunks; ++c) {                                                                      \
         const long b = c * 4 * BL_CHUNK, e = b + 4 * BL_CHUNK < n ? b + 4 * BL_CHUNK : n;                     \
@@ -391,7 +411,9 @@ void NAME(const REAL *G, long g_stride, const REAL *A, REAL *OA, const REAL *B, 
                 if (B) for (long k = 0; k < cols; ++k) OB[i * cols + k] = g * B[i * cols + k];                \
             }                                                                                                \
         }                                                                                                    \
+        BL_CHUNK_DONE;                                                                                       \
     }                                                                                                        \
+    BL_WATCH_END;                                                                                            \
 }
 
 DEFINE_SCALE(float, boxloss_scale_f32)

@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from typing import Callable, Optional
 
 import torch
@@ -136,7 +137,13 @@ def _compile(compiler: str, target_dir: str, name_of, text: str) -> tuple:
     raise RuntimeError(f"the C compiler {compiler!r} failed to build {name_of(FLAG_SETS[0])}: {errors[0][0]}")
 
 
+def _declare_wait(lib: ctypes.CDLL) -> None:
+    lib.boxloss_last_wait.restype = None
+    lib.boxloss_last_wait.argtypes = [ctypes.c_void_p]
+
+
 def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
+    _declare_wait(lib)
     for name in ("boxloss_aligned_f32", "boxloss_aligned_f64"):
         fn = getattr(lib, name)
         fn.restype = None
@@ -279,6 +286,7 @@ def _variants_source(which: str = "axis") -> str:
 def _declare_variants(lib: ctypes.CDLL, which: str = "axis") -> ctypes.CDLL:
     from . import variants
 
+    _declare_wait(lib)
     for symbol in variants.c_symbols(which):
         fn = getattr(lib, symbol)
         fn.restype = None
@@ -345,16 +353,48 @@ GRAIN = {"aligned": 131072, "aligned_calls": 32768, "aligned_rotated": 2048, "pa
 CALL_FREE_KINDS = ("iou", "iou_distance", "giou", "diou")  # aligned.c's kinds whose loop makes no library call
 
 
+# A busy machine. A parallel call waits at its end for its slowest thread; when another process holds that
+# thread's core, the wait is a scheduler time slice (milliseconds), longer than the work. Each kernel reports how
+# long the calling thread waited at the end of its last parallel call (``boxloss_last_wait``); a wait over
+# BUSY_WAIT_S and over BUSY_WAIT_FRACTION of the call means the machine is busy, and the kernels then run on the
+# calling thread alone for BUSY_BACKOFF_S before trying several threads again (one stalled call per back-off
+# at worst). On an idle machine the wait is at most one chunk of work (microseconds).
+BUSY_WAIT_S = 3e-4
+BUSY_WAIT_FRACTION = 0.25
+BUSY_BACKOFF_S = 1.0
+_busy = {"until": 0.0, "backoffs": 0}
+
+
 def threads_for(work: int, grain: int) -> int:
-    """Threads for ``work`` items: one per ``grain`` items, at least one, at most ``torch.get_num_threads()``."""
-    return max(1, min(torch.get_num_threads(), work // grain))
+    """Threads for ``work`` items: one per ``grain`` items, at least one, at most ``torch.get_num_threads()``;
+    one while backing off from a busy machine (:func:`watch`)."""
+    threads = max(1, min(torch.get_num_threads(), work // grain))
+    if threads > 1 and time.monotonic() < _busy["until"]:
+        return 1
+    return threads
+
+
+def watch(lib, threads: int) -> None:
+    """After a kernel call on ``threads`` threads: back off to one thread when it waited long for a straggler."""
+    if threads < 2:
+        return
+    wait = (ctypes.c_double * 2)()
+    lib.boxloss_last_wait(wait)
+    if wait[0] > BUSY_WAIT_S and wait[0] > BUSY_WAIT_FRACTION * wait[1]:
+        _busy["until"] = time.monotonic() + BUSY_BACKOFF_S
+        _busy["backoffs"] += 1
+
+
+def busy_state() -> dict:
+    """Whether the kernels are backing off to one thread now, and how often they did (for ``info``, tests)."""
+    return {"backing_off": time.monotonic() < _busy["until"], "backoffs": _busy["backoffs"]}
 
 
 def _ptr(x: Optional[Tensor]):
     return None if x is None else ctypes.c_void_p(x.data_ptr())
 
 
-def _run_aligned(fn, first, p: Tensor, t: Tensor, eps: float, need_p: bool, need_t: bool,
+def _run_aligned(lib, fn, first, p: Tensor, t: Tensor, eps: float, need_p: bool, need_t: bool,
                  weight: Optional[Tensor], scale: Optional[float], grain: int):
     """Call an aligned kernel (``boxloss_aligned_*`` with ``first`` its kind, or a generated one with ``first``
     its parameters' pointer) and return its outputs (see :func:`run`)."""
@@ -364,10 +404,11 @@ def _run_aligned(fn, first, p: Tensor, t: Tensor, eps: float, need_p: bool, need
     grad_p = p.new_empty(n, cols) if need_p else p.new_empty(0)
     grad_t = p.new_empty(n, cols) if need_t else p.new_empty(0)
     total = ctypes.c_double(0.0)
+    threads = threads_for(n, grain if cols == 4 else GRAIN["aligned_rotated"])
     fn(first, _ptr(p), _ptr(t), _ptr(weight), None if reduce else _ptr(loss),
        _ptr(grad_p) if need_p else None, _ptr(grad_t) if need_t else None, n, float(eps),
-       float(scale) if reduce else 1.0, ctypes.byref(total) if reduce else None,
-       threads_for(n, grain if cols == 4 else GRAIN["aligned_rotated"]))
+       float(scale) if reduce else 1.0, ctypes.byref(total) if reduce else None, threads)
+    watch(lib, threads)
     if reduce:
         loss = torch.tensor(total.value, dtype=p.dtype)
     return loss, grad_p, grad_t
@@ -382,7 +423,7 @@ def run(lib, kind: str, p: Tensor, t: Tensor, eps: float, need_p: bool, need_t: 
     """
     fn = lib.boxloss_aligned_f64 if p.dtype == torch.float64 else lib.boxloss_aligned_f32
     grain = GRAIN["aligned" if kind in CALL_FREE_KINDS else "aligned_calls"]
-    return _run_aligned(fn, KIND_CODES[kind], p, t, eps, need_p, need_t, weight, scale, grain)
+    return _run_aligned(lib, fn, KIND_CODES[kind], p, t, eps, need_p, need_t, weight, scale, grain)
 
 
 def run_pairwise(lib, kind: str, a: Tensor, b: Tensor, eps: float) -> Tensor:
@@ -392,8 +433,9 @@ def run_pairwise(lib, kind: str, a: Tensor, b: Tensor, eps: float) -> Tensor:
     columns = b.transpose(1, 2).contiguous()  # the kernel reads b as columns: contiguous rows of x1, y1, x2, y2
     angles = a.new_empty(batch, m) if kind == "ciou" else None  # its θ per column box, filled by the kernel
     fn = lib.boxloss_pairwise_f64 if a.dtype == torch.float64 else lib.boxloss_pairwise_f32
-    fn(PAIRWISE_CODES[kind], _ptr(a), _ptr(columns), _ptr(angles), _ptr(out), batch, n, m, float(eps),
-       threads_for(batch * n * m, GRAIN["pairwise"]))
+    threads = threads_for(batch * n * m, GRAIN["pairwise"])
+    fn(PAIRWISE_CODES[kind], _ptr(a), _ptr(columns), _ptr(angles), _ptr(out), batch, n, m, float(eps), threads)
+    watch(lib, threads)
     return out
 
 
@@ -406,8 +448,9 @@ def run_scale(lib, g: Tensor, a: Optional[Tensor], b: Optional[Tensor]):
     out_a = torch.empty_like(a) if a is not None else None
     out_b = torch.empty_like(b) if b is not None else None
     fn = lib.boxloss_scale_f64 if ref.dtype == torch.float64 else lib.boxloss_scale_f32
-    fn(_ptr(g), g.stride(0) if g.dim() else 0, _ptr(a), _ptr(out_a), _ptr(b), _ptr(out_b), n, cols,
-       threads_for(n, GRAIN["scale"]))
+    threads = threads_for(n, GRAIN["scale"])
+    fn(_ptr(g), g.stride(0) if g.dim() else 0, _ptr(a), _ptr(out_a), _ptr(b), _ptr(out_b), n, cols, threads)
+    watch(lib, threads)
     return out_a, out_b
 
 
@@ -416,7 +459,7 @@ def run_variant(lib, symbol: str, params, p: Tensor, t: Tensor, eps: float, need
     """As :func:`run`, for the generated kernel ``symbol`` (without its dtype suffix) and its parameters."""
     prm = (ctypes.c_double * max(1, len(params)))(*[float(x) for x in params])
     fn = getattr(lib, symbol + ("_f64" if p.dtype == torch.float64 else "_f32"))
-    return _run_aligned(fn, prm, p, t, eps, need_p, need_t, weight, scale, GRAIN["aligned_calls"])
+    return _run_aligned(lib, fn, prm, p, t, eps, need_p, need_t, weight, scale, GRAIN["aligned_calls"])
 
 
 def run_generated_pairwise(lib, symbol: str, a: Tensor, b: Tensor, eps: float) -> Tensor:
@@ -425,6 +468,7 @@ def run_generated_pairwise(lib, symbol: str, a: Tensor, b: Tensor, eps: float) -
     batch, n, m = a.shape[0], a.shape[1], b.shape[2]
     out = a.new_empty(batch, n, m)
     fn = getattr(lib, symbol + ("_f64" if a.dtype == torch.float64 else "_f32"))
-    fn(_ptr(a), _ptr(b), _ptr(out), batch, n, m, float(eps),
-       threads_for(batch * n * m, GRAIN["pairwise" if a.shape[2] == 4 else "pairwise_rotated"]))
+    threads = threads_for(batch * n * m, GRAIN["pairwise" if a.shape[2] == 4 else "pairwise_rotated"])
+    fn(_ptr(a), _ptr(b), _ptr(out), batch, n, m, float(eps), threads)
+    watch(lib, threads)
     return out

@@ -528,6 +528,7 @@ void {name}_SFX(const double *prm, const R *P, const R *T, const R *W, R *L, R *
     double *partial = bl_partials(total, chunks, &threads);
     double acc1 = 0;
     (void)threads;
+    BL_WATCH_START;
     _Pragma("omp parallel for schedule(dynamic, 1) num_threads(threads)")
     for (long c = 0; c < chunks; ++c) {{
         double acc = 0;
@@ -554,7 +555,9 @@ void {name}_SFX(const double *prm, const R *P, const R *T, const R *W, R *L, R *
             }}
         }}
         if (partial) partial[c] = acc; else if (total) acc1 += acc;  /* (then one thread) */
+    BL_CHUNK_DONE;
     }}
+    BL_WATCH_END;
     bl_total(total, partial, chunks, acc1);
 }}
 """
@@ -698,6 +701,7 @@ void {name}_SFX(const R *restrict A, const R *restrict B, R *restrict O, long ba
                 double eps_d, int threads) {{
     const R eps = (R)eps_d;
     (void)threads;
+    BL_WATCH_START;
     _Pragma("omp parallel for schedule(dynamic, 4) num_threads(threads) collapse(2)")
     for (long s = 0; s < batch; ++s)
     for (long i = 0; i < n; ++i) {{
@@ -709,7 +713,9 @@ void {name}_SFX(const R *restrict A, const R *restrict B, R *restrict O, long ba
             {body}
             o[j] = {out};
         }}
+        BL_CHUNK_DONE;
     }}
+    BL_WATCH_END;
 }}
 """
 
@@ -722,6 +728,7 @@ void {name}_SFX(const double *prm, const R *P, const R *T, const R *W, R *L, R *
     double *partial = bl_partials(total, chunks, &threads);
     double acc1 = 0;
     (void)prm; (void)threads;
+    BL_WATCH_START;
     _Pragma("omp parallel for schedule(dynamic, 1) num_threads(threads)")
     for (long c = 0; c < chunks; ++c) {{
     double acc = 0;
@@ -743,7 +750,9 @@ void {name}_SFX(const double *prm, const R *P, const R *T, const R *W, R *L, R *
         }}
     }}
     if (partial) partial[c] = acc; else if (total) acc1 += acc;  /* (then one thread) */
+    BL_CHUNK_DONE;
     }}
+    BL_WATCH_END;
     bl_total(total, partial, chunks, acc1);
 }}
 """
@@ -777,6 +786,22 @@ static void bl_total(double *total, double *partial, long chunks, double acc1) {
 #else
 #define BL_VECTOR_LOOP __attribute__((noinline))
 #endif
+/* How long the calling thread waited at the end of its last parallel call, and that call's duration (read by
+ * cpu.py through boxloss_last_wait after a call on several threads): a long wait means a thread the machine had
+ * descheduled held the call up, and cpu.py then runs the kernels on the calling thread alone for a while. */
+#ifdef _OPENMP
+#include <omp.h>
+static __thread double bl_watch[2];
+#define BL_WATCH_START double bl_t0 = omp_get_wtime(), bl_done = bl_t0
+#define BL_CHUNK_DONE if (omp_get_thread_num() == 0) bl_done = omp_get_wtime()
+#define BL_WATCH_END { const double bl_t1 = omp_get_wtime(); bl_watch[0] = bl_t1 - bl_done; bl_watch[1] = bl_t1 - bl_t0; }
+#else
+static double bl_watch[2];
+#define BL_WATCH_START (void)0
+#define BL_CHUNK_DONE (void)0
+#define BL_WATCH_END (void)0
+#endif
+void boxloss_last_wait(double *out) { out[0] = bl_watch[0]; out[1] = bl_watch[1]; }
 #define BL_INF (1.0 / 0.0)
 #define BL_CAT_(a, b) a##b
 #define BL_CAT(a, b) BL_CAT_(a, b)

@@ -102,6 +102,7 @@ void BL_CAT(boxloss_rotated_iou_pairwise, SFX)(const R *restrict A, const R *res
                                                long n, long m, double eps_d, int threads) {
     const R eps = (R)eps_d;
     (void)threads;
+    BL_WATCH_START;
     _Pragma("omp parallel for schedule(dynamic, 4) num_threads(threads) collapse(2)")
     for (long s = 0; s < batch; ++s)
     for (long i = 0; i < n; ++i) {
@@ -116,5 +117,7 @@ void BL_CAT(boxloss_rotated_iou_pairwise, SFX)(const R *restrict A, const R *res
             if (BL_ABS(a[0] - b[0]) > exa + exb || BL_ABS(a[1] - b[1]) > eya + eyb) { o[j] = 0; continue; }
             o[j] = BL_CAT(bl_rot_iou, SFX)(a, b, eps);
         }
+        BL_CHUNK_DONE;
     }
+    BL_WATCH_END;
 }
