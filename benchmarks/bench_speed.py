@@ -360,8 +360,9 @@ class BusyProcesses:
     def __enter__(self):
         import subprocess
 
-        self.procs = [subprocess.Popen([sys.executable, "-c", "x = 0\nwhile True:\n    x += 1"])
-                      for _ in range(self.k)]
+        # a Python loop that ends when its parent does (a benchmark killed before __exit__ leaves no spinner)
+        loop = "import os\nparent = os.getppid()\nwhile os.getppid() == parent:\n    for _ in range(10**6):\n        pass"
+        self.procs = [subprocess.Popen([sys.executable, "-c", loop]) for _ in range(self.k)]
         time.sleep(0.5 if self.k else 0)  # let them reach the loop
         return self
 
@@ -464,6 +465,37 @@ def threads_table(rows) -> str:
     return "\n".join(lines)
 
 
+def compare_table(before_rows, after_rows) -> str:
+    """``--mode threads`` against an earlier run (``--compare BEFORE.json``): boxloss' times before → after at
+    each thread setting, the speed-up over the peer after, and the slowest setting over one thread, before →
+    after."""
+    def index(rows):
+        out = {}
+        for r in rows:
+            out.setdefault((r["op"], str(r["n"]), r["busy"]), {})[str(r["threads"])] = r
+        return out
+
+    before, after = index(before_rows), index(after_rows)
+    settings = list(dict.fromkeys(str(r["threads"]) for r in after_rows))
+    lines = [f"| case | n | busy | boxloss ms before → after, at {' / '.join(settings)} thr | × peer after | "
+             "slowest / 1 thread, before → after |", "|---|---|---:|---|---|---:|"]
+
+    def slowest(per):
+        one = per.get("1")
+        return max(per[s]["times"]["boxloss"][0] for s in per) / one["times"]["boxloss"][0] if one else float("nan")
+
+    for key, per in after.items():
+        old = before.get(key, {})
+        ms = " / ".join(
+            (f"{old[s]['times']['boxloss'][0] * 1e3:.3g} → " if s in old else "") +
+            f"**{per[s]['times']['boxloss'][0] * 1e3:.3g}**" for s in settings if s in per)
+        peer = " / ".join(f"{per[s]['times'][per[s]['peer']][0] / per[s]['times']['boxloss'][0]:.1f}×"
+                          for s in settings if s in per)
+        slow = (f"{slowest(old):.2f} → " if old else "") + f"{slowest(per):.2f}"
+        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {ms} | {peer} | {slow} |")
+    return "\n".join(lines)
+
+
 def _ratios(row) -> str:
     """The peer's time over boxloss', then (in brackets) every other implementation's, e.g. the compiled ones."""
     t = row["times"]
@@ -544,6 +576,7 @@ def main(argv=None) -> dict:
                         help="--mode threads: 'compile' also times the plain formula under torch.compile")
     parser.add_argument("--min-sample-ms", type=float, default=2.0,
                         help="--mode threads: each timing sample repeats the call until it lasts this long")
+    parser.add_argument("--compare", help="--mode threads: an earlier run's JSON, printed before → after")
     parser.add_argument("--sizes", help="comma-separated N for the aligned losses (default: the issue's)")
     parser.add_argument("--repeats", type=int, default=None, help="default 7 on CPU, 50 on CUDA")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
@@ -596,6 +629,9 @@ def main(argv=None) -> dict:
     for section, r in rows.items():
         print(f"\n### {section}\n")
         print(threads_table(r) if section == "threads" else table(r))
+        if section == "threads" and args.compare:
+            with open(args.compare) as f:
+                print("\n" + compare_table(json.load(f)["results"]["threads"], r))
     return payload
 
 

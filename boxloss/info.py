@@ -5,6 +5,8 @@ compiled CPU kernel, as the first loss call would, and reports every fallback th
 
     python -m boxloss.info           # a readable report
     python -m boxloss.info --json    # the same as JSON
+    python -m boxloss.info --build   # fill the kernel cache ahead of time (read-only or offline deployments)
+    python -m boxloss.info --check   # every backend of every kind against the reference (boxloss.selfcheck)
 """
 
 from __future__ import annotations
@@ -107,10 +109,55 @@ def format_report(info: dict) -> str:
     return "\n".join(lines)
 
 
+def build() -> dict:
+    """Fill the kernel cache's first writable directory (``BOXLOSS_CACHE`` when set): the compiled C kernels
+    (IoU family, loss variants, rotated boxes) and, where Triton is installed, the generated Triton modules, so
+    that no first call has to build or write anything. ``{what: path}``, or ``{what: "failed: why"}``."""
+    from ._fast import kernel_cache, triton_kernels
+
+    directory = kernel_cache.first_writable()
+    if directory is None:
+        return {"kernel cache": f"failed: no writable directory among {', '.join(kernel_cache.cache_dirs())}"}
+    built = {}
+    for label, library in (("C kernel: IoU family", cpu.CORE), ("C kernel: loss variants", cpu.VARIANTS),
+                           ("C kernel: rotated boxes", cpu.ROTATED)):
+        try:
+            built[label] = library.build_into(directory)
+        except (RuntimeError, OSError) as exc:
+            built[label] = f"failed: {exc}"
+        library.reset()  # the next load finds what was just built
+    if triton_kernels.triton_importable():
+        for prefix, text in triton_kernels.generated_sources().items():
+            name = kernel_cache.module_name(prefix, text) + ".py"
+            try:
+                built[f"Triton module: {prefix}"] = kernel_cache.ensure(directory, name, text.encode())
+            except OSError as exc:
+                built[f"Triton module: {prefix}"] = f"failed: {exc}"
+    else:
+        built["Triton modules"] = "skipped: Triton is not installed"
+    return built
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m boxloss.info", description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.add_argument("--build", action="store_true",
+                        help="build the C kernels and write the generated Triton modules into the kernel cache")
+    parser.add_argument("--check", action="store_true",
+                        help="check every backend of every kind against the reference on every device here; "
+                             "exits non-zero on a mismatch")
     args = parser.parse_args(argv)
+    if args.check:
+        from . import selfcheck
+
+        rows = selfcheck.run()
+        print(json.dumps(rows, indent=1) if args.json else selfcheck.format_rows(rows))
+        return 1 if any(r.get("passed") is False for r in rows) else 0
+    if args.build:
+        built = build()
+        print(json.dumps(built, indent=1) if args.json else
+              "\n".join(f"{label}: {where}" for label, where in built.items()))
+        return 1 if any(str(where).startswith("failed") for where in built.values()) else 0
     info = report()
     print(json.dumps(info, indent=1) if args.json else format_report(info))
     return 0

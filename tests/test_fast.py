@@ -248,9 +248,11 @@ def test_cpu_threads_follow_the_grain_and_never_exceed_torch():
     try:
         torch.set_num_threads(2)
         assert cpu.threads_for(1_000, cpu.GRAIN["aligned"]) == 1  # no parallel region for a small batch
-        assert cpu.threads_for(10 * cpu.GRAIN["aligned"], cpu.GRAIN["aligned"]) == 2  # never over torch's
+        assert cpu.threads_for(10 * cpu.GRAIN["aligned"], cpu.GRAIN["aligned"]) == min(2, cpu.USABLE_CPUS)
         torch.set_num_threads(1)
-        assert cpu.threads_for(10**9, 1) == 1
+        assert cpu.threads_for(10**9, 1) == 1  # never over torch's
+        torch.set_num_threads(cpu.USABLE_CPUS + 6)  # an over-subscribed container: no more threads than CPUs
+        assert cpu.threads_for(10**9, 1) == cpu.USABLE_CPUS
     finally:
         torch.set_num_threads(before)
 
@@ -267,6 +269,7 @@ def test_cpu_kernels_report_their_wait_and_back_off_to_one_thread(monkeypatch, c
     monkeypatch.setattr(cpu, "_busy", {"until": 0.0, "backoffs": 0})
     for key in cpu.GRAIN:
         monkeypatch.setitem(cpu.GRAIN, key, 8)  # several threads for these small inputs
+    monkeypatch.setattr(cpu, "USABLE_CPUS", 64)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -316,6 +319,7 @@ def test_cpu_reduced_loss_and_gradients_do_not_depend_on_the_thread_count(monkey
 
     monkeypatch.setitem(cpu.GRAIN, "aligned", 64)  # several threads even for this small batch
     monkeypatch.setitem(cpu.GRAIN, "aligned_calls", 64)
+    monkeypatch.setattr(cpu, "USABLE_CPUS", 64)  # up to 4 threads even on a smaller machine
     p, t = random_boxes(5000, seed=3), random_boxes(5000, seed=4)
     w = torch.rand(5000, generator=torch.Generator().manual_seed(5))
     before = torch.get_num_threads()
@@ -352,6 +356,7 @@ def test_cpu_backward_product_is_torch_mul_bit_for_bit(monkeypatch, dtype, g_for
          "expanded": torch.tensor(1.7, dtype=dtype).expand(n),
          "strided": torch.randn(2 * n, generator=gen, dtype=dtype)[::2]}[g_form]
     gx = g if g.dim() == 0 else g.unsqueeze(-1)
+    monkeypatch.setattr(cpu, "USABLE_CPUS", 64)
     for threads in (1, 3):  # one thread, and chunks shared between threads
         monkeypatch.setitem(cpu.GRAIN, "scale", 1 if threads > 1 else 10**9)
         before = torch.get_num_threads()

@@ -718,13 +718,6 @@ def test_features_and_canonical_angle():
         del a
 
 
-def test_the_triton_module_is_the_generators_output():
-    # Triton compiles from source files, so the rotated scores' kernels are generated into the package; this keeps
-    # the file equal to what boxloss/rotated.py generates (regenerate with python -m boxloss._fast.generate)
-    with open(variants.TRITON_MODULE) as f:
-        assert f.read() == variants.triton_source()
-
-
 def test_pairwise_backward_runs_in_bounded_row_chunks(monkeypatch):
     # the backward of the pairwise scores recomputes the reference; for rotated boxes (~400 temporaries per
     # pair) it runs in row chunks: the gradients equal the unchunked ones, first and second order
@@ -946,3 +939,17 @@ def test_probiou_of_two_points_apart_has_finite_gradients_on_the_reference_path(
             loss.backward()
             assert loss.isfinite() and x.grad.isfinite().all() and y.grad.isfinite().all(), (mode, path)
             assert loss.item() == pytest.approx(2.0 if mode == "l1" else 200.0, rel=1e-6)
+
+
+def test_pairwise_rotated_iou_propagates_nan_to_far_apart_pairs():
+    # the hand-written C kernel skips pairs whose extents are apart; a NaN coordinate must still give NaN there,
+    # as the reference gives (found by python -m boxloss.info --check)
+    a = torch.tensor([[float("nan"), 0.0, 10.0, 10.0, 0.0], [0.0, 0.0, 10.0, 10.0, 30.0]], dtype=torch.float64)
+    b = torch.tensor([[0.0, 500.0, 10.0, 10.0, 0.0], [1.0, 1.0, 10.0, 10.0, 0.0]], dtype=torch.float64)
+    for dtype in (torch.float32, torch.float64):
+        got = boxloss.box_iou(a.to(dtype), b.to(dtype), fmt="cxcywhr")
+        with boxloss._fast.reference_path():
+            ref = boxloss.box_iou(a.to(dtype), b.to(dtype), fmt="cxcywhr")
+        assert torch.isnan(got[0]).all() and torch.isnan(ref[0]).all()
+        assert got[1, 0] == 0 and torch.isfinite(got[1]).all()
+

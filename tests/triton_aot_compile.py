@@ -21,6 +21,8 @@ def main() -> int:
         module, _, attr = name.rpartition(".")
         if module == "generated":  # the generated aligned kernels, written into the kernel cache at first use
             fn = getattr(triton_kernels.generated_aligned_module(), attr)
+        elif module == "generated_pairwise":  # the generated rotated pairwise scores, likewise
+            fn = getattr(triton_kernels.generated_pairwise_module(), attr)
         else:
             fn = getattr(importlib.import_module(f"boxloss._fast.{module}") if module else triton_kernels, attr)
         start = time.perf_counter()

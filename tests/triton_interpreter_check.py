@@ -77,7 +77,7 @@ def main() -> int:
         expected = ops.reference_pairwise(kind, boxes1, boxes2, 1e-7)
         ok = torch.allclose(got, expected, rtol=2e-6, atol=2e-6, equal_nan=True) and bool(got[0, 2].isnan().all())
         failures += check(f"pairwise {kind}", ok, f"max abs err {(got - expected).abs().nan_to_num().max():.2e}")
-    # the rotated scores: the kernels generated from boxloss/rotated.py (rotated_triton.py)
+    # the rotated scores: the kernels generated from boxloss/rotated.py (into the kernel cache)
     from test_rotated import mixed_pairs  # noqa: E402
 
     rp, rt = mixed_pairs(torch.float32)

@@ -7,11 +7,12 @@ never this pointer call).
 
 Where the library comes from, in order:
 
-1. ``BOXLOSS_CACHE`` when set, else ``~/.cache/boxloss``, else ``<tmp>/boxloss-cache``: the first directory
-   holding a library built from this source, with these flags, for this CPU, whose checksum matches the one
-   written beside it. A read-only directory is fine (a prebuilt kernel is used as it is).
+1. The kernel cache (:mod:`boxloss._fast.kernel_cache`: ``BOXLOSS_CACHE`` when set, else ``~/.cache/boxloss``,
+   else ``<tmp>/boxloss-cache``): the first directory holding a library built from this source, with these
+   flags, for this CPU, whose checksum matches the one written beside it. A read-only directory is fine (a
+   prebuilt kernel is used as it is; ``python -m boxloss.info --build`` fills one ahead of time).
 2. Otherwise it is built with ``$CC`` (else ``cc``, ``gcc``, ``clang``) into the first writable one of those
-   directories, written atomically with its checksum, then loaded.
+   directories by the cache's one writer (atomic, with its checksum), then loaded.
 
 A file that fails its checksum (truncated by a full disk or a killed build, edited, from another build) is
 never ``dlopen``-ed — loading a truncated shared object kills the process with SIGBUS — but rebuilt. Every
@@ -29,7 +30,6 @@ import platform
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from typing import Callable, Optional
@@ -37,6 +37,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
+from . import kernel_cache
 from ._warn import warn_once
 from .fused import KIND_CODES, PAIRWISE_CODES
 
@@ -71,70 +72,45 @@ def _compiler() -> Optional[str]:
     return shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
 
 
-def cache_dirs() -> list:
-    """Directories searched for a built kernel, in order."""
-    dirs = []
-    if os.environ.get("BOXLOSS_CACHE"):
-        dirs.append(os.environ["BOXLOSS_CACHE"])
-    dirs.append(os.path.join(os.path.expanduser("~"), ".cache", "boxloss"))
-    dirs.append(os.path.join(tempfile.gettempdir(), "boxloss-cache"))
-    return dirs
-
-
-def _digest(path: str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
-
-
-def _verified(path: str) -> Optional[bool]:
-    """True: the file matches its checksum; False: it exists but is corrupt or unreadable; None: absent."""
-    if not os.path.exists(path):
-        return None
-    try:
-        with open(path + ".sha256") as f:
-            expected = f.read().strip()
-        return _digest(path) == expected
-    except OSError:
-        return False
-
-
-def _writable(directory: str) -> bool:
-    try:
-        os.makedirs(directory, exist_ok=True)
-    except OSError:
-        return False
-    return os.access(directory, os.W_OK | os.X_OK)
+cache_dirs = kernel_cache.cache_dirs
+_writable = kernel_cache.writable  # (a module attribute: tests make a directory read-only through it)
 
 
 def _compile(compiler: str, target_dir: str, name_of, text: str) -> tuple:
-    """Build the C ``text`` into ``target_dir``; returns (path, flags) or raises RuntimeError with the
-    compiler's message."""
+    """Build the C ``text`` into ``target_dir`` through the kernel cache's one writer (checksummed, atomic);
+    returns (path, flags) or raises RuntimeError with the compiler's message."""
     errors = []
     for flags in FLAG_SETS:
-        target = os.path.join(target_dir, name_of(flags))
-        tmp = f"{target}.{os.getpid()}.{threading.get_ident()}.tmp"
-        source = tmp + ".c"
+        def produce(tmp: str, flags=flags) -> None:
+            source = tmp + ".c"
+            try:
+                with open(source, "w") as f:
+                    f.write(text)
+                result = subprocess.run([compiler, *flags, "-shared", "-fPIC", "-o", tmp, source, "-lm"],
+                                        capture_output=True, text=True, timeout=600)
+            except (OSError, subprocess.SubprocessError) as exc:
+                raise _CompilerMissing(f"the C compiler {compiler!r} could not be run: {exc}") from None
+            finally:
+                if os.path.exists(source):
+                    os.remove(source)
+            if result.returncode != 0:
+                raise _BuildFailed((result.stderr or result.stdout).strip().splitlines()[-1:] or ["(no message)"])
+
         try:
-            with open(source, "w") as f:
-                f.write(text)
-            result = subprocess.run([compiler, *flags, "-shared", "-fPIC", "-o", tmp, source, "-lm"],
-                                    capture_output=True, text=True, timeout=120)
-        except (OSError, subprocess.SubprocessError) as exc:
-            raise RuntimeError(f"the C compiler {compiler!r} could not be run: {exc}") from None
-        finally:
-            if os.path.exists(source):
-                os.remove(source)
-        if result.returncode == 0:
-            digest = _digest(tmp)
-            with open(tmp + ".sha256", "w") as f:
-                f.write(digest)
-            os.replace(tmp + ".sha256", target + ".sha256")
-            os.replace(tmp, target)
-            return target, flags
-        errors.append((result.stderr or result.stdout).strip().splitlines()[-1:] or ["(no message)"])
-        if os.path.exists(tmp):
-            os.remove(tmp)
+            return kernel_cache.write_from(produce, target_dir, name_of(flags)), flags
+        except _CompilerMissing as exc:
+            raise RuntimeError(str(exc)) from None
+        except _BuildFailed as exc:
+            errors.append(exc.args[0])
     raise RuntimeError(f"the C compiler {compiler!r} failed to build {name_of(FLAG_SETS[0])}: {errors[0][0]}")
+
+
+class _CompilerMissing(Exception):
+    pass
+
+
+class _BuildFailed(Exception):
+    pass
 
 
 def _declare_wait(lib: ctypes.CDLL) -> None:
@@ -209,6 +185,25 @@ class KernelLibrary:
             self.status.clear()
             self.status.update(backend=None, reason="not loaded yet")
 
+    def build_into(self, directory: str) -> str:
+        """Make sure ``directory`` holds this library (``python -m boxloss.info --build``): kept when it is
+        there, copied from another cache directory that has it, else compiled there. Returns its path; raises
+        RuntimeError when it cannot be built."""
+        text = self.source()
+        names = {tuple(f): f"{self.prefix}_{self.key(f, text)}.so" for f in FLAG_SETS}
+        for name in names.values():
+            if kernel_cache.verified(os.path.join(directory, name)):
+                return os.path.join(directory, name)
+        for name in names.values():
+            found = kernel_cache.find(name)
+            if found is not None:
+                with open(found, "rb") as f:
+                    return kernel_cache.write(directory, name, f.read())
+        compiler = _compiler()
+        if compiler is None:
+            raise RuntimeError("no C compiler found (cc, gcc, clang; or set CC)")
+        return _compile(compiler, directory, lambda f: names[tuple(f)], text)[0]
+
     def _find_or_build(self) -> Optional[ctypes.CDLL]:
         status = self.status
         if os.environ.get("BOXLOSS_CPU_KERNEL", "1").strip().lower() in ("0", "false", "off", "no"):
@@ -225,7 +220,7 @@ class KernelLibrary:
         for directory in cache_dirs():
             for flags in FLAG_SETS:
                 path = os.path.join(directory, names[tuple(flags)])
-                ok = _verified(path)
+                ok = kernel_cache.verified(path)
                 if ok:
                     try:
                         lib = self.declare(ctypes.CDLL(path))
@@ -365,10 +360,22 @@ BUSY_BACKOFF_S = 1.0
 _busy = {"until": 0.0, "backoffs": 0}
 
 
+def _usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask; a container's cpuset), else the machine's count."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+USABLE_CPUS = _usable_cpus()
+
+
 def threads_for(work: int, grain: int) -> int:
-    """Threads for ``work`` items: one per ``grain`` items, at least one, at most ``torch.get_num_threads()``;
-    one while backing off from a busy machine (:func:`watch`)."""
-    threads = max(1, min(torch.get_num_threads(), work // grain))
+    """Threads for ``work`` items: one per ``grain`` items, at least one, at most ``torch.get_num_threads()`` and
+    the CPUs this process may use (``torch.set_num_threads(8)`` on 2 cores gives 2: more threads than cores only
+    wait for each other); one while backing off from a busy machine (:func:`watch`)."""
+    threads = max(1, min(torch.get_num_threads(), USABLE_CPUS, work // grain))
     if threads > 1 and time.monotonic() < _busy["until"]:
         return 1
     return threads

@@ -114,7 +114,13 @@ void BL_CAT(boxloss_rotated_iou_pairwise, SFX)(const R *restrict A, const R *res
             R b[BL_ROT_FEATURES];
             for (int k = 0; k < BL_ROT_FEATURES; ++k) b[k] = bt[k * m + j];
             const R exb = b[2] * BL_ABS(b[5]) + b[3] * BL_ABS(b[6]), eyb = b[2] * BL_ABS(b[6]) + b[3] * BL_ABS(b[5]);
-            if (BL_ABS(a[0] - b[0]) > exa + exb || BL_ABS(a[1] - b[1]) > eya + eyb) { o[j] = 0; continue; }
+            if (BL_ABS(a[0] - b[0]) > exa + exb || BL_ABS(a[1] - b[1]) > eya + eyb) {
+                /* apart: 0, or NaN when a feature is NaN or infinite (as bl_rot_iou's guard, and the reference) */
+                R guard = (R)0;
+                for (int k = 0; k < BL_ROT_FEATURES; ++k) guard = guard + (a[k] - a[k]) + (b[k] - b[k]);
+                o[j] = guard;
+                continue;
+            }
             o[j] = BL_CAT(bl_rot_iou, SFX)(a, b, eps);
         }
         BL_CHUNK_DONE;

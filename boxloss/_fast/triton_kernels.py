@@ -31,6 +31,13 @@ try:
 except ImportError:  # pragma: no cover - triton ships with CUDA builds of torch
     _HAVE_TRITON = False
 
+
+
+def triton_importable() -> bool:
+    """Whether Triton can be imported here (the generated Triton modules can then be written and loaded)."""
+    return _HAVE_TRITON
+
+
 LOG_TAU = 0.7  # boxloss.boxes.LOG_IOU_LINEAR_BELOW (the tests pin every kernel to the reference)
 NEG_LOG_TAU = 0.35667494393873245  # −ln 0.7
 MIN_CAPABILITY = (7, 5)  # Turing: the oldest NVIDIA architecture the installed Triton generations still support
@@ -370,42 +377,29 @@ def _dummy(device) -> Tensor:
     return torch.empty(1, device=device, dtype=torch.float32)
 
 
-_GENERATED = {}
+def generated_sources() -> dict:
+    """The generated Triton modules: ``{cache prefix: source text}`` (the rotated aligned losses with their
+    gradients; the rotated pairwise scores)."""
+    from . import variants
+
+    return {"boxloss_triton_aligned": variants.triton_aligned_source(),
+            "boxloss_triton_rotated_pairwise": variants.triton_source()}
 
 
 def generated_aligned_module():
-    """The module of generated aligned kernels (:func:`variants.triton_aligned_source`), written once into the
-    kernel cache under the hash of its source and imported from there (Triton compiles from source files)."""
-    if "module" not in _GENERATED:
-        import hashlib
-        import importlib.util
-        import tempfile
+    """The module of generated aligned kernels (:func:`variants.triton_aligned_source`), from the kernel cache
+    (written there on first use under the hash of its source; Triton compiles from source files)."""
+    from . import kernel_cache, variants
 
-        from . import cpu, variants
+    return kernel_cache.python_module("boxloss_triton_aligned", variants.triton_aligned_source())
 
-        text = variants.triton_aligned_source()
-        digest = hashlib.sha256(text.encode()).hexdigest()[:16]
-        name = f"boxloss_triton_aligned_{digest}"
-        path = None
-        for directory in cpu.cache_dirs():
-            candidate = os.path.join(directory, name + ".py")
-            if os.path.exists(candidate):
-                with open(candidate) as f:
-                    if f.read() == text:
-                        path = candidate
-                        break
-        if path is None:
-            directory = next((d for d in cpu.cache_dirs() if cpu._writable(d)), None) or tempfile.mkdtemp()
-            path = os.path.join(directory, name + ".py")
-            tmp = f"{path}.{os.getpid()}.tmp"
-            with open(tmp, "w") as f:
-                f.write(text)
-            os.replace(tmp, path)
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        _GENERATED["module"] = module
-    return _GENERATED["module"]
+
+def generated_pairwise_module():
+    """The module of generated rotated pairwise-score kernels (:func:`variants.triton_source`), from the kernel
+    cache like :func:`generated_aligned_module`."""
+    from . import kernel_cache, variants
+
+    return kernel_cache.python_module("boxloss_triton_rotated_pairwise", variants.triton_source())
 
 
 def launch_generated_aligned(kind: str, p: Tensor, t: Tensor, weight: Optional[Tensor], divisor: Optional[Tensor],
@@ -476,9 +470,10 @@ def launch_pairwise(kind: str, a: Tensor, b: Tensor, eps: float, use_libdevice: 
     batch, n, m = a.shape[0], a.shape[1], b.shape[1]
     out = torch.empty(batch, n, m, device=a.device, dtype=torch.float32)
     if out.numel() and kind.startswith("rotated_"):
-        # generated from boxloss/rotated.py (rotated_triton.py), on the boxes' features
+        # generated from boxloss/rotated.py into the kernel cache, on the boxes' features
         from ..rotated import box_features
-        from .rotated_triton import KERNELS
+
+        KERNELS = generated_pairwise_module().KERNELS
 
         fa = box_features(a.to(torch.float32)).contiguous()
         fb = box_features(b.to(torch.float32)).contiguous()
@@ -543,15 +538,15 @@ def launch_specialisations():
                           {"KIND": code, "USE_LIBDEVICE": True, "BLOCK_N": PAIRWISE_BLOCKS[0],
                            "BLOCK_M": PAIRWISE_BLOCKS[1]}))
     # the rotated scores read float32 features whatever the boxes' dtype
-    from .rotated_triton import KERNELS
-
     rotated_sig = {"A": "*fp32", "B": "*fp32", "OUT": "*fp32", "n": "i32", "m": "i32", "eps": "fp32", "ulp": "fp32",
                    "BLOCK_N": "constexpr", "BLOCK_M": "constexpr"}
-    for kernel in KERNELS.values():
-        specs.append((f"rotated_triton.{kernel.__name__}", rotated_sig,
+    from ..rotated import PAIRWISE_SCORES
+    from . import variants
+
+    for kind in PAIRWISE_SCORES:
+        specs.append((f"generated_pairwise.{variants.triton_symbol(kind)}", rotated_sig,
                       {"BLOCK_N": ROTATED_BLOCKS[0], "BLOCK_M": ROTATED_BLOCKS[1]}))
     # the aligned rotated losses: one generated kernel each (float32 boxes, runtime flags)
-    from . import variants
 
     generated_sig = {"P": "*fp32", "T": "*fp32", "PRM": "*fp32", "W": "*fp32", "L": "*fp32", "GP": "*fp32",
                      "GT": "*fp32", "n": "i32", "eps": "fp32", "ulp": "fp32", "scale": "fp32", "has_w": "i32",
