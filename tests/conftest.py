@@ -1,9 +1,18 @@
 """Shared fixtures and helpers: devices, the dtype → tolerance table, random box generators."""
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
-from boxloss._fast import cpu, ops
+# the tests are arranged like the package (core, losses, backends, integration, segmentation, examples); some
+# import cases from each other (test_edges' degenerate pairs, test_rotated's mixed pairs, the variants' paper
+# forms): every folder of tests is on the import path
+_HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(p) for p in sorted(_HERE.iterdir()) if p.is_dir() and p.name[0] not in "._"]
+
+from boxloss._fast import cpu, ops  # noqa: E402
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -71,3 +80,11 @@ def backend(request, monkeypatch):
         monkeypatch.setattr(ops, "USE_COMPILED_CPU", False)
         monkeypatch.setattr(ops, "CPU_CHUNK", 257)  # several chunks, one of them ragged
     return request.param
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests of the framework integrations (tests/integration: torchvision's detectors, Hugging Face
+    transformers, Ultralytics) carry the ``integration`` marker: ``pytest -m "not integration"`` skips them."""
+    for item in items:
+        if "integration" in item.path.parts[-2:-1]:
+            item.add_marker(pytest.mark.integration)

@@ -69,7 +69,7 @@ static void bl_total(double *total, double *partial, long chunks, double acc1) {
  * they are compiled with it switched off, and without partial redundancy elimination, which would turn a
  * NaN test of a maximum into a select between two NaN tests (a form GCC 12 cannot vectorise). Vectorising
  * changes no result: the same IEEE operations on each box, in the same order, without contraction
- * (tests/test_fast.py compares this build bit for bit with one compiled with vectorisation off). */
+ * (tests/backends/test_fast.py compares this build bit for bit with one compiled with vectorisation off). */
 #if defined(__GNUC__) && !defined(__clang__)
 #define BL_VECTOR_LOOP __attribute__((noinline, optimize("vect-cost-model=unlimited", "no-tree-pre")))
 #else

@@ -5,7 +5,7 @@
  * (it has to: it is straight-line code); this one skips pairs whose bounding boxes are apart. The arithmetic and
  * the rules (the second box's frame, the relative angle, crossings computed once for both edges, parallel edges
  * decided by one offset, coincident edges counted once) are the formula's, in the same order; the library is
- * compiled without floating-point contraction, as the formula is evaluated. tests/test_rotated.py checks this
+ * compiled without floating-point contraction, as the formula is evaluated. tests/core/test_rotated.py checks this
  * kernel against the formula on random, coincident, touching, tiny and nearly parallel boxes.
  *
  * Included by the generated rotated library once per type, with R, BL_ULP and SFX defined. Inputs: features

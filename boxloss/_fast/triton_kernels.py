@@ -516,7 +516,7 @@ _POINTER_TYPES = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16
 
 def launch_specialisations():
     """Every (kernel, signature, constexprs) that :func:`launch_aligned` and :func:`launch_pairwise` can launch on
-    a GPU, for ahead-of-time compilation (``tests/test_triton_compile.py``): each input dtype the dispatcher
+    a GPU, for ahead-of-time compilation (``tests/backends/test_triton_compile.py``): each input dtype the dispatcher
     passes (float32, float16, bfloat16), each kind, with and without gradients, reduced or not."""
     specs = []
     for ptr in _POINTER_TYPES.values():

@@ -1,4 +1,4 @@
-"""Run by tests/test_triton_compile.py: compile Triton kernel specialisations ahead of time for real GPU targets,
+"""Run by tests/backends/test_triton_compile.py: compile Triton kernel specialisations ahead of time for real GPU targets,
 on a machine without a GPU. Arguments: WORKER_INDEX WORKER_COUNT ARCH[,ARCH...]. Prints one line per kernel and
 exits non-zero if any fails to compile."""
 

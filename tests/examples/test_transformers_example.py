@@ -11,7 +11,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("scipy")
 pytest.importorskip("pycocotools")
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "examples"))
 import transformers_detr  # noqa: E402
 from coco_data import DataError  # noqa: E402
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 from conftest import assert_close, disjoint_pairs, overlapping_pairs
-from test_variant_inner_iou import BASES
+from test_inner_iou import BASES
 from variant_checks import DISJOINT, descend, iou, per_box
 
 import boxloss

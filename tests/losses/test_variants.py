@@ -3,7 +3,7 @@ form against the formula evaluated by autograd (values and gradients, float64 an
 overlapping and disjoint pairs, NaN in → NaN out, no NaN/Inf on a 1M-box fuzz per dtype, reductions, weights,
 avg_factor and formats, the operators under torch.compile / torch.func / jit.trace, and the modules.
 
-Each variant's own file (tests/test_variant_<name>.py) holds its hand-worked values, its independent float64
+Each variant's own file (tests/losses/test_<name>.py) holds its hand-worked values, its independent float64
 implementation from the paper and its descent test.
 """
 
@@ -19,7 +19,7 @@ from boxloss._utils import _reduce
 from boxloss.losses.registry import BASES
 from boxloss.losses.registry import VARIANTS as ALL_VARIANTS
 
-# the axis-aligned variants (the rotated kinds, 5 columns, have their own checklist in tests/test_rotated.py)
+# the axis-aligned variants (the rotated kinds, 5 columns, have their own checklist in tests/core/test_rotated.py)
 VARIANTS = {name: v for name, v in ALL_VARIANTS.items() if v.columns == 4}
 
 # (public function, keyword options) per registered kernel, with non-default parameters where there are some
@@ -260,7 +260,7 @@ def test_the_variant_kind_passes_opcheck(backend, name):
 
 def test_the_c_source_is_generated_from_the_formulas():
     source = variants.c_source()
-    for name in VARIANTS:  # (the rotated kinds: variants.c_source("rotated"), tests/test_rotated.py)
+    for name in VARIANTS:  # (the rotated kinds: variants.c_source("rotated"), tests/core/test_rotated.py)
         assert f"void {variants.symbol(name)}_f32(" in source and f"void {variants.symbol(name)}_f64(" in source
     # a formula that branches in Python on a traced value is refused with a clear message
     with pytest.raises(TypeError, match="m.where"):

@@ -20,7 +20,7 @@ pytest.importorskip("ultralytics")
 # importing ultralytics replaces PIL's Image.open for the whole process (HEIF support that turns an unreadable image
 # into "No module named 'pi_heif'"); the other test modules expect PIL's own, at collection and after each test here
 Image.open = _PIL_OPEN
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
 import coco_data  # noqa: E402
 import coco_subset  # noqa: E402
 import ultralytics_yolo  # noqa: E402

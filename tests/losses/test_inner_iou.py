@@ -4,8 +4,8 @@ import pytest
 import torch
 import torchvision.ops as tvops
 from conftest import assert_close, disjoint_pairs, overlapping_pairs
-from test_variant_eiou import paper_eiou
-from test_variant_siou import paper_siou
+from test_eiou import paper_eiou
+from test_siou import paper_siou
 from variant_checks import DISJOINT, centre, descend, iou, per_box, sizes
 
 import boxloss

@@ -1,4 +1,4 @@
-"""Run by tests/test_fast.py in a subprocess with TRITON_INTERPRET=1: the Triton kernels and their operators on
+"""Run by tests/backends/test_fast.py in a subprocess with TRITON_INTERPRET=1: the Triton kernels and their operators on
 CPU tensors, through Triton's interpreter, against the plain-PyTorch reference. Prints one line per check and
 exits non-zero on a mismatch."""
 
@@ -7,7 +7,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+TESTS = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(TESTS), str(TESTS / "core")]  # conftest's helpers, test_edges
 from conftest import disjoint_pairs, overlapping_pairs, random_boxes  # noqa: E402
 from test_edges import _all_pairs  # noqa: E402
 
