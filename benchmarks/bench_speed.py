@@ -382,6 +382,13 @@ def _thread_settings(spec: str) -> list:
     return out
 
 
+def _backoffs() -> int:
+    """How often the CPU kernels have backed off to one thread after waiting for a descheduled thread (0 where
+    this boxloss has no such counter)."""
+    state = getattr(boxloss._fast.cpu, "busy_state", None)
+    return state()["backoffs"] if state else 0
+
+
 def bench_threads(sizes, thread_settings, busy_levels, repeats, against_compile: bool,
                   min_sample: float = 0.0) -> list:
     """The busy-machine table: every case at every thread setting and load, interleaved with its peer (and with
@@ -435,9 +442,10 @@ def bench_threads(sizes, thread_settings, busy_levels, repeats, against_compile:
                 for threads in thread_settings:
                     torch.set_num_threads(threads or default)
                     for op, n, impls, peer in cases:
+                        backoffs = _backoffs()
                         row = {"op": op, "n": n, "busy": busy, "threads": threads or f"default ({default})",
                                "times": time_interleaved(impls, device, repeats, min_sample=min_sample),
-                               "peer": peer}
+                               "peer": peer, "backoffs": _backoffs() - backoffs}
                         rows.append(row)
                         print(f"busy {busy}, threads {row['threads']}: " + _row_text(row), file=sys.stderr)
     finally:

@@ -110,15 +110,17 @@ void BL_CAT(boxloss_rotated_iou_pairwise, SFX)(const R *restrict A, const R *res
         const R *bt = B + s * BL_ROT_FEATURES * m;
         R *o = O + (s * n + i) * m;
         const R exa = a[2] * BL_ABS(a[5]) + a[3] * BL_ABS(a[6]), eya = a[2] * BL_ABS(a[6]) + a[3] * BL_ABS(a[5]);
+        R ga = (R)0;  /* 0, or NaN when a feature of the row box is NaN or infinite */
+        for (int k = 0; k < BL_ROT_FEATURES; ++k) ga = ga + (a[k] - a[k]);
         for (long j = 0; j < m; ++j) {
             R b[BL_ROT_FEATURES];
             for (int k = 0; k < BL_ROT_FEATURES; ++k) b[k] = bt[k * m + j];
             const R exb = b[2] * BL_ABS(b[5]) + b[3] * BL_ABS(b[6]), eyb = b[2] * BL_ABS(b[6]) + b[3] * BL_ABS(b[5]);
             if (BL_ABS(a[0] - b[0]) > exa + exb || BL_ABS(a[1] - b[1]) > eya + eyb) {
-                /* apart: 0, or NaN when a feature is NaN or infinite (as bl_rot_iou's guard, and the reference) */
-                R guard = (R)0;
-                for (int k = 0; k < BL_ROT_FEATURES; ++k) guard = guard + (a[k] - a[k]) + (b[k] - b[k]);
-                o[j] = guard;
+                /* apart: 0, or NaN when a feature is NaN or infinite (as bl_rot_iou's guard, and the reference).
+                 * Of the column box only features 0, 1 and 4 can be: a NaN or infinity in the others makes both
+                 * tests above false, and the pair goes to bl_rot_iou */
+                o[j] = ga + (b[0] - b[0]) + (b[1] - b[1]) + (b[4] - b[4]);
                 continue;
             }
             o[j] = BL_CAT(bl_rot_iou, SFX)(a, b, eps);
