@@ -43,7 +43,9 @@ NEG_LOG_TAU = 0.35667494393873245  # −ln 0.7
 MIN_CAPABILITY = (7, 5)  # Turing: the oldest NVIDIA architecture the installed Triton generations still support
 BLOCK = 512
 PAIRWISE_BLOCKS = (32, 64)
-ROTATED_BLOCKS = (16, 32)  # the rotated scores hold ~900 values per pair: smaller tiles keep them in registers
+# the rotated scores hold ~900 values per pair: one pair per thread (84-96 registers on sm_80/sm_90, no spill;
+# 16 × 32 tiles, 4 pairs per thread, spilled on both, and 16 × 16 on sm_80: ptxas -v, tests/backends/test_triton_compile.py)
+ROTATED_BLOCKS = (8, 16)
 FLOAT32_ULP = 2.0 ** -23
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # Compile options of every launch: no fusion of a multiply and an add into an FMA (Triton's default fuses, as

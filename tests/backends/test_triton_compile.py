@@ -15,20 +15,47 @@ from boxloss._fast import triton_kernels  # noqa: E402
 ARCHS = "80,90"
 
 
-def test_every_launchable_specialisation_compiles_for_sm80_and_sm90():
+# Kernels that still spill registers (bytes of spill stores per thread, sm_80 / sm_90): the generated rotated
+# losses with the zero-overlap term keep more than 255 values per box live through their reverse pass. They need
+# recomputation in the reverse pass; until then this list pins them, and the test fails when another kernel
+# starts to spill or when one of these stops (then take it off the list).
+KNOWN_SPILLS = {"generated._al_rotated_iou_distance", "generated._al_rotated_log_iou_distance"}
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    """Every launchable specialisation compiled for sm_80 and sm_90: the compile log, one line per kernel."""
     specs = triton_kernels.launch_specialisations()
-    # dtypes × (kinds × grad × reduce + pairwise kinds) + the rotated pairwise scores (float32 features) + the
-    # generated aligned rotated losses (one each)
-    assert len(specs) == 3 * (7 * 2 * 2 + 4) + 3 + 17
     script = os.path.join(os.path.dirname(__file__), "triton_aot_compile.py")
     workers = 2
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     procs = [subprocess.Popen([sys.executable, script, str(i), str(workers), ARCHS], stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True, env=env) for i in range(workers)]
     outputs = [p.communicate(timeout=1200)[0] for p in procs]
-    text = "".join(outputs)
-    assert all(p.returncode == 0 for p in procs), text[-4000:]
+    return specs, "".join(outputs), [p.returncode for p in procs]
+
+
+def test_every_launchable_specialisation_compiles_for_sm80_and_sm90(compiled):
+    specs, text, codes = compiled
+    # dtypes × (kinds × grad × reduce + pairwise kinds) + the rotated pairwise scores (float32 features) + the
+    # generated aligned rotated losses (one each)
+    assert len(specs) == 3 * (7 * 2 * 2 + 4) + 3 + 17
+    assert all(code == 0 for code in codes), text[-4000:]
     assert text.count(" compiled") == 2 * len(specs), text[-4000:]
+
+
+def test_no_kernel_spills_registers(compiled):
+    # read from Triton's ptxas -v on each kernel's PTX, for sm_80 and sm_90: a spill is local-memory traffic in the
+    # innermost work of a kernel, which makes it crawl on a GPU
+    import re
+
+    _, text, _ = compiled
+    usage = re.findall(r"^sm_(\d+) (\S+) .* regs=(\d+|\?) spill=(\d+|\?) compiled$", text, re.M)
+    assert len(usage) == text.count(" compiled"), "ptxas -v gave no register report"
+    assert all(spill != "?" for *_, spill in usage), text[-2000:]
+    spilling = {name for _, name, _, spill in usage if int(spill) > 0}
+    assert spilling == KNOWN_SPILLS, sorted((arch, name, regs, spill) for arch, name, regs, spill in usage
+                                            if int(spill) > 0)
 
 
 def test_kernels_compile_without_fused_multiply_add():

@@ -1,9 +1,14 @@
-"""Run by tests/backends/test_triton_compile.py: compile Triton kernel specialisations ahead of time for real GPU targets,
-on a machine without a GPU. Arguments: WORKER_INDEX WORKER_COUNT ARCH[,ARCH...]. Prints one line per kernel and
-exits non-zero if any fails to compile."""
+"""Run by tests/backends/test_triton_compile.py: compile Triton kernel specialisations ahead of time for real GPU
+targets, on a machine without a GPU. Arguments: WORKER_INDEX WORKER_COUNT ARCH[,ARCH...]. Prints one line per
+kernel, with its registers and bytes of spill stores as Triton's ``ptxas -v`` reports them, and exits non-zero
+if any fails to compile."""
 
 import importlib
+import os
+import re
+import subprocess
 import sys
+import tempfile
 import time
 
 import triton
@@ -11,6 +16,24 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from boxloss._fast import triton_kernels
+
+
+def registers(ptx: str, arch: int) -> str:
+    """``regs=N spill=B`` from Triton's own ``ptxas -v`` on the kernel's PTX (B: bytes of spill stores)."""
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    ptxas = get_ptxas(arch)
+    ptxas = getattr(ptxas, "path", ptxas)
+    target = re.search(r"^\.target\s+(\w+)", ptx, re.M).group(1)
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "kernel.ptx")
+        with open(path, "w") as f:
+            f.write(ptx)
+        out = subprocess.run([ptxas, "-v", f"--gpu-name={target}", path, "-o", os.path.join(d, "kernel.o")],
+                             capture_output=True, text=True).stderr
+    regs = re.search(r"Used (\d+) registers", out)
+    spill = re.search(r"(\d+) bytes spill stores", out)
+    return f"regs={regs.group(1) if regs else '?'} spill={spill.group(1) if spill else '?'}"
 
 
 def main() -> int:
@@ -30,12 +53,14 @@ def main() -> int:
             kernel = triton.compile(ASTSource(fn, signature, constexprs), target=GPUTarget("cuda", arch, 32),
                                     options=triton_kernels.LAUNCH_OPTIONS)  # as the launches compile them
             ok = "cubin" in kernel.asm and len(kernel.asm["cubin"]) > 0
+            usage = registers(kernel.asm["ptx"], arch) if ok else ""
         except Exception as exc:  # report every failure, not only the first
-            ok = False
+            ok, usage = False, ""
             print(f"sm_{arch} {name} {constexprs}: {type(exc).__name__}: {exc}")
         failures += not ok
         dtype = signature[next(iter(signature))]
-        print(f"sm_{arch} {name} {dtype} {constexprs} {time.perf_counter() - start:.2f}s {'compiled' if ok else 'FAILED'}")
+        print(f"sm_{arch} {name} {dtype} {constexprs} {time.perf_counter() - start:.2f}s {usage} "
+              f"{'compiled' if ok else 'FAILED'}")
     return failures
 
 
