@@ -5,7 +5,7 @@ degrees, counter-clockwise in the image, so that the width runs along ``u = (cos
 along ``v = (sin θ, cos θ)``. ``xywhr`` and ``xyxyxyxy`` are converted to it as ``torchvision.ops.box_convert``
 converts them.
 
-The formulas are written once against the math namespace of :mod:`boxloss._fast.expr`, like the loss variants:
+The formulas are written once against the math namespace of :mod:`boxloss.expr`, like the loss variants:
 evaluated on tensors they are the reference (differentiated by autograd); traced, they become the compiled CPU
 kernels (aligned losses with their gradient in one pass, and the pairwise scores without gradient), the Triton
 kernels for CUDA (the same two) and the PyTorch closed form used where neither can run.
@@ -54,7 +54,8 @@ import torch
 from torch import Tensor
 
 from ._lazy import lazy
-from .boxes import LOG_IOU_LINEAR_BELOW
+from .kinds import register
+from .reference import LOG_IOU_LINEAR_BELOW
 
 FEATURES = 7  # per-box columns of the pairwise kernels: (cx, cy, w/2, h/2, θ in [−45°, 45°), cos θ, sin θ)
 DEGREE = math.pi / 180
@@ -362,7 +363,7 @@ def _fold(op, values):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# formulas: aligned losses on the five cxcywhr columns (registered in boxloss.losses.registry) and pairwise
+# formulas: aligned losses on the five cxcywhr columns (registered in boxloss.kinds) and pairwise
 # scores on the features
 # ----------------------------------------------------------------------------------------------------------
 def _pair(p, t, m) -> RotatedPair:
@@ -414,6 +415,8 @@ ROTATED_LOSS_FORMULAS = {
     "rotated_giou": rotated_giou_formula,
     "rotated_diou": rotated_diou_formula,
 }
+for _kind, _formula in ROTATED_LOSS_FORMULAS.items():  # their registration (boxloss.kinds)
+    register(_kind, _formula, columns=5)
 
 
 def _score(name):
@@ -434,7 +437,7 @@ PAIRWISE_SCORES = {"rotated_iou": _score("iou"), "rotated_giou": _score("giou"),
 # ----------------------------------------------------------------------------------------------------------
 def box_features(boxes: Tensor) -> Tensor:
     """``(..., 5)`` cxcywhr → ``(..., 6)`` features (the pairwise kernels' input)."""
-    from ._fast.expr import TorchMath
+    from .expr import TorchMath
 
     m = TorchMath(1e-7, torch.finfo(boxes.dtype).eps)
     return torch.stack(features(boxes.unbind(-1), m), -1)
@@ -443,7 +446,7 @@ def box_features(boxes: Tensor) -> Tensor:
 def score_reference(kind: str, boxes1: Tensor, boxes2: Tensor, eps: float) -> Tensor:
     """The pairwise score ``kind`` (``"rotated_iou"``, …) of broadcastable cxcywhr tensors, from its formula on
     tensors: the reference of the pairwise kernels, differentiable by autograd and ``torch.func``."""
-    from ._fast.expr import TorchMath
+    from .expr import TorchMath
 
     fa = box_features(boxes1).unbind(-1)
     fb = box_features(boxes2).unbind(-1)

@@ -212,7 +212,7 @@ def pairwise(kind: str, b1: Tensor, b2: Tensor, eps: float) -> Tensor:
             from ..rotated import score_reference
 
             return score_reference(kind, _upcast(b1, cd).unsqueeze(-2), _upcast(b2, cd).unsqueeze(-3), eps)
-        from ..boxes import _SCORE_KERNELS
+        from ..reference import _SCORE_KERNELS
 
         return _SCORE_KERNELS[kind](_upcast(b1, cd).unsqueeze(-2), _upcast(b2, cd).unsqueeze(-3), eps)[0]
     batch_shape = torch.broadcast_shapes(b1.shape[:-2], b2.shape[:-2])

@@ -81,7 +81,7 @@ def _saturate(grad: Tensor, dtype: torch.dtype) -> Tensor:
 # ----------------------------------------------------------------------------------------------------------
 def reference_aligned(kind, p, t, weight, divisor, eps, reduce, scale):
     """What ``boxloss::aligned_loss`` returns as its first output, in plain differentiable PyTorch."""
-    from ..boxes import _reference_loss
+    from ..reference import _reference_loss
 
     cd = compute_dtype(p.dtype)
     if variants.is_variant(kind):
@@ -104,7 +104,7 @@ def reference_pairwise(kind, a, b, eps):
         from ..rotated import score_reference
 
         return score_reference(kind, a.to(cd)[:, :, None, :], b.to(cd)[:, None, :, :], eps)
-    from ..boxes import _SCORE_KERNELS
+    from ..reference import _SCORE_KERNELS
 
     return _SCORE_KERNELS[kind](a.to(cd)[:, :, None, :], b.to(cd)[:, None, :, :], eps)[0]
 

@@ -1,4 +1,4 @@
-"""The loss variants on the fast path: each registered formula (``boxloss.losses.registry``) becomes
+"""The loss variants on the fast path: each registered formula (:mod:`boxloss.kinds`) becomes
 
 * the reference: the formula evaluated on tensors and differentiated by autograd (:func:`reference`);
 * a compiled CPU kernel: C generated from the formula's expression graph, forward and reverse-mode gradient in
@@ -20,22 +20,16 @@ from typing import Dict, List, Tuple
 import torch
 from torch import Tensor
 
-from . import expr
+from .. import expr
+from ..kinds import VARIANTS
 
 SEPARATOR = "|"
 
 
-_VARIANTS: Dict[str, tuple] = {}
-
-
 def _registry() -> Dict[str, tuple]:
-    """The variants table of ``boxloss.losses.registry`` (imported on first use: it imports the losses, which
-    import this package). A plain module global, not ``lru_cache``: this runs inside ``torch.compile``d code."""
-    if not _VARIANTS:
-        from ..losses.registry import VARIANTS
-
-        _VARIANTS.update(VARIANTS)
-    return _VARIANTS
+    """The table of registered kinds (:mod:`boxloss.kinds`, filled by the loss files as ``import boxloss``
+    imports them). A plain module global, not ``lru_cache``: this runs inside ``torch.compile``d code."""
+    return VARIANTS
 
 
 def is_variant(kind: str) -> bool:
@@ -88,7 +82,8 @@ def reference(kind: str, p: Tensor, t: Tensor, eps: float) -> Tensor:
 # the compiled CPU kernels
 # ----------------------------------------------------------------------------------------------------------
 def _members(which: str) -> List[str]:
-    return [name for name, entry in _registry().items() if GROUPS[entry.columns] == which]
+    """The kinds of one group, sorted: the generated source does not depend on the order of registration."""
+    return sorted(name for name, entry in _registry().items() if GROUPS[entry.columns] == which)
 
 
 @functools.lru_cache(maxsize=2)

@@ -1,5 +1,5 @@
 """The box losses, one module each: the classic ones reuse a kernel of :mod:`boxloss.boxes`; the variants are
-each one formula (see :mod:`boxloss.losses.registry`)."""
+each one formula, registered by a line in its own file (see :mod:`boxloss.kinds`)."""
 
 from .alpha_iou import alpha_iou_loss
 from .ciou import ciou_loss

@@ -1,5 +1,5 @@
 """The quantities every IoU-family formula is built from, written once against a math namespace ``m``
-(:class:`boxloss._fast.expr.TorchMath` on tensors, :class:`~boxloss._fast.expr.SymbolicMath` when a kernel is
+(:class:`boxloss.expr.TorchMath` on tensors, :class:`~boxloss.expr.SymbolicMath` when a kernel is
 generated). The conventions are those of :mod:`boxloss.boxes` — widths and heights clamped at 0, denominators
 clamped at ``eps`` with no gradient below it (``m.safe_div``) — and the tests check these pieces against its
 kernels (IoU, GIoU, DIoU and CIoU to rounding).

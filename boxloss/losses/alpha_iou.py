@@ -8,6 +8,7 @@ from torch import Tensor
 
 from .._fast.variants import check_param
 from .._utils import _check_choice, _fill_loss_doc
+from ..kinds import register
 from ._common import variant_loss
 from ._pair import Pair
 
@@ -73,3 +74,8 @@ def alpha_iou_loss(pred: Tensor, target: Tensor, *, reduction: str = "mean", wei
     alpha = check_param("alpha", alpha, 0.0, low_open=True)
     _check_choice("variant", variant, ALPHA_VARIANTS)
     return variant_loss(f"alpha_iou_{variant}", (alpha,), pred, target, reduction, weight, avg_factor, eps, fmt)
+
+
+# the registration line: the backends derive this kind's kernels from its formula (boxloss.kinds)
+for _v in ALPHA_VARIANTS:
+    register(f"alpha_iou_{_v}", alpha_iou_formula(_v), ("alpha",))

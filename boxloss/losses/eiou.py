@@ -8,6 +8,7 @@ from torch import Tensor
 
 from .._fast.variants import check_param
 from .._utils import _fill_loss_doc
+from ..kinds import register
 from ._common import variant_loss
 from ._pair import Pair
 
@@ -94,3 +95,8 @@ def focal_eiou_loss(pred: Tensor, target: Tensor, *, reduction: str = "mean", we
     """
     gamma = check_param("gamma", gamma, 0.0)
     return variant_loss("focal_eiou", (gamma,), pred, target, reduction, weight, avg_factor, eps, fmt)
+
+
+# the registration line: the backends derive this kind's kernels from its formula (boxloss.kinds)
+register("eiou", eiou_formula)
+register("focal_eiou", focal_eiou_formula, ("gamma",))

@@ -8,8 +8,10 @@ from torch import Tensor
 
 from .._fast.variants import check_param
 from .._utils import _check_choice, _fill_loss_doc
+from ..kinds import register
 from ._common import variant_loss
 from ._pair import Pair
+from .bases import BASES
 
 __all__ = ["focaler_iou_loss", "focaler_iou_formula"]
 
@@ -59,8 +61,6 @@ def focaler_iou_loss(pred: Tensor, target: Tensor, *, reduction: str = "mean", w
         >>> focaler_iou_loss(torch.tensor([[0., 0., 4., 4.]]), torch.tensor([[2., 0., 6., 4.]]), u=0.5)  # 2/3 + 1/3 - 2/3
         tensor(0.3333)
     """
-    from .registry import BASES
-
     d = check_param("d", d, 0.0, 1.0)
     u = check_param("u", u, 0.0, 1.0)
     if not u - d >= FOCALER_MIN_GAP:
@@ -68,3 +68,8 @@ def focaler_iou_loss(pred: Tensor, target: Tensor, *, reduction: str = "mean", w
         raise ValueError(f"u must exceed d by at least {FOCALER_MIN_GAP:g}; got d={d!r}, u={u!r}")
     _check_choice("variant", variant, tuple(BASES))
     return variant_loss(f"focaler_iou_{variant}", (d, u), pred, target, reduction, weight, avg_factor, eps, fmt)
+
+
+# the registration line: the backends derive this kind's kernels from its formula (boxloss.kinds)
+for _base, _formula in BASES.items():
+    register(f"focaler_iou_{_base}", focaler_iou_formula(_formula), ("d", "u"))

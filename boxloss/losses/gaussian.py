@@ -28,6 +28,7 @@ from torch import Tensor
 
 from .._fast.variants import check_param
 from .._utils import ROTATED_FORMATS, _check_choice, _fill_loss_doc
+from ..kinds import register
 from ..rotated import DEGREE, _nan_guard, canonical
 from ._common import variant_loss
 
@@ -406,3 +407,8 @@ def kfiou_loss(pred: Tensor, target: Tensor, *, fun: str = "none", beta: float =
     beta = check_param("beta", beta, 0.0, low_open=True)
     return variant_loss(f"kfiou_{fun}", (beta,), pred, target, reduction, weight, avg_factor, eps, fmt,
                         ROTATED_FORMATS)
+
+
+# the registration line: the backends derive this kind's kernels from its formula (boxloss.kinds)
+for _kind, (_formula, _params) in GAUSSIAN_FORMULAS.items():
+    register(_kind, _formula, _params, columns=5)

@@ -8,8 +8,10 @@ from torch import Tensor
 
 from .._fast.variants import check_param
 from .._utils import _check_choice, _fill_loss_doc
+from ..kinds import register
 from ._common import variant_loss
 from ._pair import Pair
+from .bases import BASES
 
 __all__ = ["inner_iou_loss", "inner_iou_formula"]
 
@@ -64,8 +66,11 @@ def inner_iou_loss(pred: Tensor, target: Tensor, *, reduction: str = "mean", wei
         >>> inner_iou_loss(torch.tensor([[0., 0., 4., 4.]]), torch.tensor([[2., 0., 6., 4.]]), ratio=1.5)  # 2/3 + 1/3 - 1/2
         tensor(0.5000)
     """
-    from .registry import BASES
-
     ratio = check_param("ratio", ratio, 1e-3, 1e3)  # auxiliary boxes 1e3 × larger: 1e6-px coordinates at most
     _check_choice("variant", variant, tuple(BASES))
     return variant_loss(f"inner_iou_{variant}", (ratio,), pred, target, reduction, weight, avg_factor, eps, fmt)
+
+
+# the registration line: the backends derive this kind's kernels from its formula (boxloss.kinds)
+for _base, _formula in BASES.items():
+    register(f"inner_iou_{_base}", inner_iou_formula(_formula), ("ratio",))

@@ -7,9 +7,10 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from .._fast.expr import TorchMath
 from .._fast.variants import check_param
 from .._utils import _check_same_device, _fill_loss_doc, _prepare_loss_inputs, _reduce
+from ..expr import TorchMath
+from ..kinds import register
 from ._common import variant_loss
 from ._pair import Pair
 
@@ -90,3 +91,7 @@ def mpdiou_loss(pred: Tensor, target: Tensor, *, image_size: Union[Sequence[floa
     width = check_param("image_size[0] (width)", image_size[0], *IMAGE_SIDE_RANGE)
     height = check_param("image_size[1] (height)", image_size[1], *IMAGE_SIDE_RANGE)
     return variant_loss("mpdiou", (width, height), pred, target, reduction, weight, avg_factor, eps, fmt)
+
+
+# the registration line: the backends derive this kind's kernels from its formula (boxloss.kinds)
+register("mpdiou", mpdiou_formula, ("width", "height"))

@@ -8,6 +8,7 @@ from torch import Tensor
 
 from .._fast.variants import check_param
 from .._utils import _fill_loss_doc
+from ..kinds import register
 from ._common import variant_loss
 from ._pair import Pair
 
@@ -53,3 +54,7 @@ def nwd_loss(pred: Tensor, target: Tensor, *, reduction: str = "mean", weight: O
     """
     constant = check_param("constant", constant, 1e-6)  # 1/C below float32's range gives NaN gradients
     return variant_loss("nwd", (constant,), pred, target, reduction, weight, avg_factor, eps, fmt)
+
+
+# the registration line: the backends derive this kind's kernels from its formula (boxloss.kinds)
+register("nwd", nwd_formula, ("constant",))

@@ -8,6 +8,7 @@ from torch import Tensor
 
 from .._fast.variants import check_param
 from .._utils import _fill_loss_doc
+from ..kinds import register
 from ._common import variant_loss
 from ._pair import Pair
 
@@ -68,3 +69,7 @@ def shape_iou_loss(pred: Tensor, target: Tensor, *, reduction: str = "mean", wei
     """
     scale = check_param("scale", scale, 0.0)
     return variant_loss("shape_iou", (scale,), pred, target, reduction, weight, avg_factor, eps, fmt)
+
+
+# the registration line: the backends derive this kind's kernels from its formula (boxloss.kinds)
+register("shape_iou", shape_iou_formula, ("scale",))

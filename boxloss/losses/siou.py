@@ -8,6 +8,7 @@ from torch import Tensor
 
 from .._fast.variants import check_param
 from .._utils import _fill_loss_doc
+from ..kinds import register
 from ._common import variant_loss
 from ._pair import Pair
 
@@ -76,3 +77,7 @@ def siou_loss(pred: Tensor, target: Tensor, *, reduction: str = "mean", weight: 
     """
     theta = check_param("theta", theta, 0.0, 1e3, low_open=True)  # the kernels hold θ in float32
     return variant_loss("siou", (theta,), pred, target, reduction, weight, avg_factor, eps, fmt)
+
+
+# the registration line: the backends derive this kind's kernels from its formula (boxloss.kinds)
+register("siou", siou_formula, ("theta",))

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from .._fast.variants import check_param
 from .._utils import BOX_FORMATS, REDUCTIONS, _check_choice, _check_eps, _check_loss_inputs, _fill_loss_doc, _reduce
+from ..kinds import register
 from ._common import variant_loss
 from ._pair import Pair
 
@@ -180,3 +181,7 @@ class WIoULoss(nn.Module):
         extra = {2: f", gamma={self.gamma}", 3: f", alpha={self.alpha}, delta={self.delta}"}.get(self.version, "")
         return (f"version={self.version}, reduction={self.reduction!r}, eps={self.eps}, fmt={self.fmt!r}, "
                 f"momentum={self.momentum:.3g}{extra}" + ("" if self.sync else ", sync=False"))
+
+
+# the registration line: the backends derive this kind's kernels from its formula (boxloss.kinds)
+register("wiou", wiou_formula)

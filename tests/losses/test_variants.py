@@ -14,10 +14,11 @@ import torch
 from conftest import assert_close, disjoint_pairs, overlapping_pairs
 
 import boxloss
-from boxloss._fast import expr, ops, variants
+from boxloss import expr
+from boxloss._fast import ops, variants
 from boxloss._utils import _reduce
-from boxloss.losses.registry import BASES
-from boxloss.losses.registry import VARIANTS as ALL_VARIANTS
+from boxloss.kinds import VARIANTS as ALL_VARIANTS
+from boxloss.losses.bases import BASES
 
 # the axis-aligned variants (the rotated kinds, 5 columns, have their own checklist in tests/core/test_rotated.py)
 VARIANTS = {name: v for name, v in ALL_VARIANTS.items() if v.columns == 4}
