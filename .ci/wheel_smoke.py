@@ -61,5 +61,5 @@ cached = os.listdir(os.environ["BOXLOSS_CACHE"])
 for prefix in ("boxloss_triton_aligned_", "boxloss_triton_rotated_pairwise_"):
     assert any(n.startswith(prefix) and n.endswith(".py") for n in cached), (prefix, cached)
 print(f"wheel smoke test passed: boxloss {boxloss.__version__} from {here}; CPU backend: {name} "
-      f"({status['flags']}), built into {status['cache_file']}; variants: {vstatus['cache_file']}; python {sys.version.split()[0]}, "
+      f"({status['flags']}), from {status['cache_file']}; variants: {vstatus['cache_file']}; python {sys.version.split()[0]}, "
       f"torch {torch.__version__}, tmp {tempfile.gettempdir()}")

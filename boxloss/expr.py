@@ -859,14 +859,24 @@ _T_BIN = {"add": "({a} + {b})", "sub": "({a} - {b})", "mul": "({a} * {b})", "div
           "gt": "({a} > {b})", "ge": "({a} >= {b})", "lt": "({a} < {b})", "le": "({a} <= {b})",
           "eq": "({a} == {b})", "ne": "({a} != {b})", "and": "({a} & {b})", "or": "({a} | {b})",
           "max": "tl.maximum({a}, {b})", "min": "tl.minimum({a}, {b})", "clamp_min": "tl.maximum({a}, {b})",
-          "clamp_max": "tl.minimum({a}, {b})"}
+          "clamp_max": "tl.minimum({a}, {b})", "atan2": "_atan2({a}, {b})"}
 _T_UN = {"neg": "(-{a})", "not": "(~{a})", "detach": "{a}", "exp": "tl.exp({a})", "log": "tl.log({a})",
          "log1p": "tl.log(1.0 + {a})", "expm1": "(tl.exp({a}) - 1.0)", "sqrt": "tl.sqrt({a})", "sin": "tl.sin({a})",
          "cos": "tl.cos({a})", "abs": "tl.abs({a})", "floor": "tl.floor({a})"}
 
 
-def _triton_expr(e: Expr, inputs: Dict[str, str]) -> str:
+# maximum/minimum/clamp that propagate a NaN from either side, as torch's do (tl.maximum/tl.minimum return the
+# other operand, like fmax): for the formulas that rely on them to propagate NaN (the axis-aligned variants)
+_T_NAN_MINMAX = {"max": "tl.where(({a} > {b}) | ({a} != {a}), {a}, {b})",
+                 "min": "tl.where(({a} < {b}) | ({a} != {a}), {a}, {b})",
+                 "clamp_min": "tl.where(({a} > {b}) | ({a} != {a}), {a}, {b})",
+                 "clamp_max": "tl.where(({a} < {b}) | ({a} != {a}), {a}, {b})"}
+
+
+def _triton_expr(e: Expr, inputs: Dict[str, str], nan_minmax: bool = False) -> str:
     x = [f"v{arg.index}" for arg in e.args]
+    if nan_minmax and e.op in _T_NAN_MINMAX:
+        return _T_NAN_MINMAX[e.op].format(a=x[0], b=x[1])
     if e.op == "const":
         return repr(float(e.value)) if math.isfinite(e.value) else ("float('inf')" if e.value > 0 else
                                                                     "float('-inf')")
@@ -881,19 +891,23 @@ def _triton_expr(e: Expr, inputs: Dict[str, str]) -> str:
     raise NotImplementedError(f"no Triton form for {e.op}")
 
 
-def generate_triton_aligned(name: str, fn: Callable, n_params: int, columns: int) -> str:
+def generate_triton_aligned(name: str, fn: Callable, n_params: int, columns: int, nan_minmax: bool = False) -> str:
     """Source of a ``@triton.jit`` kernel ``name(P, T, PRM, W, L, GP, GT, n, eps, ulp, scale, has_w, need_p,
-    need_t, reduce, BLOCK)``: per box of ``P``, ``T`` ``(n, columns)`` float32, the loss ``fn(p, t, m, *prm)``
-    and its local gradients (the reverse pass of :func:`generate_c`, spelled in Triton), times the weight and
-    ``scale``; ``reduce != 0``: one partial weighted sum per block into ``L``. The flags are runtime arguments:
-    one compiled kernel per formula. Only for formulas that propagate NaN themselves (min/max here do not)."""
+    need_t, reduce, BLOCK)``: per box of ``P``, ``T`` ``(n, columns)`` (float32, float16 or bfloat16, read as
+    they are and computed in float32), the loss ``fn(p, t, m, *prm)`` and its local gradients (the reverse pass
+    of :func:`generate_c`, spelled in Triton), times the weight and ``scale``; ``reduce != 0``: one partial
+    weighted sum per block into ``L``. The flags are runtime arguments: one compiled kernel per formula.
+    ``nan_minmax``: maximum, minimum and the clamps propagate NaN (for formulas that rely on them to; the rotated
+    ones propagate NaN themselves and use the plain, cheaper forms)."""
     g, out, p, t, _params = trace(fn, n_params, columns)
     live = _live(out)
     nodes = [e for e in g.nodes if live[e.index]]
     needs = _needs_grad(nodes)
     inputs = {"eps": "eps", "ulp": "ulp"}
-    inputs.update({f"p{k}": f"tl.load(P + base + {k}, mask=mask, other=1.0)" for k in range(columns)})
-    inputs.update({f"t{k}": f"tl.load(T + base + {k}, mask=mask, other=1.0)" for k in range(columns)})
+    inputs.update({f"p{k}": f"tl.load(P + base + {k}, mask=mask, other=1.0).to(tl.float32)"
+                   for k in range(columns)})
+    inputs.update({f"t{k}": f"tl.load(T + base + {k}, mask=mask, other=1.0).to(tl.float32)"
+                   for k in range(columns)})
     inputs.update({f"q{k}": f"tl.load(PRM + {k})" for k in range(n_params)})
     lines = [
         "@triton.jit",
@@ -905,7 +919,7 @@ def generate_triton_aligned(name: str, fn: Callable, n_params: int, columns: int
         f"    base = offs.to(tl.int64) * {columns}",
         "    zero = tl.zeros((BLOCK,), dtype=tl.float32)",
     ]
-    lines += [f"    v{e.index} = {_triton_expr(e, inputs)}" for e in nodes]
+    lines += [f"    v{e.index} = {_triton_expr(e, inputs, nan_minmax)}" for e in nodes]
     lines += [
         f"    loss = v{out.index} + zero",
         "    f = tl.load(W + offs, mask=mask & (has_w != 0), other=1.0) * scale",

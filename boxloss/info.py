@@ -58,7 +58,8 @@ def report() -> dict:
             else:
                 cap = torch.cuda.get_device_capability(device)
                 entry.update(gpu=torch.cuda.get_device_name(device), capability=f"{cap[0]}.{cap[1]}")
-                entry["loss variants"] = "PyTorch closed form generated from their formulas (no Triton kernels)"
+                entry["loss variants"] = ("Triton kernels generated from their formulas (value and gradient in one "
+                                          "pass) where the Triton kernels run; else the PyTorch closed form")
                 entry["rotated boxes"] = ("Triton kernels generated from their formulas (aligned losses and pairwise "
                                           "scores) where the Triton kernels run; else the PyTorch closed form")
             backends[str(device)] = entry

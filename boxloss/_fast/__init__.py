@@ -149,9 +149,8 @@ def aligned_loss(kind: str, p: Tensor, t: Tensor, eps: float, reduction: str = "
     p2, t2 = p.reshape(-1, p.shape[-1]), t.reshape(-1, t.shape[-1])
     if p2.dtype == torch.bfloat16 and p2.device.type == "cuda" and not _bf16_native(p2.device):
         p2, t2 = _upcast(p2, torch.float32), _upcast(t2, torch.float32)
-    # the axis-aligned variants have no Triton kernels: on CUDA they run the generated PyTorch closed form; the
-    # rotated kinds have generated Triton kernels
-    op = ops.aligned_loss_op if variant and variants.group(kind) != "rotated" else _ops_for(p2)[0]
+    # every kind has a Triton kernel on CUDA (the variants': generated from their formulas)
+    op = _ops_for(p2)[0]
     tracing = ops.tracing()
     transformed = not tracing and ops.functorch_or_forward_ad_active()  # torch.func or forward-mode AD
     grad_mode = torch.is_grad_enabled()

@@ -127,6 +127,13 @@ if _HAVE_TRITON:
             return tl.where(y < 0, -a, a)
 
     @triton.jit
+    def _atan2(y, x):
+        """atan2(y, x) in every quadrant, in float32 (Cephes atanf on the reduced ratio, the same code on a GPU and
+        under the interpreter): the generated kernels' arctangent. NaN in, NaN out."""
+        a = _atan2_xpos(y, tl.abs(x), False)
+        return tl.where(x < 0, tl.where(y < 0, -3.141592653589793 - a, 3.141592653589793 - a), a)
+
+    @triton.jit
     def _max(a, b):
         return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
 
@@ -407,13 +414,16 @@ def generated_pairwise_module():
 def launch_generated_aligned(kind: str, p: Tensor, t: Tensor, weight: Optional[Tensor], divisor: Optional[Tensor],
                              eps: float, reduce: bool, scale: float, need_p: bool, need_t: bool,
                              wrap=lambda kernel: kernel):
-    """A generated kind (the rotated losses) through its generated kernel: the outputs of
-    ``boxloss::aligned_loss`` (float32) for ``(n, 5)`` boxes."""
+    """A generated kind (a loss variant, axis-aligned or rotated) through its generated kernel: the outputs of
+    ``boxloss::aligned_loss`` (float32) for ``(n, 4)`` or ``(n, 5)`` boxes, read as they are (float32, float16
+    or bfloat16) and computed in float32."""
     from . import variants
 
     name, _, params = variants.parse(kind)
     kernel = getattr(generated_aligned_module(), variants.triton_aligned_symbol(name))
-    p, t = p.to(torch.float32).contiguous(), t.to(torch.float32).contiguous()
+    if p.dtype not in _POINTER_TYPES or t.dtype != p.dtype:
+        p, t = p.to(torch.float32), t.to(torch.float32)
+    p, t = p.contiguous(), t.contiguous()
     n, cols = p.shape
     device = p.device
     block = variants.TRITON_ALIGNED_BLOCK
@@ -548,12 +558,13 @@ def launch_specialisations():
     for kind in PAIRWISE_SCORES:
         specs.append((f"generated_pairwise.{variants.triton_symbol(kind)}", rotated_sig,
                       {"BLOCK_N": ROTATED_BLOCKS[0], "BLOCK_M": ROTATED_BLOCKS[1]}))
-    # the aligned rotated losses: one generated kernel each (float32 boxes, runtime flags)
-
-    generated_sig = {"P": "*fp32", "T": "*fp32", "PRM": "*fp32", "W": "*fp32", "L": "*fp32", "GP": "*fp32",
-                     "GT": "*fp32", "n": "i32", "eps": "fp32", "ulp": "fp32", "scale": "fp32", "has_w": "i32",
-                     "need_p": "i32", "need_t": "i32", "reduce": "i32", "BLOCK": "constexpr"}
-    for name in variants._members("rotated"):
-        specs.append((f"generated.{variants.triton_aligned_symbol(name)}", generated_sig,
-                      {"BLOCK": variants.TRITON_ALIGNED_BLOCK}))
+    # the generated aligned kernels, one per registered formula (runtime flags), for each box dtype the dispatcher
+    # passes: the axis-aligned variants and the rotated losses
+    for ptr in _POINTER_TYPES.values():
+        generated_sig = {"P": ptr, "T": ptr, "PRM": "*fp32", "W": "*fp32", "L": "*fp32", "GP": "*fp32",
+                         "GT": "*fp32", "n": "i32", "eps": "fp32", "ulp": "fp32", "scale": "fp32", "has_w": "i32",
+                         "need_p": "i32", "need_t": "i32", "reduce": "i32", "BLOCK": "constexpr"}
+        for name in variants._members("axis") + variants._members("rotated"):
+            specs.append((f"generated.{variants.triton_aligned_symbol(name)}", generated_sig,
+                          {"BLOCK": variants.TRITON_ALIGNED_BLOCK}))
     return specs

@@ -183,14 +183,16 @@ def test_cuda_pairwise_matches_the_reference(kind):
 
 def test_triton_kernels_match_the_reference_under_the_interpreter():
     """The Triton kernels' logic, run on the CPU by Triton's interpreter (libdevice's atan2 replaced by the
-    kernels' polynomial): every aligned loss with both gradients, and every pairwise score (the rotated ones
-    generated from their formula)."""
+    kernels' polynomial): every aligned loss with both gradients (the variants' and the rotated losses' kernels
+    generated from their formulas), and every pairwise score."""
     pytest.importorskip("triton")
     script = os.path.join(os.path.dirname(__file__), "triton_interpreter_check.py")
     result = subprocess.run([sys.executable, script], env={**os.environ, "TRITON_INTERPRET": "1"},
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count(" ok") == 7 * 5 + 2 + 4 + 3 + 17 + 1 + 2, result.stdout
+    # the classic kinds (5 checks each), the 4 pairwise scores, the 3 rotated pairwise scores, the 17 rotated
+    # losses, the 23 axis-aligned variants (float32 and float16 boxes), the weighted mean, the operator checks
+    assert result.stdout.count(" ok") == 7 * 5 + 2 + 4 + 3 + 17 + 23 * 2 + 1 + 2, result.stdout
 
 
 

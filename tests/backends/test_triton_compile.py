@@ -37,9 +37,9 @@ def compiled():
 
 def test_every_launchable_specialisation_compiles_for_sm80_and_sm90(compiled):
     specs, text, codes = compiled
-    # dtypes × (kinds × grad × reduce + pairwise kinds) + the rotated pairwise scores (float32 features) + the
-    # generated aligned rotated losses (one each)
-    assert len(specs) == 3 * (7 * 2 * 2 + 4) + 3 + 17
+    # dtypes × (kinds × grad × reduce + pairwise kinds) + the rotated pairwise scores (float32 features) + dtypes
+    # × the generated aligned kernels (23 axis-aligned variants, 17 rotated and Gaussian losses)
+    assert len(specs) == 3 * (7 * 2 * 2 + 4) + 3 + 3 * (23 + 17)
     assert all(code == 0 for code in codes), text[-4000:]
     assert text.count(" compiled") == 2 * len(specs), text[-4000:]
 
