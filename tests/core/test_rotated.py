@@ -742,9 +742,9 @@ def test_closed_form_chunks_bound_the_graph_memory_on_accelerators():
         assert 1024 <= rows and 2 * nodes * rows * 4 <= variants.CLOSED_FORM_BYTES
 
 
-def test_rotated_kinds_take_the_devices_kernel_and_axis_variants_the_closed_form(monkeypatch):
-    # on CUDA, _ops_for gives the Triton operators: the rotated kinds (generated Triton kernels) go there, the
-    # axis-aligned variants (no Triton kernels) stay on the operator with the closed form
+def test_every_kind_takes_the_devices_kernel(monkeypatch):
+    # on CUDA, _ops_for gives the Triton operators: the rotated kinds and the axis-aligned variants (kernels
+    # generated from their formulas) go there, as the classic losses do
     from boxloss import _fast
 
     calls = []
@@ -759,7 +759,7 @@ def test_rotated_kinds_take_the_devices_kernel_and_axis_variants_the_closed_form
     boxloss.giou_loss(p, t, fmt="cxcywhr")
     boxloss.kld_loss(p, t)
     boxloss.siou_loss(p[:, :4], p[:, :4] + 1)
-    assert calls == ["rotated_giou", variants.kind_of("kld_log1p", 1.0)]
+    assert calls == ["rotated_giou", variants.kind_of("kld_log1p", 1.0), variants.kind_of("siou", 4.0)]
 
 
 # ----------------------------------------------------------------------------------------------------------
