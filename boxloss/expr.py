@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -403,7 +403,7 @@ def generate_columns_c(name: str, fn: Callable, n_params: int, columns: int = 4,
     live = _live(out)
     nodes = [e for e in g.nodes if live[e.index]]
     needs = _needs_grad(nodes)
-    reverse = _reverse(nodes, needs, _C_SPELLING)
+    reverse = _reverse(nodes, needs, _C_SPELLING_REAL_BOOLS if real_bools else _C_SPELLING)
     # the reverse pass of sin and cos calls cos and sin of the same argument: taken in the call loop beside them
     partner_of = {("COS" if e.op == "sin" else "SIN", e.args[0].index): e for e in nodes
                   if e.op in ("sin", "cos") and needs.get(e.args[0].index)}
@@ -564,14 +564,26 @@ void {name}_SFX(const double *prm, const R *P, const R *T, const R *W, R *L, R *
 
 
 class _Spelling:
-    """How a generated program writes a select, a number and a library function (C or Triton)."""
+    """How a generated program writes a select, a number and a library function (C or Triton), and the gate of a
+    clamp's gradient: ``gate(x, bound, adjoint, op)`` passes the adjoint where ``x`` is beyond the bound."""
 
-    def __init__(self, sel: Callable, num: Callable, fn: Callable) -> None:
+    def __init__(self, sel: Callable, num: Callable, fn: Callable, gate: Optional[Callable] = None) -> None:
         self.sel, self.num, self.fn = sel, num, fn
+        self.gate = gate or (lambda x, c, ga, op: sel(f"{x} {'>' if op == 'clamp_min' else '<'} {c}", ga, num("0")))
 
 
 _C_SPELLING = _Spelling(sel=lambda c, a, b: f"({c} ? {a} : {b})", num=lambda x: f"(R){x}",
                         fn=lambda name, x: f"BL_{name.upper()}({x})")
+# the column form with truth values as numbers (real_bools): a select on a truth value tests it against 0 (a float
+# compare; a bare float condition would become a one-byte _Bool), and a clamp's gate is written as the select of
+# the opposite comparison, which GCC does not merge with the forward clamp's NaN test into a _Bool: with both, it
+# keeps the reverse pass in float lanes and vectorises it. For x NaN the gate passes the adjoint where the other
+# form passes 0; the adjoint reaching a NaN node is non-zero only when the loss itself is NaN, and then the kernel
+# writes NaN gradients either way (tests: the column form bit for bit against the row form, edge cases included)
+_C_SPELLING_REAL_BOOLS = _Spelling(
+    sel=lambda c, a, b: f"(({c}) != 0 ? {a} : {b})", num=lambda x: f"(R){x}",
+    fn=lambda name, x: f"BL_{name.upper()}({x})",
+    gate=lambda x, c, ga, op: f"(({x} {'<=' if op == 'clamp_min' else '>='} {c}) ? (R)0 : {ga})")
 _TRITON_SPELLING = _Spelling(sel=lambda c, a, b: f"tl.where({c}, {a}, {b})", num=lambda x: f"{float(x)!r}",
                              fn=lambda name, x: f"tl.{name}({x})")
 
@@ -613,10 +625,8 @@ def _reverse(nodes: Sequence[Expr], needs: Dict[int, bool], sp: _Spelling) -> Li
             s = sp.sel(f"{v(x)} {cmp} {v(y)}", one, sp.sel(f"{v(x)} == {v(y)}", half, zero))
             acc(x, f"{ga} * {s}")
             acc(y, f"{ga} * ({one} - {s})")
-        elif e.op == "clamp_min":
-            acc(x, sp.sel(f"{v(x)} > {v(y)}", ga, zero))
-        elif e.op == "clamp_max":
-            acc(x, sp.sel(f"{v(x)} < {v(y)}", ga, zero))
+        elif e.op in ("clamp_min", "clamp_max"):
+            acc(x, sp.gate(v(x), v(y), ga, e.op))
         elif e.op == "where":
             c = v(e.args[0])
             acc(e.args[1], sp.sel(c, ga, zero))
