@@ -395,6 +395,11 @@ def bench_threads(sizes, thread_settings, busy_levels, repeats, against_compile:
     the plain formula under ``torch.compile`` when asked)."""
     device = torch.device("cpu")
     default = torch.get_num_threads()
+    if against_compile:
+        # every case compiles the same Python functions again for its kind and shape: without a higher limit,
+        # Dynamo stops after 8 recompilations per function and runs the later cases eagerly
+        torch._dynamo.config.recompile_limit = 1024
+        torch._dynamo.config.accumulated_recompile_limit = 4096
     cases = []
     for n in sizes:
         p = random_boxes(n, device, seed=1).requires_grad_()
