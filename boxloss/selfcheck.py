@@ -126,11 +126,6 @@ def backends(device: torch.device) -> list:
     return out
 
 
-def _runs_on(backend: str, kind: str, pairwise: bool) -> bool:
-    """Every backend covers every kind (the Triton kernels of the variants are generated from their formulas)."""
-    return True
-
-
 def _error(got: Tensor, ref: Tensor, rel: float, floor: float = 1.0) -> float:
     """The largest |got − ref| over rel · max(|ref|, floor), NaN where they differ in NaN-ness: ≤ 1 passes."""
     got, ref = got.double().cpu(), ref.double().cpu()
@@ -195,8 +190,6 @@ def run(devices: Optional[list] = None) -> List[dict]:
                 continue
             jobs = [("aligned", k) for k in aligned_kinds()] + [("pairwise", k) for k in pairwise_kinds()]
             for family, kind in jobs:
-                if not _runs_on(name, kind, family == "pairwise"):
-                    continue
                 for dtype in dtypes:
                     with context():
                         try:

@@ -20,25 +20,7 @@
  * accumulated in double, and scales each box's gradients by scale * w_i, so that a weighted mean or sum costs
  * no second pass over the boxes.
  */
-#include <math.h>
-#include <stddef.h>
-#include <stdlib.h>
-/* How long the calling thread waited at the end of its last parallel call, and that call's duration (read by
- * cpu.py through boxloss_last_wait after a call on several threads): a long wait means a thread the machine had
- * descheduled held the call up, and cpu.py then runs the kernels on the calling thread alone for a while. */
-#ifdef _OPENMP
-#include <omp.h>
-static __thread double bl_watch[2];
-#define BL_WATCH_START double bl_t0 = omp_get_wtime(), bl_done = bl_t0
-#define BL_CHUNK_DONE if (omp_get_thread_num() == 0) bl_done = omp_get_wtime()
-#define BL_WATCH_END { const double bl_t1 = omp_get_wtime(); bl_watch[0] = bl_t1 - bl_done; bl_watch[1] = bl_t1 - bl_t0; }
-#else
-static double bl_watch[2];
-#define BL_WATCH_START (void)0
-#define BL_CHUNK_DONE (void)0
-#define BL_WATCH_END (void)0
-#endif
-void boxloss_last_wait(double *out) { out[0] = bl_watch[0]; out[1] = bl_watch[1]; }
+#include "bl_runtime.h"  /* the weighted sum per chunk, BL_VECTOR_LOOP, the wait watch */
 
 /* the kind codes: each kind's place in boxloss._fast.fused.KINDS (fused.KIND_CODES) */
 enum { K_IOU = 0, K_IOU_DIST = 1, K_LOG = 2, K_LOG_DIST = 3, K_GIOU = 4, K_DIOU = 5, K_CIOU = 6 };
@@ -48,34 +30,8 @@ enum { K_IOU = 0, K_IOU_DIST = 1, K_LOG = 2, K_LOG_DIST = 3, K_GIOU = 4, K_DIOU 
  * (NAME##_cols, 18 values per box) live on the thread's stack: 36 KiB for double */
 #define BL_CHUNK 256
 
-/* the weighted sum is added up per chunk, then over chunks in order: the same total for every thread count and
- * schedule. bl_partials: one slot per chunk (NULL when not reducing, or when memory is short: then one thread
- * and one running sum, acc1); bl_total: their sum, in chunk order, into *total */
-static double *bl_partials(const double *total, long chunks, int *threads) {
-    double *partial = total ? (double *)malloc(sizeof(double) * (size_t)(chunks > 0 ? chunks : 1)) : NULL;
-    if (total && !partial) *threads = 1;
-    return partial;
-}
-static void bl_total(double *total, double *partial, long chunks, double acc1) {
-    if (!total) return;
-    double sum = 0;
-    if (partial) { for (long c = 0; c < chunks; ++c) sum += partial[c]; free(partial); }
-    else sum = acc1;
-    *total = sum;
-}
-
-/* The vectorised loops: one function per kind, with and without gradients, each the main loop inlined with
- * those as constants. GCC's cost model rejects these loops (it counts the selects as if they were branches), so
- * they are compiled with it switched off, and without partial redundancy elimination, which would turn a
- * NaN test of a maximum into a select between two NaN tests (a form GCC 12 cannot vectorise). Vectorising
- * changes no result: the same IEEE operations on each box, in the same order, without contraction
- * (tests/backends/test_fast.py compares this build bit for bit with one compiled with vectorisation off). */
-#if defined(__GNUC__) && !defined(__clang__)
-#define BL_VECTOR_LOOP __attribute__((noinline, optimize("vect-cost-model=unlimited", "no-tree-pre")))
-#else
-#define BL_VECTOR_LOOP __attribute__((noinline))
-#endif
-/* the loops of kind K (an enum name), without and with gradients: NAME##_main_K_GIOU_1 is GIoU with gradients */
+/* The vectorised loops (BL_VECTOR_LOOP, bl_runtime.h): one function per kind, with and without gradients, each
+ * the main loop inlined with those as constants. The loops of kind K (an enum name), without and with gradients: NAME##_main_K_GIOU_1 is GIoU with gradients */
 #define BL_MAIN(REAL, NAME, K)                                                                                \
     static BL_VECTOR_LOOP void NAME##_main_##K##_0(NAME##_cols *S, long m, const REAL eps) {                  \
         NAME##_main(K, 0, S, m, eps);                                                                        \

@@ -268,8 +268,15 @@ class KernelLibrary:
 
 
 def _read_core_source() -> str:
+    """aligned.c with the shared runtime (``bl_runtime.h``) in place of its include: one text, compiled from the
+    cache directory and keyed by the kernel cache as a whole."""
+    from . import variants
+
     with open(SOURCE) as f:
-        return f.read()
+        text = f.read()
+    if variants.C_RUNTIME_INCLUDE not in text:
+        raise RuntimeError(f"{SOURCE} does not include the shared runtime ({variants.C_RUNTIME_INCLUDE})")
+    return text.replace(variants.C_RUNTIME_INCLUDE, variants.c_runtime(), 1)
 
 
 def _variants_source(which: str = "axis") -> str:

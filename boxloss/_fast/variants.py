@@ -100,8 +100,18 @@ def c_source(which: str = "axis") -> str:
         with open(HAND_WRITTEN_SOURCE) as f:
             extra = f.read()
     # the rotated formulas propagate NaN themselves (rotated._nan_guard): their min/max need no NaN test
-    return expr.generate_library(kernels, columns=4 if which == "axis" else 5, pairwise=pairwise,
-                                 nan_minmax=which == "axis", extra=extra)
+    return expr.generate_library(kernels, runtime=c_runtime(), columns=4 if which == "axis" else 5,
+                                 pairwise=pairwise, nan_minmax=which == "axis", extra=extra)
+
+
+# the C every kernel library shares (aligned.c includes it; the generated libraries start with its text)
+C_RUNTIME = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bl_runtime.h")
+C_RUNTIME_INCLUDE = '#include "bl_runtime.h"'
+
+
+def c_runtime() -> str:
+    with open(C_RUNTIME) as f:
+        return f.read()
 
 
 # pairwise kernels written by hand (branches that skip what cannot contribute), tested against their formula

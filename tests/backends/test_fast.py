@@ -520,7 +520,8 @@ def test_generated_column_kernels_equal_the_row_form_bit_for_bit(tmp_path, group
     names = variants._members(group)
     rotated = group == "rotated"
     rows_source = expr.generate_library([(variants.symbol(n), reg[n].formula, len(reg[n].params)) for n in names],
-                                        columns=5 if rotated else 4, nan_minmax=not rotated, rows_only=True)
+                                        runtime=variants.c_runtime(), columns=5 if rotated else 4,
+                                        nan_minmax=not rotated, rows_only=True)
     assert "_s0_f32" in variants.c_source(group) and "_s0_f32" not in rows_source
     (tmp_path / "rows.c").write_text(rows_source)
     result = subprocess.run([compiler, *cpu.FLAG_SETS[1], "-shared", "-fPIC", "-o", str(tmp_path / "rows.so"),
