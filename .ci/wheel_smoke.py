@@ -11,11 +11,11 @@ import warnings
 import torch
 
 import boxloss
-from boxloss._fast import backend_for, cpu
+from boxloss.backends import backend_for, cpu
 
 here = os.path.dirname(os.path.abspath(boxloss.__file__))
 assert "site-packages" in here, f"boxloss imported from {here}, not from the installed wheel"
-assert os.path.exists(os.path.join(here, "_fast", "aligned.c")), "the wheel lacks the C kernel's source"
+assert os.path.exists(os.path.join(here, "backends", "classic.c")), "the wheel lacks the C kernel's source"
 assert cpu.cache_dirs()[0] == os.environ["BOXLOSS_CACHE"]
 
 warnings.simplefilter("error", boxloss.FastPathWarning)  # any fallback fails the smoke test
@@ -38,8 +38,8 @@ assert vstatus["backend"] == "compiled C kernel" and vstatus["reason"] == "loade
 assert vstatus["cache_file"].startswith(os.environ["BOXLOSS_CACHE"]), vstatus
 
 # rotated boxes: the generated library (with the hand-written pairwise IoU, from the C file inside the wheel)
-assert os.path.exists(os.path.join(here, "_fast", "rotated_iou.c")), "the wheel lacks rotated_iou.c"
-assert not os.path.exists(os.path.join(here, "_fast", "rotated_triton.py")), "generated code in the wheel"
+assert os.path.exists(os.path.join(here, "backends", "rotated_iou.c")), "the wheel lacks rotated_iou.c"
+assert not os.path.exists(os.path.join(here, "backends", "rotated_triton.py")), "generated code in the wheel"
 square = torch.tensor([[0.0, 0.0, 2.0, 2.0, 0.0]])
 diamond = torch.tensor([[0.0, 0.0, 2.0, 2.0, 45.0]])
 iou = boxloss.box_iou(square, diamond, fmt="cxcywhr").item()

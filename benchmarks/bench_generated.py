@@ -4,9 +4,9 @@ Before a hand-written kernel is replaced by one generated from the formula (one 
 are timed in one run: fwd+bwd of the weighted sum through the ``boxloss::aligned_loss`` operator, interleaved,
 at N = 1e3 … 1e7 boxes, float32 and float64, for each CPU backend:
 
-* the compiled C kernels: ``aligned.c`` (hand-written) against C generated from ``boxloss.losses._pair``'s
+* the compiled C kernels: ``classic.c`` (hand-written) against C generated from ``boxloss.losses._pair``'s
   ``iou_formula``, ``giou_formula``, ``diou_formula`` and ``ciou_formula``;
-* the PyTorch closed form: ``_fast/fused.py`` (hand-derived) against the closed form evaluated from the same
+* the PyTorch closed form: ``backends/closed_form.py`` (hand-derived) against the closed form evaluated from the same
   expression graphs.
 
 The generated kinds are registered by this script under the names ``formula_<kind>`` (in this process only);
@@ -29,8 +29,8 @@ import torch
 
 import boxloss
 from boxloss import kinds
-from boxloss._fast import aligned_loss, ops
-from boxloss._fast.variants import kind_of
+from boxloss.backends import aligned_loss, ops
+from boxloss.kinds import kind_of
 from boxloss.losses import _pair
 
 FORMULAS = {"iou": _pair.iou_formula, "giou": _pair.giou_formula, "diou": _pair.diou_formula,

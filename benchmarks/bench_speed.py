@@ -182,7 +182,7 @@ def bench_variants(sizes, device, repeats, memory: bool) -> list:
             ours = loss_step(lambda a, b, reduction, fn=fn, o=options: fn(a, b, reduction=reduction, **o), p, t)
 
             def reference(ours=ours):
-                with boxloss._fast.reference_path():
+                with boxloss.backends.reference_path():
                     ours()
 
             impls = {"boxloss": ours, "torchvision": loss_step(tvops.generalized_box_iou_loss, p, t)}
@@ -262,7 +262,7 @@ def bench_rotated(n_pair: int, n_aligned: int, device, repeats, memory: bool) ->
         ours = loss_step(lambda x, y, reduction, fn=fn, o=options: fn(x, y, reduction=reduction, **o), p, t)
 
         def reference(ours=ours):
-            with boxloss._fast.reference_path():
+            with boxloss.backends.reference_path():
                 ours()
 
         impls = {"boxloss": ours, "reference": reference}
@@ -340,7 +340,7 @@ def compiled_steps(kind: str, ours, p, t) -> dict:
         compiled = torch.compile(fn, dynamic=False)
         # "boxloss reference": what boxloss would hand Inductor instead of its operator (its own formula, with
         # the zero-overlap and degenerate-box handling), traced and run under reference_path()
-        context = boxloss._fast.reference_path if label.endswith("reference)") else contextlib.nullcontext
+        context = boxloss.backends.reference_path if label.endswith("reference)") else contextlib.nullcontext
 
         def step(compiled=compiled, context=context):
             p.grad = None
@@ -385,7 +385,7 @@ def _thread_settings(spec: str) -> list:
 def _backoffs() -> int:
     """How often the CPU kernels have backed off to one thread after waiting for a descheduled thread (0 where
     this boxloss has no such counter)."""
-    state = getattr(boxloss._fast.cpu, "busy_state", None)
+    state = getattr(boxloss.backends.cpu, "busy_state", None)
     return state()["backoffs"] if state else 0
 
 
@@ -423,7 +423,7 @@ def bench_threads(sizes, thread_settings, busy_levels, repeats, against_compile:
     ours = loss_step(lambda x, y, reduction: boxloss.giou_loss(x, y, fmt="cxcywhr", reduction=reduction), rp, rt)
 
     def reference(ours=ours):
-        with boxloss._fast.reference_path():
+        with boxloss.backends.reference_path():
             ours()
     cases.append(("rotated giou_loss fwd+bwd (peer: the reference)", n, {"boxloss": ours, "reference": reference},
                   "reference"))

@@ -385,7 +385,7 @@ def main_rotated(args) -> dict:
           f"{args.iterations} iterations on (cx, cy, w, h, θ), {args.device}, {args.dtype}", file=sys.stderr)
     results, maps = {}, {}
     os.makedirs(args.out, exist_ok=True)
-    path = boxloss._fast.reference_path() if args.reference else contextlib.nullcontext()
+    path = boxloss.backends.reference_path() if args.reference else contextlib.nullcontext()
     with path:
         for name in args.losses:
             start = time.perf_counter()
@@ -455,7 +455,7 @@ def main(argv=None) -> dict:
     print(f"{anchors.shape[0]:,} regression cases ({args.points} points × {per_point}), "
           f"{args.iterations} iterations on ({args.param}), {args.device}, {args.dtype}", file=sys.stderr)
     results, maps = {}, {}
-    path = boxloss._fast.reference_path() if args.reference else contextlib.nullcontext()
+    path = boxloss.backends.reference_path() if args.reference else contextlib.nullcontext()
     with path:
         _run_all(args, anchors, targets, results, maps, tqdm)
     payload = _payload(args, anchors, results)

@@ -12,7 +12,7 @@ IoU, GIoU and DIoU functions and losses above (exact polygon intersection), and 
 cannot run and a slower backend runs instead; ``python -m boxloss.info`` shows which backend runs where.
 """
 
-from ._fast._warn import FastPathWarning
+from .backends._warn import FastPathWarning
 from .boxes import box_iou, complete_box_iou, distance_box_iou, generalized_box_iou
 from .losses import (
     alpha_iou_loss,
@@ -57,7 +57,7 @@ from .modules import (
     WIoULoss,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "box_iou",

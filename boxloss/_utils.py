@@ -6,6 +6,7 @@ them forces a host-device synchronisation on CUDA.
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Tuple, Union
 
 import numpy as np
@@ -18,6 +19,21 @@ ALL_FORMATS = BOX_FORMATS + ROTATED_FORMATS
 REDUCTIONS = ("none", "mean", "sum")
 ROTATED_SUPPORT = ("box_iou, generalized_box_iou, distance_box_iou, iou_loss, log_iou_loss, giou_loss, diou_loss "
                    "and the Gaussian losses (probiou_loss, gwd_loss, kld_loss, kfiou_loss)")
+
+
+def check_param(name: str, value, low: float = -math.inf, high: float = math.inf, low_open: bool = False,
+                high_open: bool = False) -> float:
+    """A real, finite number in the given range, as float; ``ValueError``/``TypeError`` naming the argument."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number; got {type(value).__name__}")
+    value = float(value)
+    ok = math.isfinite(value) and (value > low if low_open else value >= low) and \
+        (value < high if high_open else value <= high)
+    if not ok:
+        lo = "(" if low_open else "["
+        hi = ")" if high_open else "]"
+        raise ValueError(f"{name} must be a finite number in {lo}{low:g}, {high:g}{hi}; got {value!r}")
+    return value
 
 
 def _check_choice(name: str, value: object, allowed: tuple) -> None:

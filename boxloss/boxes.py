@@ -2,7 +2,7 @@
 
 The formulas are the kernels of :mod:`boxloss.reference` (plain PyTorch, the reference every fast path is tested
 against); the public functions here only check, convert and arrange the inputs (pairwise: ``(..., N, 1, 4)``
-against ``(..., 1, M, 4)``; aligned: as given) and run the operators of :mod:`boxloss._fast`.
+against ``(..., 1, M, 4)``; aligned: as given) and run the operators of :mod:`boxloss.backends`.
 
 Conventions shared by every kernel (and documented in each public docstring):
 
@@ -21,7 +21,7 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
-from . import _fast
+from . import backends
 from ._utils import ALL_FORMATS, BOX_FORMATS, ROTATED_FORMATS, _prepare_pair
 from .reference import (  # noqa: F401 - the formulas, also reached as boxloss.boxes.<name>
     _SCORE_KERNELS,
@@ -80,8 +80,8 @@ def _box_function(kind: str, boxes1: Tensor, boxes2: Tensor, aligned: bool, fmt:
     v1, v2 = _arrange(b1, b2, aligned)  # checks the shapes
     if aligned:
         shape = torch.broadcast_shapes(v1.shape, v2.shape)
-        return 1 - _fast.aligned_loss(kind, v1.expand(shape), v2.expand(shape), eps)  # every score is 1 − loss
-    return _fast.pairwise(kind, b1, b2, eps)
+        return 1 - backends.aligned_loss(kind, v1.expand(shape), v2.expand(shape), eps)  # every score is 1 − loss
+    return backends.pairwise(kind, b1, b2, eps)
 
 
 _SHAPES_DOC = """
@@ -225,5 +225,5 @@ def complete_box_iou(boxes1: Tensor, boxes2: Tensor, *, aligned: bool = False, f
 
 
 for _fn in (box_iou, generalized_box_iou, distance_box_iou, complete_box_iou):
-    _fn.__doc__ = _fn.__doc__.replace("{shapes}", _SHAPES_DOC.strip())
+    _fn.__doc__ = _fn.__doc__.replace("{shapes}", "\n    " + _SHAPES_DOC.strip())
 del _fn

@@ -21,8 +21,8 @@ import warnings
 import torch
 
 from . import __version__
-from ._fast import backend_for, cpu, ops
-from ._fast._warn import reported
+from .backends import backend_for, cpu, ops
+from .backends._warn import reported
 
 ENV_VARS = ("BOXLOSS_FAST", "BOXLOSS_CPU_KERNEL", "BOXLOSS_TRITON", "BOXLOSS_CACHE", "CC", "TRITON_INTERPRET")
 
@@ -114,7 +114,7 @@ def build() -> dict:
     """Fill the kernel cache's first writable directory (``BOXLOSS_CACHE`` when set): the compiled C kernels
     (IoU family, loss variants, rotated boxes) and, where Triton is installed, the generated Triton modules, so
     that no first call has to build or write anything. ``{what: path}``, or ``{what: "failed: why"}``."""
-    from ._fast import kernel_cache, triton_kernels
+    from .backends import kernel_cache, triton_kernels
 
     directory = kernel_cache.first_writable()
     if directory is None:

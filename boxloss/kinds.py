@@ -12,9 +12,11 @@ kernel cache's key) does not depend on the order in which the files were importe
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Dict, NamedTuple, Tuple
 
-__all__ = ["Variant", "VARIANTS", "BASES", "register", "register_base"]
+__all__ = ["Variant", "VARIANTS", "BASES", "register", "register_base", "kind_of", "parse", "is_variant", "columns",
+           "group", "GROUPS", "SEPARATOR"]
 
 
 class Variant(NamedTuple):
@@ -42,3 +44,42 @@ def register(name: str, formula: Callable, params: Tuple[str, ...] = (), columns
 def register_base(name: str, formula: Callable) -> None:
     """Add a loss that Inner-IoU and Focaler-IoU can extend (``variant=name``)."""
     BASES[name] = formula
+
+
+# the kind strings the operators take: "name|param|param" (the parameters are runtime arguments of the kernels)
+SEPARATOR = "|"
+
+
+def is_variant(kind: str) -> bool:
+    return kind.split(SEPARATOR, 1)[0] in VARIANTS
+
+
+def columns(kind: str) -> int:
+    """Box columns of a variant kind: 4 (axis-aligned, xyxy) or 5 (rotated, cxcywhr)."""
+    return VARIANTS[kind.split(SEPARATOR, 1)[0]].columns
+
+
+def group(kind: str) -> str:
+    """The kernel library a variant lives in: ``"axis"`` or ``"rotated"``."""
+    return GROUPS[columns(kind)]
+
+
+GROUPS = {4: "axis", 5: "rotated"}
+
+
+def kind_of(name: str, *params: float) -> str:
+    """The operator's kind string of variant ``name`` with ``params`` (floats, exact through repr)."""
+    if name not in VARIANTS:
+        raise ValueError(f"unknown loss variant {name!r}")
+    return SEPARATOR.join([name, *(repr(float(x)) for x in params)])
+
+
+@functools.lru_cache(maxsize=4096)
+def parse(kind: str) -> Tuple[str, tuple, Tuple[float, ...]]:
+    """(name, registry entry, params) of a kind string."""
+    name, *raw = kind.split(SEPARATOR)
+    entry = VARIANTS[name]
+    params = tuple(float(x) for x in raw)
+    if len(params) != len(entry.params):
+        raise ValueError(f"variant {name!r} takes {len(entry.params)} parameters {entry.params}; got {params}")
+    return name, entry, params

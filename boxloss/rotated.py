@@ -5,7 +5,7 @@ degrees, counter-clockwise in the image, so that the width runs along ``u = (cos
 along ``v = (sin θ, cos θ)``. ``xywhr`` and ``xyxyxyxy`` are converted to it as ``torchvision.ops.box_convert``
 converts them.
 
-The formulas are written once against the math namespace of :mod:`boxloss.expr`, like the loss variants:
+The formulas are written once against the math namespace of ``boxloss.expr``, like the loss variants:
 evaluated on tensors they are the reference (differentiated by autograd); traced, they become the compiled CPU
 kernels (aligned losses with their gradient in one pass, and the pairwise scores without gradient), the Triton
 kernels for CUDA (the same two) and the PyTorch closed form used where neither can run.
@@ -27,13 +27,13 @@ How the intersection is computed (exactly, with no polygon clipping loop and no 
   along the first box's edge, and the same point is used to clip the second box's edge: the crossing of two
   nearly parallel lines is ill-conditioned along them, and two independent computations of it (one per edge)
   would leave the boundary open by that error, times the box's size (IoU 0.6 for a 0.0004° turn in float32).
-* Parallel lines (|sin| below 1e-15) are decided by one signed offset, used by both edges. An edge lying on an
+* Parallel lines (``|sin|`` below 1e-15) are decided by one signed offset, used by both edges. An edge lying on an
   edge of the other box is counted once when the two boxes are on the same side of it (from the first box only)
   and not at all when they are on opposite sides (touching boxes): without this rule coincident edges, which
   identical boxes, squares and boxes turned by 90° all have, would be counted twice or not at all. There is no
   snapping tolerance.
-* For nearly parallel boxes (|sin δ| < 0.01) the intersection's gradient is its exact shape derivative at the
-  clipped edges, not autograd through the crossing points (see :attr:`RotatedPair.inter`).
+* For nearly parallel boxes (``|sin δ| < 0.01``) the intersection's gradient is its exact shape derivative at the
+  clipped edges, not autograd through the crossing points (see ``RotatedPair.inter``).
 
 GIoU's enclosing region and DIoU's enclosing diagonal use the smallest rectangle enclosing both boxes that is
 aligned with the second box (the target, in the losses). It is rotation invariant, continuous, a closed form,
@@ -428,7 +428,7 @@ def _score(name):
 
 
 # pairwise kind -> score formula on the features (the pairwise kernels' reference; the CPU kernel of the IoU is
-# written by hand, boxloss/_fast/rotated_iou.c, and skips pairs whose bounding boxes are apart)
+# written by hand, boxloss/backends/rotated_iou.c, and skips pairs whose bounding boxes are apart)
 PAIRWISE_SCORES = {"rotated_iou": _score("iou"), "rotated_giou": _score("giou"), "rotated_diou": _score("diou")}
 
 

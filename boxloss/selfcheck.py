@@ -27,7 +27,9 @@ from typing import Iterator, List, Optional
 import torch
 from torch import Tensor
 
-from ._fast import KINDS, ops, variants
+from . import kinds
+from .backends import ops
+from .backends.closed_form import KINDS
 
 # typical parameter values of the variants (the public functions' defaults where they have one)
 PARAMS = {"theta": 4.0, "gamma": 0.5, "width": 640.0, "height": 480.0, "scale": 0.5, "constant": 12.8,
@@ -40,8 +42,8 @@ N = 256
 def aligned_kinds() -> List[str]:
     """Every aligned kind: the IoU family and each registered variant with typical parameters."""
     out = list(KINDS)
-    for name, entry in variants._registry().items():
-        out.append(variants.kind_of(name, *[PARAMS[p] for p in entry.params]))
+    for name, entry in kinds.VARIANTS.items():
+        out.append(kinds.kind_of(name, *[PARAMS[p] for p in entry.params]))
     return out
 
 
@@ -54,8 +56,8 @@ def pairwise_kinds() -> List[str]:
 def _columns(kind: str) -> int:
     if kind in KINDS or kind in PAIRWISE_KINDS:
         return 4
-    if variants.is_variant(kind):
-        return variants.parse(kind)[1].columns
+    if kinds.is_variant(kind):
+        return kinds.parse(kind)[1].columns
     return 5  # the rotated pairwise scores
 
 
@@ -111,11 +113,11 @@ def backends(device: torch.device) -> list:
                 ("PyTorch closed form", ops.aligned_loss_op, ops.pairwise_score_op, lambda: _compiled_cpu(False),
                  dtypes, None)]
     out = []
-    from ._fast import _triton_reason
+    from .backends.dispatch import _triton_reason
 
     why = _triton_reason(device)
     if why is None:
-        from ._fast import triton_kernels
+        from .backends import triton_kernels
 
         out.append(("Triton", triton_kernels.aligned_loss_triton, triton_kernels.pairwise_score_triton,
                     contextlib.nullcontext, (torch.float32, torch.float16, torch.bfloat16), None))

@@ -12,7 +12,7 @@ import torch
 _HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(p) for p in sorted(_HERE.iterdir()) if p.is_dir() and p.name[0] not in "._"]
 
-from boxloss._fast import cpu, ops  # noqa: E402
+from boxloss.backends import cpu, ops  # noqa: E402
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

@@ -6,8 +6,9 @@ from typing import Optional, Union
 
 from torch import Tensor
 
-from .._fast import aligned_loss, variants
+from .. import kinds
 from .._utils import BOX_FORMATS, _prepare_loss_inputs
+from ..backends import aligned_loss
 
 
 def variant_loss(name: str, params: tuple, pred: Tensor, target: Tensor, reduction: str,
@@ -16,5 +17,5 @@ def variant_loss(name: str, params: tuple, pred: Tensor, target: Tensor, reducti
     """The registered variant ``name`` with its (checked) ``params``: the reference formula, the generated C
     kernel or the generated PyTorch closed form, behind the ``boxloss::aligned_loss`` operator."""
     p, t = _prepare_loss_inputs(pred, target, reduction, weight, avg_factor, eps, fmt, formats)
-    return aligned_loss(variants.kind_of(name, *params), p, t, eps, reduction, weight, avg_factor)
+    return aligned_loss(kinds.kind_of(name, *params), p, t, eps, reduction, weight, avg_factor)
 

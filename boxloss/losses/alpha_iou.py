@@ -6,8 +6,7 @@ from typing import Optional, Union
 
 from torch import Tensor
 
-from .._fast.variants import check_param
-from .._utils import _check_choice, _fill_loss_doc
+from .._utils import _check_choice, _fill_loss_doc, check_param
 from ..kinds import register
 from ._common import variant_loss
 from ._pair import Pair
@@ -49,7 +48,7 @@ def alpha_iou_loss(pred: Tensor, target: Tensor, *, reduction: str = "mean", wei
         \mathcal{L}_{\alpha\text{-CIoU}} = 1 - \mathrm{IoU}^\alpha + \frac{\rho^{2\alpha}}{c^{2\alpha}} + (\beta v)^\alpha
 
     α-DIoU/α-CIoU follow the paper's equations, (ρ²/c²)^α. The authors' code raises each axis separately:
-    ρ^{2α} as |Δx|^{2α} + |Δy|^{2α} instead of (Δx² + Δy²)^α (with c^{2α} as (c_w² + c_h²)^α); the two agree at
+    ρ^{2α} as ``|Δx|^{2α} + |Δy|^{2α}`` instead of (Δx² + Δy²)^α (with c^{2α} as (c_w² + c_h²)^α); the two agree at
     α = 1 and for offsets along one axis, and differ otherwise (for α = 3 and a diagonal offset the authors' term is
     a quarter of the paper's). α-CIoU holds CIoU's trade-off weight β = v / (1 − IoU + v)
     constant in backward, like :func:`boxloss.ciou_loss`. ``variant="iou"`` is the textbook form: disjoint boxes

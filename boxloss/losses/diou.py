@@ -6,8 +6,8 @@ from typing import Optional, Union
 
 from torch import Tensor
 
-from .._fast import aligned_loss
 from .._utils import ALL_FORMATS, _fill_loss_doc, _prepare_loss_inputs, _rotated_kind
+from ..backends import aligned_loss
 
 __all__ = ["diou_loss"]
 

@@ -26,8 +26,7 @@ from typing import Optional, Union
 
 from torch import Tensor
 
-from .._fast.variants import check_param
-from .._utils import ROTATED_FORMATS, _check_choice, _fill_loss_doc
+from .._utils import ROTATED_FORMATS, _check_choice, _fill_loss_doc, check_param
 from ..kinds import register
 from ..rotated import DEGREE, _nan_guard, canonical
 from ._common import variant_loss

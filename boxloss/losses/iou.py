@@ -12,8 +12,8 @@ from typing import Optional, Union
 
 from torch import Tensor
 
-from .._fast import aligned_loss
 from .._utils import ALL_FORMATS, _check_choice, _fill_loss_doc, _prepare_loss_inputs, _rotated_kind
+from ..backends import aligned_loss
 
 __all__ = ["iou_loss", "log_iou_loss"]
 

@@ -7,8 +7,7 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from .._fast.variants import check_param
-from .._utils import _check_same_device, _fill_loss_doc, _prepare_loss_inputs, _reduce
+from .._utils import _check_same_device, _fill_loss_doc, _prepare_loss_inputs, _reduce, check_param
 from ..expr import TorchMath
 from ..kinds import register
 from ._common import variant_loss

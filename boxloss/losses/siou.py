@@ -6,8 +6,7 @@ from typing import Optional, Union
 
 from torch import Tensor
 
-from .._fast.variants import check_param
-from .._utils import _fill_loss_doc
+from .._utils import _fill_loss_doc, check_param
 from ..kinds import register
 from ._common import variant_loss
 from ._pair import Pair

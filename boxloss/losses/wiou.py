@@ -7,8 +7,16 @@ from typing import Optional, Union
 import torch
 from torch import Tensor, nn
 
-from .._fast.variants import check_param
-from .._utils import BOX_FORMATS, REDUCTIONS, _check_choice, _check_eps, _check_loss_inputs, _fill_loss_doc, _reduce
+from .._utils import (
+    BOX_FORMATS,
+    REDUCTIONS,
+    _check_choice,
+    _check_eps,
+    _check_loss_inputs,
+    _fill_loss_doc,
+    _reduce,
+    check_param,
+)
 from ..kinds import register
 from ._common import variant_loss
 from ._pair import Pair

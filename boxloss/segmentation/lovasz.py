@@ -67,9 +67,10 @@ def lovasz_softmax_loss(logits: Tensor, target: Tensor, *, classes: Union[str, S
         batch (attached to the graph).
 
     Raises:
-        TypeError / ValueError: non-tensor or integer logits, a target of the wrong shape or dtype, an unknown
-        ``classes`` value, out-of-range ``classes`` indices, or target labels outside [0, C) that are not
-        ``ignore_index`` (as ``F.cross_entropy``; one synchronisation on CUDA).
+        TypeError: non-tensor or integer logits, or a target of the wrong dtype.
+        ValueError: a target of the wrong shape, an unknown ``classes`` value, out-of-range ``classes`` indices,
+            or target labels outside [0, C) that are not ``ignore_index`` (as ``F.cross_entropy``; one
+            synchronisation on CUDA).
 
     Reference:
         Berman, Rannen Triki, Blaschko, "The Lovász-Softmax loss: A tractable surrogate for the optimization of

@@ -13,11 +13,11 @@ import pytest
 import torch
 
 import boxloss
-from boxloss._fast import _warn, cpu
+from boxloss.backends import _warn, cpu
 
 SNIPPET = """
 import json, warnings, torch, boxloss
-from boxloss._fast import cpu
+from boxloss.backends import cpu
 warnings.simplefilter("always")
 p = torch.tensor([[0., 0., 2., 2.], [0., 0., 1., 1.]]); t = torch.tensor([[1., 1., 3., 3.], [2., 0., 3., 1.]])
 with warnings.catch_warnings(record=True) as caught:
@@ -150,35 +150,34 @@ def test_cuda_dispatch_decisions_without_a_gpu(monkeypatch):
     warning per cause, and none for the explicit BOXLOSS_TRITON=0."""
     import types
 
-    from boxloss import _fast
-    from boxloss._fast import ops, triton_kernels
+    from boxloss.backends import dispatch, ops, triton_kernels
 
     def fake(dtype):
         return types.SimpleNamespace(device=torch.device("cuda", 0), dtype=dtype)
 
-    monkeypatch.setattr(_fast, "_triton_reason", lambda device: None)
-    assert _fast._ops_for(fake(torch.float32)) == (triton_kernels.aligned_loss_triton,
+    monkeypatch.setattr(dispatch, "_triton_reason", lambda device: None)
+    assert dispatch._ops_for(fake(torch.float32)) == (triton_kernels.aligned_loss_triton,
                                                    triton_kernels.pairwise_score_triton)
-    assert _fast._ops_for(fake(torch.bfloat16))[0] is triton_kernels.aligned_loss_triton
-    assert _fast._ops_for(fake(torch.float64)) == (ops.aligned_loss_op, ops.pairwise_score_op)
+    assert dispatch._ops_for(fake(torch.bfloat16))[0] is triton_kernels.aligned_loss_triton
+    assert dispatch._ops_for(fake(torch.float64)) == (ops.aligned_loss_op, ops.pairwise_score_op)
     _warn.forget("triton")
-    monkeypatch.setattr(_fast, "_triton_reason", lambda device: "switched off by BOXLOSS_TRITON=0")
+    monkeypatch.setattr(dispatch, "_triton_reason", lambda device: "switched off by BOXLOSS_TRITON=0")
     with warnings.catch_warnings():
         warnings.simplefilter("error", boxloss.FastPathWarning)
-        assert _fast._ops_for(fake(torch.float32))[0] is ops.aligned_loss_op
-    monkeypatch.setattr(_fast, "_triton_reason", lambda device: "Tesla K80 has compute capability 3.7; ...")
+        assert dispatch._ops_for(fake(torch.float32))[0] is ops.aligned_loss_op
+    monkeypatch.setattr(dispatch, "_triton_reason", lambda device: "Tesla K80 has compute capability 3.7; ...")
     with pytest.warns(boxloss.FastPathWarning, match="compute capability 3.7"):
-        assert _fast._ops_for(fake(torch.float32))[0] is ops.aligned_loss_op
+        assert dispatch._ops_for(fake(torch.float32))[0] is ops.aligned_loss_op
     with warnings.catch_warnings():
         warnings.simplefilter("error", boxloss.FastPathWarning)
-        _fast._ops_for(fake(torch.float16))  # the same cause is not reported twice
-    monkeypatch.setattr(_fast, "_triton_reason", lambda device: None)
-    monkeypatch.setattr(_fast, "_broken_triton", {0})  # a kernel failed on this device earlier
-    assert _fast._ops_for(fake(torch.float32))[0] is ops.aligned_loss_op
+        dispatch._ops_for(fake(torch.float16))  # the same cause is not reported twice
+    monkeypatch.setattr(dispatch, "_triton_reason", lambda device: None)
+    monkeypatch.setattr(dispatch, "_broken_triton", {0})  # a kernel failed on this device earlier
+    assert dispatch._ops_for(fake(torch.float32))[0] is ops.aligned_loss_op
 
 
 def test_triton_unavailable_reasons(monkeypatch):
-    from boxloss._fast import triton_kernels
+    from boxloss.backends import triton_kernels
 
     monkeypatch.setenv("BOXLOSS_TRITON", "0")
     assert triton_kernels.unavailable_reason(torch.device("cuda", 0)) == "switched off by BOXLOSS_TRITON=0"

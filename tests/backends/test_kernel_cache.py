@@ -6,7 +6,7 @@ import os
 import pytest
 
 import boxloss
-from boxloss._fast import kernel_cache, variants
+from boxloss.backends import generated, kernel_cache
 
 
 @pytest.fixture
@@ -75,7 +75,7 @@ def test_python_module_is_written_once_and_reused(only_cache):
 def test_the_generated_triton_modules_come_from_the_cache(only_cache):
     cache = only_cache
     pytest.importorskip("triton")
-    from boxloss._fast import triton_kernels
+    from boxloss.backends import triton_kernels
 
     pairwise = triton_kernels.generated_pairwise_module()
     aligned = triton_kernels.generated_aligned_module()
@@ -85,7 +85,7 @@ def test_the_generated_triton_modules_come_from_the_cache(only_cache):
 
     assert set(pairwise.KERNELS) == set(PAIRWISE_SCORES)
     with open(pairwise.__file__) as f:
-        assert f.read() == variants.triton_source()
+        assert f.read() == generated.triton_source()
 
 
 def test_no_generated_code_in_the_package():
@@ -103,7 +103,7 @@ def test_info_build_fills_the_cache(cache, capsys):
     # into BOXLOSS_CACHE even when another cache directory holds the kernels already (copied, not rebuilt), so
     # that the directory can be shipped to a read-only or offline deployment
     from boxloss import info
-    from boxloss._fast import cpu, triton_kernels
+    from boxloss.backends import cpu, triton_kernels
 
     try:
         assert info.main(["--build"]) == 0

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from boxloss import info, selfcheck
-from boxloss._fast import cpu
-from boxloss._fast.variants import kind_of
+from boxloss.backends import cpu
+from boxloss.kinds import kind_of
 
 
 @pytest.fixture

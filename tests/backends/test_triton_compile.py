@@ -10,7 +10,7 @@ import pytest
 
 triton = pytest.importorskip("triton")
 
-from boxloss._fast import triton_kernels  # noqa: E402
+from boxloss.backends import triton_kernels  # noqa: E402
 
 ARCHS = "80,90"
 

@@ -15,7 +15,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from boxloss._fast import triton_kernels
+from boxloss.backends import triton_kernels
 
 
 def registers(ptx: str, arch: int) -> str:
@@ -47,7 +47,7 @@ def main() -> int:
         elif module == "generated_pairwise":  # the generated rotated pairwise scores, likewise
             fn = getattr(triton_kernels.generated_pairwise_module(), attr)
         else:
-            fn = getattr(importlib.import_module(f"boxloss._fast.{module}") if module else triton_kernels, attr)
+            fn = getattr(importlib.import_module(f"boxloss.backends.{module}") if module else triton_kernels, attr)
         start = time.perf_counter()
         try:
             kernel = triton.compile(ASTSource(fn, signature, constexprs), target=GPUTarget("cuda", arch, 32),

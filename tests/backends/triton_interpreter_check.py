@@ -1,4 +1,4 @@
-"""Run by tests/backends/test_fast.py in a subprocess with TRITON_INTERPRET=1: the Triton kernels and their operators on
+"""Run by tests/backends/test_dispatch.py in a subprocess with TRITON_INTERPRET=1: the Triton kernels and their operators on
 CPU tensors, through Triton's interpreter, against the plain-PyTorch reference. Prints one line per check and
 exits non-zero on a mismatch."""
 
@@ -12,8 +12,9 @@ sys.path[:0] = [str(TESTS), str(TESTS / "core")]  # conftest's helpers, test_edg
 from conftest import disjoint_pairs, overlapping_pairs, random_boxes  # noqa: E402
 from test_edges import _all_pairs  # noqa: E402
 
-from boxloss._fast import ops, triton_kernels  # noqa: E402
-from boxloss._fast.fused import KINDS  # noqa: E402
+from boxloss import kinds  # noqa: E402
+from boxloss.backends import ops, triton_kernels  # noqa: E402
+from boxloss.backends.closed_form import KINDS  # noqa: E402
 
 NAN = float("nan")
 
@@ -108,7 +109,6 @@ def main() -> int:
     # the axis-aligned variants: their generated kernels (NaN-propagating maximum and minimum) against the
     # compiled CPU kernels of the same formulas, on overlapping, disjoint and degenerate pairs with a NaN row, from
     # float32 and (read natively) float16 boxes
-    from boxloss._fast import variants
     from boxloss.kinds import VARIANTS
 
     params = {"theta": 4.0, "gamma": 0.5, "width": 640.0, "height": 480.0, "scale": 0.5, "constant": 12.8,
@@ -118,7 +118,7 @@ def main() -> int:
     xp, xt = torch.cat([xp, dp]), torch.cat([xt, dt])
     xp[0, 2] = float("nan")
     for name in sorted(n for n, v in VARIANTS.items() if v.columns == 4):
-        kind = variants.kind_of(name, *[params[k] for k in VARIANTS[name].params])
+        kind = kinds.kind_of(name, *[params[k] for k in VARIANTS[name].params])
         for dtype in (torch.float32, torch.float16):
             bp, bt = xp.to(dtype), xt.to(dtype)
             got = triton_kernels.launch_generated_aligned(kind, bp, bt, None, None, 1e-7, False, 1.0, True, True)

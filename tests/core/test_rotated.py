@@ -14,9 +14,9 @@ import torch
 from conftest import assert_close
 
 import boxloss
-from boxloss import rotated
-from boxloss._fast import ops, variants
+from boxloss import kinds, rotated
 from boxloss._utils import _reduce
+from boxloss.backends import generated, ops
 from boxloss.kinds import VARIANTS
 
 shapely = pytest.importorskip("shapely")
@@ -305,7 +305,7 @@ def mixed_pairs(dtype=torch.float64):
 def _reference_and_grads(kind, p, t, eps=1e-7):
     pr = p.detach().clone().requires_grad_()
     tr = t.detach().clone().requires_grad_()
-    loss = variants.reference(kind, pr, tr, eps)
+    loss = generated.reference(kind, pr, tr, eps)
     gp, gt = torch.autograd.grad(loss.sum(), (pr, tr), allow_unused=True)
     return loss.detach(), gp, gt
 
@@ -313,7 +313,7 @@ def _reference_and_grads(kind, p, t, eps=1e-7):
 def _kind(name):
     fn, options = CALLS[name]
     params = VARIANTS[name].params
-    return variants.kind_of(name, *[options[k] for k in params])
+    return kinds.kind_of(name, *[options[k] for k in params])
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -340,7 +340,7 @@ def test_the_hand_written_pairwise_iou_equals_the_formula():
         fast = ops.pairwise_score_op(p[None], t[None], "rotated_iou", 1e-7)[0]
         ref = ops.reference_pairwise("rotated_iou", p[None], t[None], 1e-7)[0]
         assert_close(fast, ref, dtype, atol=1e-12 if dtype == torch.float64 else 1e-6)
-    assert "boxloss_rotated_iou_pairwise" == variants.pairwise_symbol("rotated_iou")
+    assert "boxloss_rotated_iou_pairwise" == generated.pairwise_symbol("rotated_iou")
 
 
 def test_pairwise_without_compiled_kernel_equals_the_kernel(monkeypatch):
@@ -362,7 +362,7 @@ def test_gradcheck(backend, name):
         # definition: the gradient is autograd's of the formula; finite differences apply to the prediction's
         # offset and angle where the target is the larger box (the anchor does not move with them)
         got = torch.autograd.grad(call(name, p, t, reduction="sum"), (p, t))
-        with boxloss._fast.reference_path():
+        with boxloss.backends.reference_path():
             want = torch.autograd.grad(call(name, p, t, reduction="sum"), (p, t))
         for g, w in zip(got, want):
             assert_close(g, w)
@@ -674,7 +674,7 @@ def test_compile_trace_and_func():
     pd = p.detach().double()
     td = t.double()
     h = torch.func.hessian(lambda a: boxloss.probiou_loss(a, td[:3], reduction="sum"))(pd[:3])
-    with boxloss._fast.reference_path():
+    with boxloss.backends.reference_path():
         assert_close(h, torch.func.hessian(lambda a: boxloss.probiou_loss(a, td[:3], reduction="sum"))(pd[:3]))
     v = torch.func.vmap(lambda a: boxloss.diou_loss(a, td, fmt="cxcywhr", reduction="none"))(pd[None].expand(2, -1, -1))
     assert_close(v[1], boxloss.diou_loss(pd, td, fmt="cxcywhr", reduction="none"))
@@ -689,11 +689,11 @@ def test_opcheck_on_a_rotated_kind(backend):
 
 
 def test_the_rotated_library_is_generated_and_built():
-    source = variants.c_source("rotated")
+    source = generated.c_source("rotated")
     for name in CALLS:
-        assert f"void {variants.symbol(name)}_f32(" in source
+        assert f"void {generated.symbol(name)}_f32(" in source
     assert "boxloss_rotated_iou_pairwise" in source and "boxloss_pw_rotated_giou_f64" in source
-    from boxloss._fast import cpu
+    from boxloss.backends import cpu
 
     if cpu.load() is not None:
         assert cpu.load_variants("rotated") is not None
@@ -737,15 +737,15 @@ def test_closed_form_chunks_bound_the_graph_memory_on_accelerators():
     # on CUDA the aligned rotated losses run the generated closed form, which keeps one value per graph node and
     # box until the reverse pass: the chunk keeps that under CLOSED_FORM_BYTES
     for kind in ("rotated_iou_distance", "rotated_giou", _kind("kld_log1p"), _kind("kfiou_none")):
-        rows = variants.closed_form_rows(kind, 4)
-        nodes = len(variants._program(variants.parse(kind)[0])[0])
-        assert 1024 <= rows and 2 * nodes * rows * 4 <= variants.CLOSED_FORM_BYTES
+        rows = generated.closed_form_rows(kind, 4)
+        nodes = len(generated._program(kinds.parse(kind)[0])[0])
+        assert 1024 <= rows and 2 * nodes * rows * 4 <= generated.CLOSED_FORM_BYTES
 
 
 def test_every_kind_takes_the_devices_kernel(monkeypatch):
     # on CUDA, _ops_for gives the Triton operators: the rotated kinds and the axis-aligned variants (kernels
     # generated from their formulas) go there, as the classic losses do
-    from boxloss import _fast
+    from boxloss.backends import dispatch
 
     calls = []
 
@@ -753,13 +753,13 @@ def test_every_kind_takes_the_devices_kernel(monkeypatch):
         calls.append(args[4])
         return ops.aligned_loss_op(*args)
 
-    monkeypatch.setattr(_fast, "_ops_for", lambda x: (fake_op, ops.pairwise_score_op))
-    monkeypatch.setattr(_fast, "_run_guarded", lambda x, call, op, fallback, *args: call(op, *args))
+    monkeypatch.setattr(dispatch, "_ops_for", lambda x: (fake_op, ops.pairwise_score_op))
+    monkeypatch.setattr(dispatch, "_run_guarded", lambda x, call, op, fallback, *args: call(op, *args))
     p, t = near_pairs(4, 50)
     boxloss.giou_loss(p, t, fmt="cxcywhr")
     boxloss.kld_loss(p, t)
     boxloss.siou_loss(p[:, :4], p[:, :4] + 1)
-    assert calls == ["rotated_giou", variants.kind_of("kld_log1p", 1.0), variants.kind_of("siou", 4.0)]
+    assert calls == ["rotated_giou", kinds.kind_of("kld_log1p", 1.0), kinds.kind_of("siou", 4.0)]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -806,7 +806,7 @@ def test_near_parallel_pairwise_iou_matches_float64():
     want = boxloss.box_iou(p.double(), t.double(), fmt="cxcywhr")
     got = boxloss.box_iou(p, t, fmt="cxcywhr")  # the hand-written C kernel on the diagonal, the skip elsewhere
     assert (got.double() - want).abs().max() < 1e-5
-    with boxloss._fast.reference_path():
+    with boxloss.backends.reference_path():
         ref = boxloss.box_iou(p, t, fmt="cxcywhr")
     assert (ref.double() - want).abs().max() < 1e-5
 
@@ -825,7 +825,7 @@ def test_review_reproducers_near_parallel():
         if path == "fast":
             loss = boxloss.iou_loss(p, t, fmt="cxcywhr")
         else:
-            with boxloss._fast.reference_path():
+            with boxloss.backends.reference_path():
                 loss = boxloss.iou_loss(p, t, fmt="cxcywhr")
         loss.backward()
         # true: 1 − IoU = 2.18e-5 and dθ = +0.0218 (was 0.0170 and −16.9 on the fast path)
@@ -932,7 +932,7 @@ def test_probiou_of_two_points_apart_has_finite_gradients_on_the_reference_path(
         for path in ("fast", "reference"):
             x, y = a.clone().requires_grad_(), b.clone().requires_grad_()
             if path == "reference":
-                with boxloss._fast.reference_path():
+                with boxloss.backends.reference_path():
                     loss = boxloss.probiou_loss(x, y, mode=mode, reduction="sum")
             else:
                 loss = boxloss.probiou_loss(x, y, mode=mode, reduction="sum")
@@ -948,7 +948,7 @@ def test_pairwise_rotated_iou_propagates_nan_to_far_apart_pairs():
     b = torch.tensor([[0.0, 500.0, 10.0, 10.0, 0.0], [1.0, 1.0, 10.0, 10.0, 0.0]], dtype=torch.float64)
     for dtype in (torch.float32, torch.float64):
         got = boxloss.box_iou(a.to(dtype), b.to(dtype), fmt="cxcywhr")
-        with boxloss._fast.reference_path():
+        with boxloss.backends.reference_path():
             ref = boxloss.box_iou(a.to(dtype), b.to(dtype), fmt="cxcywhr")
         assert torch.isnan(got[0]).all() and torch.isnan(ref[0]).all()
         assert got[1, 0] == 0 and torch.isfinite(got[1]).all()

@@ -14,9 +14,9 @@ import torch
 from conftest import assert_close, disjoint_pairs, overlapping_pairs
 
 import boxloss
-from boxloss import expr
-from boxloss._fast import ops, variants
+from boxloss import expr, kinds
 from boxloss._utils import _reduce
+from boxloss.backends import generated, ops
 from boxloss.kinds import VARIANTS as ALL_VARIANTS
 from boxloss.losses.bases import BASES
 
@@ -63,10 +63,10 @@ def _mixed_pairs(n=600, seed=0, dtype=torch.float64):
 
 
 def _reference_and_grads(name, params, p, t, eps=1e-7):
-    kind = variants.kind_of(name, *params)
+    kind = kinds.kind_of(name, *params)
     pr = p.detach().clone().requires_grad_()
     tr = t.detach().clone().requires_grad_()
-    loss = variants.reference(kind, pr, tr, eps)
+    loss = generated.reference(kind, pr, tr, eps)
     gp, gt = torch.autograd.grad(loss.sum(), (pr, tr), allow_unused=True)
     return loss.detach(), gp if gp is not None else torch.zeros_like(p), gt if gt is not None else torch.zeros_like(t)
 
@@ -88,7 +88,7 @@ def _params_of(name):
 def test_kernels_equal_the_formula_and_its_autograd(backend, name, dtype):
     p, t = _mixed_pairs(dtype=dtype)
     params = _params_of(name)
-    kind = variants.kind_of(name, *params)
+    kind = kinds.kind_of(name, *params)
     loss, gp, gt = ops.aligned_loss_op(p, t, None, None, kind, 1e-7, False, 1.0, True, True)
     # (the reference in the same dtype: at the kinks, e.g. equal widths, both must take the same side)
     ref, rgp, rgt = _reference_and_grads(name, params, p, t)
@@ -118,7 +118,7 @@ def test_gradcheck_on_overlapping_and_disjoint_pairs(backend, name):
             # (test_second_derivatives_equal_the_reference)
             loss = fn(p, t, reduction="sum", **options)
             got = torch.autograd.grad(loss, (p, t))
-            with boxloss._fast.reference_path():
+            with boxloss.backends.reference_path():
                 want = torch.autograd.grad(fn(p, t, reduction="sum", **options), (p, t))
             for g, w in zip(got, want):
                 assert_close(g, w)
@@ -218,7 +218,7 @@ def test_second_derivatives_equal_the_reference(name):
     f = lambda a: fn(a, t, reduction="sum", **options)  # noqa: E731
     got = torch.func.grad(f)(p)
     hess = torch.func.hessian(f)(p)
-    with boxloss._fast.reference_path():
+    with boxloss.backends.reference_path():
         assert_close(got, torch.func.grad(f)(p))
         assert_close(hess, torch.func.hessian(f)(p))
     assert_close(torch.func.vmap(lambda a: fn(a, t, reduction="none", **options))(p[None].expand(3, -1, -1))[1],
@@ -244,7 +244,7 @@ def test_compile_and_trace_record_the_operator():
     p2 = (p.detach() + 0.1).requires_grad_()
     out = traced(p2, t)
     (g,) = torch.autograd.grad(out.sum(), p2)  # traced without requires_grad: the gradient is still exact
-    with boxloss._fast.reference_path():
+    with boxloss.backends.reference_path():
         want = boxloss.eiou_loss(p2, t, reduction="none")
         (wg,) = torch.autograd.grad(want.sum(), p2)
     torch.testing.assert_close(out, want)
@@ -254,15 +254,15 @@ def test_compile_and_trace_record_the_operator():
 @pytest.mark.parametrize("name", ["siou", "wiou", "alpha_iou_giou"])
 def test_the_variant_kind_passes_opcheck(backend, name):
     p, t = overlapping_pairs(12, seed=13, dtype=torch.float32)
-    kind = variants.kind_of(name, *_params_of(name))
+    kind = kinds.kind_of(name, *_params_of(name))
     torch.library.opcheck(torch.ops.boxloss.aligned_loss.default,
                           (p.requires_grad_(), t, None, None, kind, 1e-7, False, 1.0, True, False))
 
 
 def test_the_c_source_is_generated_from_the_formulas():
-    source = variants.c_source()
-    for name in VARIANTS:  # (the rotated kinds: variants.c_source("rotated"), tests/core/test_rotated.py)
-        assert f"void {variants.symbol(name)}_f32(" in source and f"void {variants.symbol(name)}_f64(" in source
+    source = generated.c_source()
+    for name in VARIANTS:  # (the rotated kinds: generated.c_source("rotated"), tests/core/test_rotated.py)
+        assert f"void {generated.symbol(name)}_f32(" in source and f"void {generated.symbol(name)}_f64(" in source
     # a formula that branches in Python on a traced value is refused with a clear message
     with pytest.raises(TypeError, match="m.where"):
         expr.trace(lambda p, t, m: p[0] if p[0] > t[0] else t[0], 0)
@@ -338,7 +338,7 @@ def _fast_and_reference(fn, p, t):
     for path in ("fast", "reference"):
         x = p.clone().requires_grad_()
         if path == "reference":
-            with boxloss._fast.reference_path():
+            with boxloss.backends.reference_path():
                 loss = fn(x, t)
         else:
             loss = fn(x, t)

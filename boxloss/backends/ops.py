@@ -11,13 +11,13 @@ bool reduce, float scale, bool need_pred, bool need_target) -> (Tensor, Tensor, 
     ``weight``, no division without ``divisor``) and the gradients of that scalar — the weighted mean or sum in
     the same pass over the boxes. Outputs are float64 for float64 input, float32 otherwise; a gradient that is
     not needed is an empty tensor. Implementation: the compiled C kernel on the CPU, else the PyTorch closed
-    form of :mod:`boxloss._fast.fused` (any device).
+    form of :mod:`boxloss.backends.closed_form` (any device).
 ``boxloss::pairwise_score(Tensor boxes1, Tensor boxes2, str kind, float eps) -> Tensor``
     ``(B, n, 4) × (B, m, 4) → (B, n, m)`` scores, written straight into the output (C kernel on the CPU, else
     the reference in row chunks).
 ``boxloss::aligned_loss_triton``, ``boxloss::pairwise_score_triton``
     The same schemas on CUDA through Triton (``torch.library.triton_op``, so Inductor sees the kernels);
-    defined in :mod:`boxloss._fast.triton_kernels`.
+    defined in :mod:`boxloss.backends.triton_kernels`.
 
 Autograd, registered on every operator (what ``jit.trace``, ``torch.export`` and ``torch.compile`` use) and
 repeated in an ``autograd.Function`` that eager code goes through (``torch.func`` transforms and forward-mode
@@ -40,7 +40,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from . import cpu, fused, variants
+from .. import kinds
+from . import closed_form, cpu, generated
 
 __all__ = ["aligned_loss_op", "pairwise_score_op", "call_pairwise", "EagerAligned", "AlignedLoss", "PairwiseScore"]
 
@@ -62,7 +63,7 @@ def cpu_library():
 def variant_library(kind: str = "axis"):
     """The compiled CPU kernel of the loss variants or rotated losses (C generated from their formulas) that
     holds ``kind``, or None."""
-    which = kind if kind in ("axis", "rotated") else variants.group(kind)
+    which = kind if kind in ("axis", "rotated") else kinds.group(kind)
     return cpu.load_variants(which) if USE_COMPILED_CPU else None
 
 
@@ -84,8 +85,8 @@ def reference_aligned(kind, p, t, weight, divisor, eps, reduce, scale):
     from ..reference import _reference_loss
 
     cd = compute_dtype(p.dtype)
-    if variants.is_variant(kind):
-        loss = variants.reference(kind, p.to(cd), t.to(cd), eps)
+    if kinds.is_variant(kind):
+        loss = generated.reference(kind, p.to(cd), t.to(cd), eps)
     else:
         loss = _reference_loss(kind, p.to(cd), t.to(cd), eps)
     if not reduce:
@@ -124,12 +125,12 @@ def _aligned_fake(pred, target, weight, divisor, kind, eps, reduce, scale, need_
 def _closed_form(kind, p, t, eps, need_p, need_t):
     """The PyTorch closed form in cache-sized chunks (any device): per-box loss and local gradients."""
     n = p.shape[0]
-    variant = variants.is_variant(kind)
+    variant = kinds.is_variant(kind)
     if p.device.type == "cpu":
         chunk = CPU_CHUNK
     else:  # one chunk for the fused kinds; the generated graphs hold one value per node and box: bounded chunks
-        chunk = variants.closed_form_rows(kind, p.element_size()) if variant else max(n, 1)
-    step = variants.closed_form_chunk if variant else fused.fused_loss_and_grad
+        chunk = generated.closed_form_rows(kind, p.element_size()) if variant else max(n, 1)
+    step = generated.closed_form_chunk if variant else closed_form.fused_loss_and_grad
     loss = p.new_empty(n)
     grad_p = p.new_empty(n, p.shape[1]) if need_p else p.new_empty(0)
     grad_t = p.new_empty(n, p.shape[1]) if need_t else p.new_empty(0)
@@ -151,12 +152,12 @@ def aligned_loss_op(pred: Tensor, target: Tensor, weight: Optional[Tensor], divi
     cd = compute_dtype(pred.dtype)
     p = pred.to(cd).contiguous()
     t = target.to(cd).contiguous()
-    variant = variants.is_variant(kind)
+    variant = kinds.is_variant(kind)
     lib = (variant_library(kind) if variant else cpu_library()) if p.device.type == "cpu" else None
     if lib is not None:
         if variant:
-            name, _, params = variants.parse(kind)
-            run = functools.partial(cpu.run_variant, lib, variants.symbol(name), params)
+            name, _, params = kinds.parse(kind)
+            run = functools.partial(cpu.run_variant, lib, generated.symbol(name), params)
         else:
             run = functools.partial(cpu.run, lib, kind)
         if not reduce:
@@ -325,7 +326,7 @@ class AlignedLoss(torch.autograd.Function):
     def jvp(ctx, _op, d_pred, d_target, d_weight, d_divisor, *_):
         if d_weight is not None or d_divisor is not None:
             raise NotImplementedError("boxloss: forward-mode AD with respect to weight or avg_factor is not "
-                                      "supported on the fast path; run it under boxloss._fast.reference_path()")
+                                      "supported on the fast path; run it under boxloss.backends.reference_path()")
         gp, gt = ctx.saved_tensors
         reduce = ctx.args[2]
         out = None
@@ -364,7 +365,7 @@ def pairwise_score_op(boxes1: Tensor, boxes2: Tensor, kind: str, eps: float) -> 
             from ..rotated import box_features
 
             # the second set column-major: the kernel's inner loop reads it contiguously
-            return cpu.run_generated_pairwise(lib, variants.pairwise_symbol(kind), box_features(a).contiguous(),
+            return cpu.run_generated_pairwise(lib, generated.pairwise_symbol(kind), box_features(a).contiguous(),
                                               box_features(b).transpose(1, 2).contiguous(), eps)
         return cpu.run_pairwise(lib, kind, a, b, eps)
     batch, n, m = a.shape[0], a.shape[1], b.shape[1]

@@ -1,13 +1,13 @@
-"""The compiled CPU kernel: ``aligned.c`` built with the system C compiler at first use, called through ctypes.
+"""The compiled CPU kernel: ``classic.c`` built with the system C compiler at first use, called through ctypes.
 
 No build step at install and no PyTorch headers: a plain C function over contiguous float arrays, compiled
 once per machine into a cache directory (a few seconds), and entered only through the ``boxloss``
-operators of :mod:`boxloss._fast.ops` (so ``torch.compile``, ``jit.trace`` and ``torch.func`` see an operator,
+operators of :mod:`boxloss.backends.ops` (so ``torch.compile``, ``jit.trace`` and ``torch.func`` see an operator,
 never this pointer call).
 
 Where the library comes from, in order:
 
-1. The kernel cache (:mod:`boxloss._fast.kernel_cache`: ``BOXLOSS_CACHE`` when set, else ``~/.cache/boxloss``,
+1. The kernel cache (:mod:`boxloss.backends.kernel_cache`: ``BOXLOSS_CACHE`` when set, else ``~/.cache/boxloss``,
    else ``<tmp>/boxloss-cache``): the first directory holding a library built from this source, with these
    flags, for this CPU, whose checksum matches the one written beside it. A read-only directory is fine (a
    prebuilt kernel is used as it is; ``python -m boxloss.info --build`` fills one ahead of time).
@@ -39,9 +39,9 @@ from torch import Tensor
 
 from . import kernel_cache
 from ._warn import warn_once
-from .fused import KIND_CODES, PAIRWISE_CODES
+from .closed_form import KIND_CODES, PAIRWISE_CODES
 
-SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "aligned.c")
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "classic.c")
 # The kernels must compute what the reference computes: each multiply and add rounded on its own, as PyTorch's
 # element-wise ops do. -ffp-contract=off forbids fusing them into FMAs (GCC's default for -march=native on CPUs
 # with FMA is to fuse, which moved identical-box losses off 0); no -ffast-math or -Ofast. -fno-trapping-math
@@ -136,7 +136,7 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     return lib
 
 
-# the generated kernels take aligned.c's arguments, their parameters' pointer where it takes the kind
+# the generated kernels take classic.c's arguments, their parameters' pointer where it takes the kind
 VARIANT_ARGTYPES = ([ctypes.c_void_p] * 7 + [ctypes.c_long, ctypes.c_double, ctypes.c_double, ctypes.c_void_p,
                                              ctypes.c_int])
 
@@ -268,28 +268,28 @@ class KernelLibrary:
 
 
 def _read_core_source() -> str:
-    """aligned.c with the shared runtime (``bl_runtime.h``) in place of its include: one text, compiled from the
+    """classic.c with the shared runtime (``bl_runtime.h``) in place of its include: one text, compiled from the
     cache directory and keyed by the kernel cache as a whole."""
-    from . import variants
+    from . import generated
 
     with open(SOURCE) as f:
         text = f.read()
-    if variants.C_RUNTIME_INCLUDE not in text:
-        raise RuntimeError(f"{SOURCE} does not include the shared runtime ({variants.C_RUNTIME_INCLUDE})")
-    return text.replace(variants.C_RUNTIME_INCLUDE, variants.c_runtime(), 1)
+    if generated.C_RUNTIME_INCLUDE not in text:
+        raise RuntimeError(f"{SOURCE} does not include the shared runtime ({generated.C_RUNTIME_INCLUDE})")
+    return text.replace(generated.C_RUNTIME_INCLUDE, generated.c_runtime(), 1)
 
 
 def _variants_source(which: str = "axis") -> str:
-    from . import variants
+    from . import generated
 
-    return variants.c_source(which)
+    return generated.c_source(which)
 
 
 def _declare_variants(lib: ctypes.CDLL, which: str = "axis") -> ctypes.CDLL:
-    from . import variants
+    from . import generated
 
     _declare_wait(lib)
-    for symbol in variants.c_symbols(which):
+    for symbol in generated.c_symbols(which):
         fn = getattr(lib, symbol)
         fn.restype = None
         fn.argtypes = VARIANT_ARGTYPES
@@ -298,13 +298,13 @@ def _declare_variants(lib: ctypes.CDLL, which: str = "axis") -> ctypes.CDLL:
 
         for kind in PAIRWISE_SCORES:
             for sfx in ("_f32", "_f64"):
-                fn = getattr(lib, variants.pairwise_symbol(kind) + sfx)
+                fn = getattr(lib, generated.pairwise_symbol(kind) + sfx)
                 fn.restype = None
                 fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_long] * 3 + [ctypes.c_double, ctypes.c_int]
     return lib
 
 
-CORE = KernelLibrary("IoU, GIoU, DIoU and CIoU (aligned.c)", "boxloss_aligned", _read_core_source, _declare)
+CORE = KernelLibrary("IoU, GIoU, DIoU and CIoU (classic.c)", "boxloss_aligned", _read_core_source, _declare)
 VARIANTS = KernelLibrary("the loss variants (generated from their formulas)", "boxloss_variants", _variants_source,
                          _declare_variants)
 ROTATED = KernelLibrary("the rotated-box losses and scores (generated from their formulas)", "boxloss_rotated",
@@ -313,7 +313,7 @@ LIBRARIES = {"axis": VARIANTS, "rotated": ROTATED}
 
 
 def load() -> Optional[ctypes.CDLL]:
-    """The compiled kernel of aligned.c, found or built on first call; ``None`` (with a warning) where it cannot
+    """The compiled kernel of classic.c, found or built on first call; ``None`` (with a warning) where it cannot
     be."""
     return CORE.load()
 
@@ -352,7 +352,7 @@ def variants_status(which: str = "axis") -> dict:
 # per box on one thread).
 GRAIN = {"aligned": 131072, "aligned_calls": 32768, "aligned_rotated": 2048, "pairwise": 2097152,
          "pairwise_rotated": 16384, "scale": 1048576}
-CALL_FREE_KINDS = ("iou", "iou_distance", "giou", "diou")  # aligned.c's kinds whose loop makes no library call
+CALL_FREE_KINDS = ("iou", "iou_distance", "giou", "diou")  # classic.c's kinds whose loop makes no library call
 
 
 # A busy machine. A parallel call waits at its end for its slowest thread; when another process holds that

@@ -1,11 +1,11 @@
 """Fast paths behind one dispatch point.
 
 Every box function and loss calls :func:`aligned_loss` or :func:`pairwise` here; this module picks the backend
-for the tensors' device and calls the matching ``boxloss`` operator (:mod:`boxloss._fast.ops`):
+for the tensors' device and calls the matching ``boxloss`` operator (:mod:`boxloss.backends.ops`):
 
-* CPU: the compiled C kernel (:mod:`boxloss._fast.cpu`); without a working C compiler, the PyTorch closed form
-  of :mod:`boxloss._fast.fused` in cache-sized chunks (reported once with a :class:`FastPathWarning`).
-* CUDA: the Triton kernels (:mod:`boxloss._fast.triton_kernels`) on a GPU Triton supports; else, or when a
+* CPU: the compiled C kernel (:mod:`boxloss.backends.cpu`); without a working C compiler, the PyTorch closed form
+  of :mod:`boxloss.backends.closed_form` in cache-sized chunks (reported once with a :class:`FastPathWarning`).
+* CUDA: the Triton kernels (:mod:`boxloss.backends.triton_kernels`) on a GPU Triton supports; else, or when a
   kernel fails to compile or launch, the PyTorch closed form (reported once per cause).
 * Any other device: the PyTorch closed form.
 
@@ -25,9 +25,10 @@ from typing import Iterator, Optional, Union
 import torch
 from torch import Tensor
 
-from . import cpu, ops, variants
+from .. import kinds
+from . import cpu, ops
 from ._warn import FastPathWarning, warn_once
-from .fused import KINDS
+from .closed_form import KINDS
 
 __all__ = ["aligned_loss", "pairwise", "set_fast_path", "fast_path_enabled", "reference_path", "FastPathWarning",
            "backend_for"]
@@ -139,7 +140,7 @@ def aligned_loss(kind: str, p: Tensor, t: Tensor, eps: float, reduction: str = "
     from .._utils import _reduce, _upcast
 
     variant = kind not in KINDS
-    if variant and not variants.is_variant(kind):
+    if variant and not kinds.is_variant(kind):
         raise ValueError(f"unknown loss kind {kind!r}")
     if not _enabled:
         cd = ops.compute_dtype(p.dtype)

@@ -2,7 +2,7 @@
 in one pass, and pairwise scores; registered as ``boxloss::aligned_loss_triton`` and
 ``boxloss::pairwise_score_triton`` with ``torch.library.triton_op``, so that ``torch.compile`` sees the kernels.
 
-The math is the scalar closed form of ``aligned.c`` (and so of the reference in :mod:`boxloss.boxes`), one box
+The math is the scalar closed form of ``classic.c`` (and so of the reference in :mod:`boxloss.boxes`), one box
 (or one pair) per lane, computed in float32: float16 and bfloat16 boxes are read as they are and converted in
 registers. Every maximum and minimum propagates NaN (``propagate_nan=ALL``) as ``torch.maximum`` does, and a box
 whose loss is NaN gets NaN gradients. The reduction writes one partial sum per block (deterministic, no atomics)
@@ -21,7 +21,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .fused import KIND_CODES, PAIRWISE_CODES
+from .. import kinds
+from .closed_form import KIND_CODES, PAIRWISE_CODES
 
 try:
     import triton
@@ -147,7 +148,7 @@ if _HAVE_TRITON:
 
     @triton.jit
     def _over_max(num, other, eps):
-        """num / max(other, num) and its derivatives in num and other (see fused._over_max)."""
+        """num / max(other, num) and its derivatives in num and other (see closed_form._over_max)."""
         den = _max(other, num)
         den_ok = (den > eps).to(tl.float32)
         inv_den = 1.0 / _max(den, eps)
@@ -389,26 +390,26 @@ def _dummy(device) -> Tensor:
 def generated_sources() -> dict:
     """The generated Triton modules: ``{cache prefix: source text}`` (the rotated aligned losses with their
     gradients; the rotated pairwise scores)."""
-    from . import variants
+    from . import generated
 
-    return {"boxloss_triton_aligned": variants.triton_aligned_source(),
-            "boxloss_triton_rotated_pairwise": variants.triton_source()}
+    return {"boxloss_triton_aligned": generated.triton_aligned_source(),
+            "boxloss_triton_rotated_pairwise": generated.triton_source()}
 
 
 def generated_aligned_module():
-    """The module of generated aligned kernels (:func:`variants.triton_aligned_source`), from the kernel cache
+    """The module of generated aligned kernels (:func:`generated.triton_aligned_source`), from the kernel cache
     (written there on first use under the hash of its source; Triton compiles from source files)."""
-    from . import kernel_cache, variants
+    from . import generated, kernel_cache
 
-    return kernel_cache.python_module("boxloss_triton_aligned", variants.triton_aligned_source())
+    return kernel_cache.python_module("boxloss_triton_aligned", generated.triton_aligned_source())
 
 
 def generated_pairwise_module():
-    """The module of generated rotated pairwise-score kernels (:func:`variants.triton_source`), from the kernel
+    """The module of generated rotated pairwise-score kernels (:func:`generated.triton_source`), from the kernel
     cache like :func:`generated_aligned_module`."""
-    from . import kernel_cache, variants
+    from . import generated, kernel_cache
 
-    return kernel_cache.python_module("boxloss_triton_rotated_pairwise", variants.triton_source())
+    return kernel_cache.python_module("boxloss_triton_rotated_pairwise", generated.triton_source())
 
 
 def launch_generated_aligned(kind: str, p: Tensor, t: Tensor, weight: Optional[Tensor], divisor: Optional[Tensor],
@@ -417,16 +418,16 @@ def launch_generated_aligned(kind: str, p: Tensor, t: Tensor, weight: Optional[T
     """A generated kind (a loss variant, axis-aligned or rotated) through its generated kernel: the outputs of
     ``boxloss::aligned_loss`` (float32) for ``(n, 4)`` or ``(n, 5)`` boxes, read as they are (float32, float16
     or bfloat16) and computed in float32."""
-    from . import variants
+    from . import generated
 
-    name, _, params = variants.parse(kind)
-    kernel = getattr(generated_aligned_module(), variants.triton_aligned_symbol(name))
+    name, _, params = kinds.parse(kind)
+    kernel = getattr(generated_aligned_module(), generated.triton_aligned_symbol(name))
     if p.dtype not in _POINTER_TYPES or t.dtype != p.dtype:
         p, t = p.to(torch.float32), t.to(torch.float32)
     p, t = p.contiguous(), t.contiguous()
     n, cols = p.shape
     device = p.device
-    block = variants.TRITON_ALIGNED_BLOCK
+    block = generated.TRITON_ALIGNED_BLOCK
     blocks = triton.cdiv(n, block)
     loss = torch.empty(blocks if reduce else n, device=device, dtype=torch.float32)
     grad_p = torch.empty(n, cols, device=device, dtype=torch.float32) if need_p else torch.empty(0, device=device)
@@ -553,10 +554,10 @@ def launch_specialisations():
     rotated_sig = {"A": "*fp32", "B": "*fp32", "OUT": "*fp32", "n": "i32", "m": "i32", "eps": "fp32", "ulp": "fp32",
                    "BLOCK_N": "constexpr", "BLOCK_M": "constexpr"}
     from ..rotated import PAIRWISE_SCORES
-    from . import variants
+    from . import generated
 
     for kind in PAIRWISE_SCORES:
-        specs.append((f"generated_pairwise.{variants.triton_symbol(kind)}", rotated_sig,
+        specs.append((f"generated_pairwise.{generated.triton_symbol(kind)}", rotated_sig,
                       {"BLOCK_N": ROTATED_BLOCKS[0], "BLOCK_M": ROTATED_BLOCKS[1]}))
     # the generated aligned kernels, one per registered formula (runtime flags), for each box dtype the dispatcher
     # passes: the axis-aligned variants and the rotated losses
@@ -564,7 +565,7 @@ def launch_specialisations():
         generated_sig = {"P": ptr, "T": ptr, "PRM": "*fp32", "W": "*fp32", "L": "*fp32", "GP": "*fp32",
                          "GT": "*fp32", "n": "i32", "eps": "fp32", "ulp": "fp32", "scale": "fp32", "has_w": "i32",
                          "need_p": "i32", "need_t": "i32", "reduce": "i32", "BLOCK": "constexpr"}
-        for name in variants._members("axis") + variants._members("rotated"):
-            specs.append((f"generated.{variants.triton_aligned_symbol(name)}", generated_sig,
-                          {"BLOCK": variants.TRITON_ALIGNED_BLOCK}))
+        for name in generated._members("axis") + generated._members("rotated"):
+            specs.append((f"generated.{generated.triton_aligned_symbol(name)}", generated_sig,
+                          {"BLOCK": generated.TRITON_ALIGNED_BLOCK}))
     return specs

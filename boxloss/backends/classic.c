@@ -1,8 +1,8 @@
 /* boxloss: the aligned IoU-family losses and their local gradients in one pass over the boxes.
  *
- * Port of boxloss/_fast/fused.py (itself the closed form of the reference in boxloss/boxes.py), with the
+ * Port of boxloss/backends/closed_form.py (itself the closed form of the reference in boxloss/boxes.py), with the
  * reference's conventions at the kinks: clamp_min passes no gradient at its bound, max/min split it evenly on
- * ties, a denominator at or under eps passes none. Compiled at first use by boxloss/_fast/cpu.py, for float
+ * ties, a denominator at or under eps passes none. Compiled at first use by boxloss/backends/cpu.py, for float
  * and double (REAL), parallel over chunks of boxes with OpenMP (the runtime PyTorch itself loaded: the
  * library names libgomp.so.1, which resolves to the copy already in the process), on as many threads as
  * cpu.py passes (none beyond torch.get_num_threads(), one below its grain size).
@@ -22,7 +22,7 @@
  */
 #include "bl_runtime.h"  /* the weighted sum per chunk, BL_VECTOR_LOOP, the wait watch */
 
-/* the kind codes: each kind's place in boxloss._fast.fused.KINDS (fused.KIND_CODES) */
+/* the kind codes: each kind's place in boxloss.backends.closed_form.KINDS (fused.KIND_CODES) */
 enum { K_IOU = 0, K_IOU_DIST = 1, K_LOG = 2, K_LOG_DIST = 3, K_GIOU = 4, K_DIOU = 5, K_CIOU = 6 };
 #define LOG_TAU 0.7  /* boxloss.boxes.LOG_IOU_LINEAR_BELOW */
 /* boxes per work item: threads take chunks as they come free (a thread the machine has descheduled holds up at

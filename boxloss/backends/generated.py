@@ -2,7 +2,7 @@
 
 * the reference: the formula evaluated on tensors and differentiated by autograd (:func:`reference`);
 * a compiled CPU kernel: C generated from the formula's expression graph, forward and reverse-mode gradient in
-  one pass with the weighted reduction (:func:`c_source`, built and cached by :mod:`boxloss._fast.cpu`);
+  one pass with the weighted reduction (:func:`c_source`, built and cached by :mod:`boxloss.backends.cpu`);
 * a PyTorch closed form for other devices and for CPUs without a compiler: the same expression graph and the
   same derivative rules evaluated with tensor operations in cache-sized chunks (:func:`closed_form_chunk`).
 
@@ -13,58 +13,14 @@ kind string ``"name|param|param"`` (:func:`kind_of`); the parameters are runtime
 from __future__ import annotations
 
 import functools
-import math
 import os
-from typing import Dict, List, Tuple
+from typing import Dict, List
 
 import torch
 from torch import Tensor
 
 from .. import expr
-from ..kinds import VARIANTS
-
-SEPARATOR = "|"
-
-
-def _registry() -> Dict[str, tuple]:
-    """The table of registered kinds (:mod:`boxloss.kinds`, filled by the loss files as ``import boxloss``
-    imports them). A plain module global, not ``lru_cache``: this runs inside ``torch.compile``d code."""
-    return VARIANTS
-
-
-def is_variant(kind: str) -> bool:
-    return kind.split(SEPARATOR, 1)[0] in _registry()
-
-
-def columns(kind: str) -> int:
-    """Box columns of a variant kind: 4 (axis-aligned, xyxy) or 5 (rotated, cxcywhr)."""
-    return _registry()[kind.split(SEPARATOR, 1)[0]].columns
-
-
-def group(kind: str) -> str:
-    """The kernel library a variant lives in: ``"axis"`` or ``"rotated"``."""
-    return GROUPS[columns(kind)]
-
-
-GROUPS = {4: "axis", 5: "rotated"}
-
-
-def kind_of(name: str, *params: float) -> str:
-    """The operator's kind string of variant ``name`` with ``params`` (floats, exact through repr)."""
-    if name not in _registry():
-        raise ValueError(f"unknown loss variant {name!r}")
-    return SEPARATOR.join([name, *(repr(float(x)) for x in params)])
-
-
-@functools.lru_cache(maxsize=4096)
-def parse(kind: str) -> Tuple[str, tuple, Tuple[float, ...]]:
-    """(name, registry entry, params) of a kind string."""
-    name, *raw = kind.split(SEPARATOR)
-    entry = _registry()[name]
-    params = tuple(float(x) for x in raw)
-    if len(params) != len(entry.params):
-        raise ValueError(f"variant {name!r} takes {len(entry.params)} parameters {entry.params}; got {params}")
-    return name, entry, params
+from ..kinds import GROUPS, VARIANTS, columns, group, is_variant, kind_of, parse  # noqa: F401
 
 
 def symbol(name: str) -> str:
@@ -83,13 +39,13 @@ def reference(kind: str, p: Tensor, t: Tensor, eps: float) -> Tensor:
 # ----------------------------------------------------------------------------------------------------------
 def _members(which: str) -> List[str]:
     """The kinds of one group, sorted: the generated source does not depend on the order of registration."""
-    return sorted(name for name, entry in _registry().items() if GROUPS[entry.columns] == which)
+    return sorted(name for name, entry in VARIANTS.items() if GROUPS[entry.columns] == which)
 
 
 @functools.lru_cache(maxsize=2)
 def c_source(which: str = "axis") -> str:
     """The generated C of one group: its aligned kernels and, for ``"rotated"``, the pairwise scores."""
-    reg = _registry()
+    reg = VARIANTS
     kernels = [(symbol(name), reg[name].formula, len(reg[name].params)) for name in _members(which)]
     pairwise, extra = [], ""
     if which == "rotated":
@@ -104,7 +60,7 @@ def c_source(which: str = "axis") -> str:
                                  pairwise=pairwise, nan_minmax=which == "axis", extra=extra)
 
 
-# the C every kernel library shares (aligned.c includes it; the generated libraries start with its text)
+# the C every kernel library shares (classic.c includes it; the generated libraries start with its text)
 C_RUNTIME = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bl_runtime.h")
 C_RUNTIME_INCLUDE = '#include "bl_runtime.h"'
 
@@ -132,7 +88,7 @@ def c_symbols(which: str = "axis") -> List[str]:
 # ----------------------------------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=None)
 def _program(name: str):
-    entry = _registry()[name]
+    entry = VARIANTS[name]
     g, out, p, t, params = expr.trace(entry.formula, len(entry.params), entry.columns)
     live = expr._live(out)
     nodes = [e for e in g.nodes if live[e.index]]
@@ -267,26 +223,10 @@ def closed_form_rows(kind: str, element_size: int) -> int:
 
 def closed_form_chunk(kind: str, p: Tensor, t: Tensor, eps: float, need_grad: bool):
     """Per-box loss and, with ``need_grad``, local gradients of one chunk (the generated forward and reverse
-    pass on tensors); ``ops`` runs it chunk by chunk as it runs ``fused.fused_loss_and_grad``."""
+    pass on tensors); ``ops`` runs it chunk by chunk as it runs ``closed_form.fused_loss_and_grad``."""
     name, _, params = parse(kind)
     return _evaluate(name, params, p, t, eps, need_grad)
 
-
-def check_param(name: str, value, low: float = -math.inf, high: float = math.inf, low_open: bool = False,
-                high_open: bool = False) -> float:
-    """A real, finite number in the given range, as float; ``ValueError``/``TypeError`` naming the argument."""
-    import numpy as np
-
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a number; got {type(value).__name__}")
-    value = float(value)
-    ok = math.isfinite(value) and (value > low if low_open else value >= low) and \
-        (value < high if high_open else value <= high)
-    if not ok:
-        lo = "(" if low_open else "["
-        hi = ")" if high_open else "]"
-        raise ValueError(f"{name} must be a finite number in {lo}{low:g}, {high:g}{hi}; got {value!r}")
-    return value
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -301,7 +241,7 @@ def triton_source() -> str:
     """One Triton kernel per rotated pairwise score, and their table ``KERNELS``."""
     from .. import rotated
 
-    header = ('"""Generated by boxloss._fast.variants.triton_source from the rotated score formulas in '
+    header = ('"""Generated by boxloss.backends.generated.triton_source from the rotated score formulas in '
               "boxloss/rotated.py: do not\nedit. Pairwise rotated IoU, GIoU and DIoU on CUDA, forward only, on the "
               'boxes\' features\n(``rotated.box_features``), computed in float32."""\n\n'
               "import triton\nimport triton.language as tl\n\n\n")
@@ -324,11 +264,11 @@ def triton_aligned_symbol(name: str) -> str:
 def triton_aligned_source() -> str:
     """One Triton kernel per registered formula: the axis-aligned variants (with NaN-propagating maximum and
     minimum, as their C kernels) and the rotated and Gaussian losses."""
-    reg = _registry()
+    reg = VARIANTS
     kernels = [expr.generate_triton_aligned(triton_aligned_symbol(name), reg[name].formula, len(reg[name].params),
                                             reg[name].columns, nan_minmax=reg[name].columns == 4)
                for name in _members("axis") + _members("rotated")]
-    return ('"""Generated by boxloss._fast.variants.triton_aligned_source from the registered formulas: do not '
+    return ('"""Generated by boxloss.backends.generated.triton_aligned_source from the registered formulas: do not '
             'edit."""\n\nimport triton\nimport triton.language as tl\n\n'
-            "from boxloss._fast.triton_kernels import _atan2  # noqa: F401 - the kernels' arctangent\n\n\n"
+            "from boxloss.backends.triton_kernels import _atan2  # noqa: F401 - the kernels' arctangent\n\n\n"
             + "\n\n".join(kernels))

@@ -10,7 +10,7 @@ The directories, in order: ``BOXLOSS_CACHE`` when set, ``~/.cache/boxloss``, ``<
 looks in all of them (a read-only directory with prebuilt kernels is fine); writing goes to the first writable
 one. ``python -m boxloss.info --build`` fills the cache ahead of time, for read-only or offline deployments.
 
-Used for the compiled C kernels (:mod:`boxloss._fast.cpu`: C source in, shared library out) and the generated
+Used for the compiled C kernels (:mod:`boxloss.backends.cpu`: C source in, shared library out) and the generated
 Triton modules (:func:`python_module`: Triton compiles kernels from source files).
 """
 

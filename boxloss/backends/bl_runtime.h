@@ -1,5 +1,5 @@
-/* boxloss: what every compiled CPU kernel library shares, the hand-written aligned.c and the C generated from the
- * formulas alike (aligned.c includes this file; boxloss/_fast/cpu.py and variants.py put its text in front of the
+/* boxloss: what every compiled CPU kernel library shares, the hand-written classic.c and the C generated from the
+ * formulas alike (classic.c includes this file; boxloss/backends/cpu.py and variants.py put its text in front of the
  * sources they compile, so that the kernel cache's key covers it). */
 #include <math.h>
 #include <stddef.h>
@@ -25,7 +25,7 @@ static void bl_total(double *total, double *partial, long chunks, double acc1) {
  * are compiled with it switched off, and without partial redundancy elimination, which would turn a NaN test of
  * a maximum into a select between two NaN tests (a form GCC 12 cannot vectorise). Vectorising changes no
  * result: the same IEEE operations on each box, in the same order, without contraction
- * (tests/backends/test_fast.py compares the vectorised builds bit for bit with scalar ones). */
+ * (tests/backends/test_dispatch.py compares the vectorised builds bit for bit with scalar ones). */
 #if defined(__GNUC__) && !defined(__clang__)
 #define BL_VECTOR_LOOP __attribute__((noinline, optimize("vect-cost-model=unlimited", "no-tree-pre")))
 #else

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 KINDS = ("iou", "iou_distance", "log_iou", "log_iou_distance", "giou", "diou", "ciou")
-# the integer each kernel (aligned.c, the Triton kernels) knows a kind by: its place in KINDS
+# the integer each kernel (classic.c, the Triton kernels) knows a kind by: its place in KINDS
 KIND_CODES = {kind: code for code, kind in enumerate(KINDS)}
 PAIRWISE_CODES = {kind: KIND_CODES[kind] for kind in ("iou", "giou", "diou", "ciou")}
 _FOUR_OVER_PI2 = 4 / math.pi**2

@@ -1,4 +1,4 @@
-"""boxloss._fast: every fast path against the plain-PyTorch reference, in values and gradients."""
+"""boxloss.backends: every fast path against the plain-PyTorch reference, in values and gradients."""
 
 import os
 import subprocess
@@ -10,7 +10,7 @@ from conftest import disjoint_pairs, overlapping_pairs, random_boxes, requires_c
 from test_edges import _all_pairs
 
 import boxloss
-from boxloss import _fast
+from boxloss import backends, kinds
 
 LOSSES = {
     "iou": lambda p, t: boxloss.iou_loss(p, t, reduction="none", zero_overlap="none"),
@@ -47,7 +47,7 @@ def _value_and_grads(fn, pred, target):
 def test_aligned_losses_match_the_reference(backend, kind, dtype):
     pred, target = _cases(dtype)
     fast = _value_and_grads(LOSSES[kind], pred, target)
-    with _fast.reference_path():
+    with backends.reference_path():
         ref = _value_and_grads(LOSSES[kind], pred, target)
     tol = dict(rtol=1e-6, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
     for got, expected in zip(fast, ref):
@@ -68,12 +68,12 @@ def test_pairwise_matches_the_reference(backend, kind):
     a = torch.cat([random_boxes(70, seed=6), _all_pairs()[0].double()])
     b = torch.cat([random_boxes(40, seed=7), _all_pairs()[1].double()[:30]])
     for dtype in (torch.float32, torch.float64):
-        with _fast.reference_path():
+        with backends.reference_path():
             expected = fn(a.to(dtype), b.to(dtype))
         torch.testing.assert_close(fn(a.to(dtype), b.to(dtype)), expected, rtol=1e-6, atol=1e-6)
     # batched with a broadcast batch dimension, and empty sides
     a3, b3 = a[:60].reshape(3, 20, 4), b[:10].reshape(1, 10, 4)
-    with _fast.reference_path():
+    with backends.reference_path():
         expected = fn(a3, b3)
     torch.testing.assert_close(fn(a3, b3), expected)
     assert fn(a[:0], b).shape == (0, len(b)) and fn(a, b[:0]).shape == (len(a), 0)
@@ -82,7 +82,7 @@ def test_pairwise_matches_the_reference(backend, kind):
 def test_aligned_box_functions_use_the_fast_path_and_match(backend):
     a, b = overlapping_pairs(100, seed=8)
     for fn in PAIRWISE.values():
-        with _fast.reference_path():
+        with backends.reference_path():
             expected = fn(a, b, aligned=True)
         torch.testing.assert_close(fn(a, b, aligned=True), expected, rtol=1e-12, atol=1e-12)
         # broadcasting of leading dimensions still works
@@ -115,7 +115,7 @@ def test_fast_path_saves_only_one_gradient_per_input():
             if fast:
                 boxloss.ciou_loss(pred, target, reduction="none")
             else:
-                with _fast.reference_path():
+                with backends.reference_path():
                     boxloss.ciou_loss(pred, target, reduction="none")
         total = sum(saved)
         if fast:
@@ -125,18 +125,18 @@ def test_fast_path_saves_only_one_gradient_per_input():
 
 
 def test_switches():
-    assert _fast.fast_path_enabled()
-    _fast.set_fast_path(False)
+    assert backends.fast_path_enabled()
+    backends.set_fast_path(False)
     try:
-        assert not _fast.fast_path_enabled()
+        assert not backends.fast_path_enabled()
     finally:
-        _fast.set_fast_path(True)
-    with _fast.reference_path():
-        assert not _fast.fast_path_enabled()
-    assert _fast.fast_path_enabled()
+        backends.set_fast_path(True)
+    with backends.reference_path():
+        assert not backends.fast_path_enabled()
+    assert backends.fast_path_enabled()
     with pytest.raises(TypeError, match="enabled must be a bool"):
-        _fast.set_fast_path("no")
-    code = "import boxloss._fast as f; print(f.fast_path_enabled())"
+        backends.set_fast_path("no")
+    code = "import boxloss.backends as f; print(f.fast_path_enabled())"
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "BOXLOSS_FAST": "0"},
                          capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
@@ -149,7 +149,7 @@ def test_cuda_fast_path_matches_the_reference(kind, dtype):
     pred, target = _cases(torch.float32)
     pred, target = pred.clamp(-6e4, 6e4).to(dtype).cuda(), target.clamp(-6e4, 6e4).to(dtype).cuda()
     fast = _value_and_grads(LOSSES[kind], pred, target)
-    with _fast.reference_path():
+    with backends.reference_path():
         ref = _value_and_grads(LOSSES[kind], pred, target)
     for got, expected in zip(fast, ref):
         torch.testing.assert_close(got.float(), expected.float(), rtol=1e-5, atol=1e-5)
@@ -176,7 +176,7 @@ def test_cuda_losses_do_not_synchronise():
 def test_cuda_pairwise_matches_the_reference(kind):
     a, b = random_boxes(300, seed=13, dtype=torch.float32).cuda(), random_boxes(200, seed=14,
                                                                                 dtype=torch.float32).cuda()
-    with _fast.reference_path():
+    with backends.reference_path():
         expected = PAIRWISE[kind](a, b)
     torch.testing.assert_close(PAIRWISE[kind](a, b), expected, rtol=1e-5, atol=1e-5)
 
@@ -206,7 +206,7 @@ _PROBE = "double bl_probe(double x, double y, double z) { return x * y - z; }\n"
 def _probe(flags, tmp_path, name):
     import ctypes
 
-    from boxloss._fast import cpu
+    from boxloss.backends import cpu
 
     compiler = cpu._compiler()
     if compiler is None:
@@ -225,7 +225,7 @@ def _probe(flags, tmp_path, name):
 
 
 def test_kernels_are_built_without_floating_point_contraction(tmp_path):
-    from boxloss._fast import cpu
+    from boxloss.backends import cpu
 
     for flags in cpu.FLAG_SETS:
         assert "-ffp-contract=off" in flags and not any("fast-math" in f or f == "-Ofast" for f in flags), flags
@@ -244,7 +244,7 @@ def test_kernels_are_built_without_floating_point_contraction(tmp_path):
 
 
 def test_cpu_threads_follow_the_grain_and_never_exceed_torch():
-    from boxloss._fast import cpu
+    from boxloss.backends import cpu
 
     before = torch.get_num_threads()
     try:
@@ -264,7 +264,7 @@ def test_cpu_kernels_report_their_wait_and_back_off_to_one_thread(monkeypatch, c
     # each kernel records how long the calling thread waited at the end of a parallel call; a long wait (a thread
     # descheduled by a busy machine) makes the next calls run on one thread for BUSY_BACKOFF_S. A wait of any
     # length counts here (thresholds below zero), so the first parallel call must start the back-off
-    from boxloss._fast import cpu
+    from boxloss.backends import cpu
 
     if cpu.load() is None:
         pytest.skip("no C compiler")
@@ -300,7 +300,7 @@ def test_cpu_kernels_report_their_wait_and_back_off_to_one_thread(monkeypatch, c
 def test_cpu_kernel_reports_the_wait_of_its_last_parallel_call():
     import ctypes
 
-    from boxloss._fast import cpu
+    from boxloss.backends import cpu
 
     lib = cpu.load()
     if lib is None:
@@ -317,7 +317,7 @@ def test_cpu_kernel_reports_the_wait_of_its_last_parallel_call():
 def test_cpu_reduced_loss_and_gradients_do_not_depend_on_the_thread_count(monkeypatch, loss):
     # the weighted sum is added up per chunk of boxes, then over chunks in order: bit for bit the same total at
     # any thread count (and schedule), unlike a per-thread reduction
-    from boxloss._fast import cpu
+    from boxloss.backends import cpu
 
     monkeypatch.setitem(cpu.GRAIN, "aligned", 64)  # several threads even for this small batch
     monkeypatch.setitem(cpu.GRAIN, "aligned_calls", 64)
@@ -344,7 +344,7 @@ def test_cpu_reduced_loss_and_gradients_do_not_depend_on_the_thread_count(monkey
 def test_cpu_backward_product_is_torch_mul_bit_for_bit(monkeypatch, dtype, g_form):
     # the first-order backward multiplies the saved local gradients by the incoming one in C (no parallel region
     # below its grain); it must be exactly torch's product, NaN and inf included, for every layout of g
-    from boxloss._fast import cpu
+    from boxloss.backends import cpu
 
     lib = cpu.load()
     assert lib is not None, cpu.status()
@@ -380,7 +380,7 @@ def test_cpu_backward_with_a_per_box_gradient_matches_the_reference():
     q = p.clone().requires_grad_()
     (boxloss.giou_loss(q, t, reduction="none") * w.float()).sum().backward()
     r = p.double().requires_grad_()
-    with boxloss._fast.reference_path():
+    with boxloss.backends.reference_path():
         (boxloss.giou_loss(r, t.double(), reduction="none") * w).sum().backward()
     torch.testing.assert_close(q.grad.double(), r.grad, rtol=1e-4, atol=1e-5)
 
@@ -410,10 +410,10 @@ def _edge_pairs(n=2000, seed=0):
 
 @pytest.fixture(scope="module")
 def vector_and_scalar_builds(tmp_path_factory):
-    """aligned.c compiled as the package compiles it, and with vectorisation off (the referee)."""
+    """classic.c compiled as the package compiles it, and with vectorisation off (the referee)."""
     import ctypes
 
-    from boxloss._fast import cpu
+    from boxloss.backends import cpu
 
     compiler = cpu._compiler()
     if compiler is None:
@@ -474,7 +474,7 @@ def test_vectorised_cpu_kernel_equals_its_scalar_build_bit_for_bit(vector_and_sc
 
 @pytest.mark.parametrize("kind", ["iou", "giou", "diou", "ciou"])
 def test_vectorised_pairwise_kernel_equals_its_scalar_build_bit_for_bit(vector_and_scalar_builds, kind):
-    from boxloss._fast import cpu
+    from boxloss.backends import cpu
 
     p, t = _edge_pairs(seed=2)
     p, t = torch.cat([p[:150], p[740:800], p[-390:]]), torch.cat([t[:150], t[740:800], t[-390:]])  # edge rows too
@@ -510,19 +510,19 @@ def test_generated_column_kernels_equal_the_row_form_bit_for_bit(tmp_path, group
     import ctypes
 
     from boxloss import expr
-    from boxloss._fast import cpu, variants
+    from boxloss.backends import cpu, generated
 
     compiler = cpu._compiler()
     columns_lib = cpu.load_variants(group)
     if compiler is None or columns_lib is None:
         pytest.skip("no C compiler")
-    reg = variants._registry()
-    names = variants._members(group)
+    reg = kinds.VARIANTS
+    names = generated._members(group)
     rotated = group == "rotated"
-    rows_source = expr.generate_library([(variants.symbol(n), reg[n].formula, len(reg[n].params)) for n in names],
-                                        runtime=variants.c_runtime(), columns=5 if rotated else 4,
+    rows_source = expr.generate_library([(generated.symbol(n), reg[n].formula, len(reg[n].params)) for n in names],
+                                        runtime=generated.c_runtime(), columns=5 if rotated else 4,
                                         nan_minmax=not rotated, rows_only=True)
-    assert "_s0_f32" in variants.c_source(group) and "_s0_f32" not in rows_source
+    assert "_s0_f32" in generated.c_source(group) and "_s0_f32" not in rows_source
     (tmp_path / "rows.c").write_text(rows_source)
     result = subprocess.run([compiler, *cpu.FLAG_SETS[1], "-shared", "-fPIC", "-o", str(tmp_path / "rows.so"),
                              str(tmp_path / "rows.c"), "-lm"], capture_output=True, text=True)
@@ -530,7 +530,7 @@ def test_generated_column_kernels_equal_the_row_form_bit_for_bit(tmp_path, group
     rows_lib = ctypes.CDLL(str(tmp_path / "rows.so"))
     for name in names:  # the aligned kernels only (no pairwise scores in this build)
         for sfx in ("_f32", "_f64"):
-            fn = getattr(rows_lib, variants.symbol(name) + sfx)
+            fn = getattr(rows_lib, generated.symbol(name) + sfx)
             fn.restype, fn.argtypes = None, cpu.VARIANT_ARGTYPES
     values = {"theta": 4.0, "gamma": 0.5, "width": 640.0, "height": 480.0, "scale": 0.5, "constant": 12.8,
               "alpha": 3.0, "ratio": 0.8, "d": 0.1, "u": 0.9, "tau": 1.0, "beta": 2.0}
@@ -541,7 +541,7 @@ def test_generated_column_kernels_equal_the_row_form_bit_for_bit(tmp_path, group
         for dtype in (torch.float32, torch.float64):
             P, T, W = p.to(dtype).contiguous(), t.to(dtype).contiguous(), w.to(dtype)
             for need, weight, scale in ((False, None, None), (True, None, None), (True, W, 0.5)):
-                got = [cpu.run_variant(lib, variants.symbol(name), params, P, T, 1e-7, need, need, weight, scale)
+                got = [cpu.run_variant(lib, generated.symbol(name), params, P, T, 1e-7, need, need, weight, scale)
                        for lib in (columns_lib, rows_lib)]
                 for a, b in zip(*got):
                     assert _same_bits(a, b), (name, dtype, need, weight is not None)
