@@ -54,7 +54,7 @@ LOSSES = {
     "giou": lambda p, t, fmt: boxloss.giou_loss(p, t, reduction="sum", fmt=fmt),
     "diou": lambda p, t, fmt: boxloss.diou_loss(p, t, reduction="sum", fmt=fmt),
     "ciou": lambda p, t, fmt: boxloss.ciou_loss(p, t, reduction="sum", fmt=fmt),
-    # the variants (issue 13), with their papers' default options; MPDIoU's "image" is the 20 × 20 square around
+    # the variants, with their papers' default options; MPDIoU's "image" is the 20 × 20 square around
     # the cases, NWD's constant the targets' size (√area = 1), as the paper sets it to the mean object size
     "siou": lambda p, t, fmt: boxloss.siou_loss(p, t, reduction="sum", fmt=fmt),
     "eiou": lambda p, t, fmt: boxloss.eiou_loss(p, t, reduction="sum", fmt=fmt),
@@ -72,8 +72,8 @@ LOSSES = {
 # WIoU v3 keeps a running mean of 1 − IoU across steps (a module per format, reset for every run)
 _WIOU_V3 = {}
 CLASSIC = ("iou_textbook", "iou", "log_iou", "giou", "diou", "ciou")
-# the parameters gradient descent moves: the issue's (x, y, w, h), or the four edges as Darknet (and so the
-# authors' MATLAB simulation, which differentiates w.r.t. top, bottom, left, right) does
+# the parameters gradient descent moves: (x, y, w, h) as the DIoU paper describes, or the four edges as Darknet
+# (and so the authors' MATLAB simulation, which differentiates w.r.t. top, bottom, left, right) does
 PARAMETRISATIONS = {"xywh": "cxcywh", "xyxy": "xyxy"}
 
 
@@ -416,8 +416,8 @@ def parse_args(argv=None):
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     parser.add_argument("--param", choices=list(PARAMETRISATIONS), default="xywh",
-                        help="parameters moved by gradient descent: (x, y, w, h) as in the issue (default), or the "
-                             "four edges as in the authors' MATLAB code")
+                        help="parameters moved by gradient descent: (x, y, w, h) as the DIoU paper describes "
+                             "(default), or the four edges as in the authors' MATLAB code")
     parser.add_argument("--reference", action="store_true",
                         help="run boxloss' plain-PyTorch reference path instead of its fast path")
     parser.add_argument("--out", default="runs/regression_simulation")

@@ -121,8 +121,8 @@ def _gap_term(pred: Tensor, target: Tensor, eps: float) -> Tensor:
     (1 / the target's diagonal, pointing the prediction at the target) neither vanishes near contact nor fades
     far away, and it is scale invariant. The target's diagonal, not the enclosing box's, because a normaliser
     that involves the prediction pays the prediction for growing instead of moving (measured:
-    ``benchmarks/RESULTS.md``, "Zero-overlap normalisation"). A target with a diagonal at or under ``eps`` (a
-    point) falls back to the enclosing diagonal, which keeps the term in [0, 1].
+    ``benchmarks/RESULTS.md``, "The zero-overlap term and the Smooth-ln threshold"). A target with a diagonal at
+    or under ``eps`` (a point) falls back to the enclosing diagonal, which keeps the term in [0, 1].
     """
     x1a, y1a, x2a, y2a = pred.unbind(-1)
     x1b, y1b, x2b, y2b = target.unbind(-1)
@@ -139,7 +139,7 @@ def _gap_term(pred: Tensor, target: Tensor, eps: float) -> Tensor:
 
 # −ln IoU continues as its tangent below this IoU (Smooth-ln, Wang et al., "Repulsion Loss", CVPR 2018): the
 # gradient of −ln IoU grows as 1/IoU near first contact and makes gradient descent overshoot; the tangent caps
-# it at 1/0.7. 0.7 by measurement: benchmarks/RESULTS.md, "−ln IoU that converges".
+# it at 1/0.7. 0.7 by measurement: benchmarks/RESULTS.md, "The zero-overlap term and the Smooth-ln threshold".
 LOG_IOU_LINEAR_BELOW = 0.7
 
 

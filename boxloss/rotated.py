@@ -39,8 +39,8 @@ GIoU's enclosing region and DIoU's enclosing diagonal use the smallest rectangle
 aligned with the second box (the target, in the losses). It is rotation invariant, continuous, a closed form,
 and for two boxes at the same angle (θ = 0 in particular) it is exactly the enclosing box of the axis-aligned GIoU
 and DIoU. It makes rotated GIoU and DIoU asymmetric in their two arguments (symmetric at equal angles). The
-rotated regression simulation chose it (``benchmarks/RESULTS.md``, "Rotated boxes"): against the convex hull of
-the eight corners (hull area for GIoU, hull diameter for DIoU), the smaller of the two boxes' aligned rectangles,
+rotated regression simulation chose it (``benchmarks/RESULTS.md``, "The rotated regression simulation"): against
+the convex hull of the eight corners (hull area for GIoU, hull diameter for DIoU), the smaller of the two boxes' aligned rectangles,
 and the axis-aligned box of the corners (used by several code bases, not rotation invariant), the target-aligned
 rectangle ended with the smallest error for both GIoU and DIoU; a frame that follows the prediction pays the
 prediction for turning to shrink its own enclosure.

@@ -47,7 +47,8 @@ myst_heading_anchors = 3
 
 html_theme = "furo"
 html_title = f"boxloss {release}"
-html_static_path: list = []
+html_static_path = ["_static"]
+html_favicon = "_static/favicon.svg"
 html_show_sourcelink = False
 
 # every reference must resolve: a broken one is a warning, and CI builds with -W

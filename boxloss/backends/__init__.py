@@ -12,15 +12,14 @@ Layers, each importing only from the ones below it (checked by ``lint-imports``,
   :mod:`~boxloss.backends.kernel_cache` (the one checksummed, atomic writer of generated code).
 """
 
-from .dispatch import (
-                       FastPathWarning,
-                       aligned_loss,
-                       backend_for,
-                       fast_path_enabled,
-                       pairwise,
-                       reference_path,
-                       set_fast_path,
+from .dispatch import (  # noqa: F401 - the entry points of the box functions and losses
+    FastPathWarning,
+    aligned_loss,
+    backend_for,
+    fast_path_enabled,
+    pairwise,
+    reference_path,
+    set_fast_path,
 )
 
-# the public switches (aligned_loss and pairwise are the box functions' and losses' entry points)
 __all__ = ["set_fast_path", "fast_path_enabled", "reference_path", "FastPathWarning", "backend_for"]
