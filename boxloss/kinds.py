@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 from typing import Callable, Dict, NamedTuple, Tuple
 
-__all__ = ["Variant", "VARIANTS", "BASES", "register", "register_base", "kind_of", "parse", "is_variant", "columns",
+__all__ = ["Variant", "VARIANTS", "BASES", "register", "register_base", "kind_of", "parse", "is_registered", "columns",
            "group", "GROUPS", "SEPARATOR"]
 
 
@@ -50,7 +50,8 @@ def register_base(name: str, formula: Callable) -> None:
 SEPARATOR = "|"
 
 
-def is_variant(kind: str) -> bool:
+def is_registered(kind: str) -> bool:
+    """Whether the kind string names a registered formula."""
     return kind.split(SEPARATOR, 1)[0] in VARIANTS
 
 

@@ -142,6 +142,10 @@ def _gap_term(pred: Tensor, target: Tensor, eps: float) -> Tensor:
 # it at 1/0.7. 0.7 by measurement: benchmarks/RESULTS.md, "The zero-overlap term and the Smooth-ln threshold".
 LOG_IOU_LINEAR_BELOW = 0.7
 
+# the kinds whose reference is written here (in plain PyTorch, independently of their formulas in
+# boxloss.losses._pair, which the tests compare with it)
+KINDS = ("iou", "iou_distance", "log_iou", "log_iou_distance", "giou", "diou", "ciou")
+
 
 def _smooth_neg_log(iou: Tensor, tau: float = LOG_IOU_LINEAR_BELOW) -> Tensor:
     """−ln IoU for IoU ≥ τ, its tangent −ln τ + (τ − IoU)/τ below (continuous with a continuous gradient)."""

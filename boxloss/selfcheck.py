@@ -29,7 +29,6 @@ from torch import Tensor
 
 from . import kinds
 from .backends import ops
-from .backends.closed_form import KINDS
 
 # typical parameter values of the variants (the public functions' defaults where they have one)
 PARAMS = {"theta": 4.0, "gamma": 0.5, "width": 640.0, "height": 480.0, "scale": 0.5, "constant": 12.8,
@@ -40,11 +39,8 @@ N = 256
 
 
 def aligned_kinds() -> List[str]:
-    """Every aligned kind: the IoU family and each registered variant with typical parameters."""
-    out = list(KINDS)
-    for name, entry in kinds.VARIANTS.items():
-        out.append(kinds.kind_of(name, *[PARAMS[p] for p in entry.params]))
-    return out
+    """Every aligned kind: each registered formula (the IoU family and the variants) with typical parameters."""
+    return [kinds.kind_of(name, *[PARAMS[p] for p in entry.params]) for name, entry in kinds.VARIANTS.items()]
 
 
 def pairwise_kinds() -> List[str]:
@@ -54,9 +50,9 @@ def pairwise_kinds() -> List[str]:
 
 
 def _columns(kind: str) -> int:
-    if kind in KINDS or kind in PAIRWISE_KINDS:
+    if kind in PAIRWISE_KINDS:
         return 4
-    if kinds.is_variant(kind):
+    if kinds.is_registered(kind):
         return kinds.parse(kind)[1].columns
     return 5  # the rotated pairwise scores
 

@@ -1,4 +1,9 @@
-/* boxloss: the aligned IoU-family losses and their local gradients in one pass over the boxes.
+/* boxloss: the hand-written C kernels of the CIoU loss and of the pairwise scores.
+ *
+ * The aligned CIoU loss is here because its hand-written kernel is faster than the one generated from its
+ * formula (benchmarks/bench_generated.py: its arctangent in a loop of its own, its detached trade-off weight
+ * written out); every other aligned loss runs the kernel generated from its formula. It is tested against the
+ * formula and the reference.
  *
  * Port of boxloss/backends/closed_form.py (itself the closed form of the reference in boxloss/boxes.py), with the
  * reference's conventions at the kinks: clamp_min passes no gradient at its bound, max/min split it evenly on
@@ -10,7 +15,7 @@
  * Vectorised: each chunk's boxes are copied into columns, and the main loop over them is free of calls and
  * branches (selects only), one loop per kind, with and without gradients, which the compiler turns into SIMD
  * code (8 or 16 boxes per instruction with AVX2/AVX-512). What needs a library call per box runs in a loop of
- * its own: CIoU's arctangent before the main loop, the log losses' logarithm after it.
+ * its own: CIoU's arctangent before the main loop.
  *
  * NaN: every max, min and clamp propagates NaN as torch.maximum/minimum/clamp_min do (a plain `a > b ? a : b`
  * silently drops it), so a NaN coordinate gives a NaN loss exactly where the reference gives one, and a box
@@ -22,9 +27,9 @@
  */
 #include "bl_runtime.h"  /* the weighted sum per chunk, BL_VECTOR_LOOP, the wait watch */
 
-/* the kind codes: each kind's place in boxloss.backends.closed_form.KINDS (fused.KIND_CODES) */
+/* the kind codes: each kind's place in boxloss.backends.closed_form.KINDS (closed_form.KIND_CODES); the aligned
+ * kernel takes K_CIOU, the pairwise scores K_IOU, K_GIOU, K_DIOU and K_CIOU */
 enum { K_IOU = 0, K_IOU_DIST = 1, K_LOG = 2, K_LOG_DIST = 3, K_GIOU = 4, K_DIOU = 5, K_CIOU = 6 };
-#define LOG_TAU 0.7  /* boxloss.boxes.LOG_IOU_LINEAR_BELOW */
 /* boxes per work item: threads take chunks as they come free (a thread the machine has descheduled holds up at
  * most one chunk), and the weighted sum is added up per chunk, then over chunks in order; a chunk's columns
  * (NAME##_cols, 18 values per box) live on the thread's stack: 36 KiB for double */
@@ -52,7 +57,7 @@ static inline REAL NAME##_pos(REAL a) { return a <= 0 ? (REAL)0 : a; }  /* NaN s
 static inline REAL NAME##_max(REAL a, REAL b) { return ((a > b) | (a != a)) ? a : b; }                         \
 static inline REAL NAME##_min(REAL a, REAL b) { return ((a < b) | (a != a)) ? a : b; }                         \
 /* a chunk's boxes as columns (x1, y1, x2, y2 of p, then of t), its local gradients, losses and one more value   \
- * per box (the CIoU angle difference; the IoU whose logarithm the log losses take) */                        \
+ * per box (the CIoU angle difference) */                                                                     \
 typedef struct { REAL in[8][BL_CHUNK], g[8][BL_CHUNK], loss[BL_CHUNK], aux[BL_CHUNK]; } NAME##_cols;          \
 /* CIoU's θt − θp, one library call per box (a loop of its own, so that the main loop has none) */          \
 static inline __attribute__((always_inline)) void NAME##_angles(NAME##_cols *S, long m, const REAL eps) {      \
@@ -70,8 +75,6 @@ static inline __attribute__((always_inline)) void NAME##_angles(NAME##_cols *S, 
 static inline __attribute__((always_inline)) void NAME##_main(const int kind, const int need, NAME##_cols *S,  \
                                                               long m, const REAL eps) {                      \
     const REAL four_pi2 = (REAL)(4.0 / (M_PI * M_PI));                                                         \
-    const int dist = (kind == K_IOU_DIST || kind == K_LOG_DIST);                                             \
-    const int encl = dist || kind == K_GIOU || kind == K_DIOU || kind == K_CIOU;                              \
     _Pragma("omp simd")                                                                                      \
     for (long j = 0; j < m; ++j) {                                                                            \
         REAL plo[2] = {S->in[0][j], S->in[1][j]}, phi[2] = {S->in[2][j], S->in[3][j]};                   \
@@ -86,35 +89,20 @@ static inline __attribute__((always_inline)) void NAME##_main(const int kind, co
             slo[k] = NAME##_sel(plo[k], tlo[k]);  /* share of d max(p_lo, t_lo) going to p */                \
             shi[k] = NAME##_sel(thi[k], phi[k]);  /* share of d min(p_hi, t_hi) going to p */                \
             ir[k] = hi - lo; iwh[k] = NAME##_pos(ir[k]);                                                     \
-            if (encl) {                                                                                      \
-                REAL clo = NAME##_min(plo[k], tlo[k]);                                                       \
-                REAL chi = NAME##_max(phi[k], thi[k]);                                                       \
-                sclo[k] = NAME##_sel(tlo[k], plo[k]);                                                        \
-                schi[k] = NAME##_sel(phi[k], thi[k]);                                                        \
-                cr[k] = chi - clo; cwh[k] = NAME##_pos(cr[k]);                                               \
-            }                                                                                                \
+            REAL clo = NAME##_min(plo[k], tlo[k]);                                                           \
+            REAL chi = NAME##_max(phi[k], thi[k]);                                                           \
+            sclo[k] = NAME##_sel(tlo[k], plo[k]);                                                            \
+            schi[k] = NAME##_sel(phi[k], thi[k]);                                                            \
+            cr[k] = chi - clo; cwh[k] = NAME##_pos(cr[k]);                                                   \
         }                                                                                                    \
         REAL inter = iwh[0] * iwh[1];                                                                        \
         REAL uni = pwh[0] * pwh[1] + twh[0] * twh[1] - inter;                                                \
         REAL u_ok = uni > eps, inv_u = (REAL)1 / NAME##_max(uni, eps);                                        \
         REAL iou = inter * inv_u;                                                                            \
-        REAL loss, g_iou;                                                                                    \
-        if (kind == K_LOG) {  /* the logarithm itself is taken after this loop (NAME##_finish) */            \
-            REAL ic = NAME##_max(iou, eps);                                                                  \
-            S->aux[j] = ic; loss = 0; g_iou = iou > eps ? -(REAL)1 / ic : (REAL)0;                           \
-        } else if (kind == K_LOG_DIST) {  /* Smooth-ln: -ln IoU above TAU, its tangent below */              \
-            S->aux[j] = iou; loss = 0;                                                                       \
-            g_iou = iou >= LOG_TAU ? -(REAL)1 / iou : -(REAL)1 / (REAL)LOG_TAU;                              \
-        } else { loss = 1 - iou; g_iou = -1; }                                                               \
-        REAL g_union_extra = 0, g_cwh[2] = {0, 0}, g_d[2] = {0, 0}, g_gapxy[2] = {0, 0};                      \
+        REAL loss = 1 - iou, g_iou = -1;                                                                     \
+        REAL g_cwh[2] = {0, 0}, g_d[2] = {0, 0};                                                             \
         REAL g_pwh_c[2] = {0, 0}, g_twh_c[2] = {0, 0};                                                        \
-        if (kind == K_GIOU) {                                                                                \
-            REAL ac = cwh[0] * cwh[1], c_ok = ac > eps, inv_c = (REAL)1 / NAME##_max(ac, eps);                 \
-            loss += (ac - uni) * inv_c;                                                                      \
-            REAL g_c = uni * inv_c * inv_c * c_ok;                                                           \
-            g_union_extra = -inv_c * c_ok;                                                                   \
-            g_cwh[0] = g_c * cwh[1]; g_cwh[1] = g_c * cwh[0];                                                \
-        } else if (kind == K_DIOU || kind == K_CIOU) {                                                       \
+        {  /* DIoU's centre term */                                                                          \
             REAL d[2] = {plo[0] + phi[0] - tlo[0] - thi[0], plo[1] + phi[1] - tlo[1] - thi[1]};               \
             REAL rho2 = (d[0] * d[0] + d[1] * d[1]) * (REAL)0.25;                                            \
             REAL c2 = cwh[0] * cwh[0] + cwh[1] * cwh[1];                                                     \
@@ -124,7 +112,7 @@ static inline __attribute__((always_inline)) void NAME##_main(const int kind, co
             REAL g_rho2 = inv_den * den_ok - q * (1 - s), g_c2 = -q * s;                                     \
             g_d[0] = g_rho2 * (REAL)0.5 * d[0]; g_d[1] = g_rho2 * (REAL)0.5 * d[1];                           \
             g_cwh[0] = g_c2 * 2 * cwh[0]; g_cwh[1] = g_c2 * 2 * cwh[1];                                       \
-            if (kind == K_CIOU) {                                                                            \
+            {  /* CIoU's aspect term */                                                                      \
                 REAL okp = (pwh[0] + pwh[1]) > eps, okt = (twh[0] + twh[1]) > eps;                            \
                 /* θt − θp in one call: atan a − atan b = atan((a − b) / (1 + ab)) holds for a, b ≥ 0 */     \
                 REAL diff = S->aux[j];  /* θt − θp, from NAME##_angles */                                     \
@@ -138,45 +126,22 @@ static inline __attribute__((always_inline)) void NAME##_main(const int kind, co
                 g_twh_c[0] = gtt * twh[1] * rt; g_twh_c[1] = -gtt * twh[0] * rt;                              \
             }                                                                                                \
         }                                                                                                    \
-        REAL g_twh_gap[2] = {0, 0};                                                                          \
-        if (dist) {  /* gap / target diagonal; / max(enclosing diagonal, gap) for a point target */          \
-            REAL gx = NAME##_pos(-ir[0]), gy = NAME##_pos(-ir[1]);                                           \
-            REAL g2 = gx * gx + gy * gy, gap = g2 <= 0 ? (REAL)0 : SQRT(g2);                   \
-            REAL cd2 = cwh[0] * cwh[0] + cwh[1] * cwh[1], cdiag = cd2 <= 0 ? (REAL)0 : SQRT(cd2); \
-            REAL td2 = twh[0] * twh[0] + twh[1] * twh[1], tdiag = td2 <= 0 ? (REAL)0 : SQRT(td2); \
-            /* both cases computed, one selected: the same values as branches, and no branch in the loop */   \
-            const int tok = tdiag > eps;                                                                     \
-            REAL inv_t = (REAL)1 / tdiag;                                                                    \
-            REAL g_td = -gap * inv_t * inv_t;                                                                \
-            REAL den = NAME##_max(cdiag, gap), den_ok = den > eps, inv_den = (REAL)1 / NAME##_max(den, eps);  \
-            REAL s = NAME##_sel(cdiag, gap), q = gap * inv_den * inv_den * den_ok;                            \
-            loss += tok ? gap * inv_t : gap * inv_den;                                                       \
-            REAL g_gap = tok ? inv_t * (gap > 0) : (inv_den * den_ok - q * (1 - s)) * (gap > 0);             \
-            REAL g_cd = tok ? (REAL)0 : -q * s * (cdiag > 0);                                                \
-            g_twh_gap[0] = tok ? g_td * inv_t * twh[0] : (REAL)0;                                            \
-            g_twh_gap[1] = tok ? g_td * inv_t * twh[1] : (REAL)0;                                            \
-            REAL inv_gap = gap > 0 ? (REAL)1 / gap : (REAL)1, inv_cd = cdiag > 0 ? (REAL)1 / cdiag : (REAL)1;  \
-            g_gapxy[0] = g_gap * inv_gap * gx * (-ir[0] > 0); g_gapxy[1] = g_gap * inv_gap * gy * (-ir[1] > 0); \
-            g_cwh[0] = g_cd * inv_cd * cwh[0]; g_cwh[1] = g_cd * inv_cd * cwh[1];                             \
-        }                                                                                                    \
         S->loss[j] = loss;                                                                                   \
         if (need) {                                                                                          \
         REAL g_inter = g_iou * inv_u * u_ok;                                                                 \
-        REAL g_union = -(g_iou * iou * inv_u) * u_ok + g_union_extra;                                        \
+        REAL g_union = -(g_iou * iou * inv_u) * u_ok;                                                        \
         g_inter -= g_union;                                                                                  \
         REAL gi[2] = {g_inter * iwh[1] * (ir[0] > 0), g_inter * iwh[0] * (ir[1] > 0)};                        \
         REAL gpw[2] = {g_union * pwh[1] * (pwr[0] > 0), g_union * pwh[0] * (pwr[1] > 0)};                    \
         REAL gtw[2] = {g_union * twh[1] * (twr[0] > 0), g_union * twh[0] * (twr[1] > 0)};                    \
         for (int k = 0; k < 2; ++k) {                                                                        \
-            gpw[k] += g_pwh_c[k] * (pwr[k] > 0); gtw[k] += (g_twh_c[k] + g_twh_gap[k]) * (twr[k] > 0);        \
-            REAL gir = gi[k] - g_gapxy[k];                                                                   \
+            gpw[k] += g_pwh_c[k] * (pwr[k] > 0); gtw[k] += g_twh_c[k] * (twr[k] > 0);                              \
+            REAL gir = gi[k];                                                                                \
             REAL gphi = gir * shi[k] + gpw[k], gthi = gir * (1 - shi[k]) + gtw[k];                            \
             REAL gplo = -gir * slo[k] - gpw[k], gtlo = -gir * (1 - slo[k]) - gtw[k];                          \
-            if (encl) {                                                                                      \
-                REAL gc = g_cwh[k] * (cr[k] > 0);                                                            \
-                gphi += gc * schi[k]; gthi += gc * (1 - schi[k]);                                             \
-                gplo -= gc * sclo[k]; gtlo -= gc * (1 - sclo[k]);                                             \
-            }                                                                                                \
+            REAL gc = g_cwh[k] * (cr[k] > 0);                                                                \
+            gphi += gc * schi[k]; gthi += gc * (1 - schi[k]);                                                 \
+            gplo -= gc * sclo[k]; gtlo -= gc * (1 - sclo[k]);                                                 \
             gplo += g_d[k]; gphi += g_d[k]; gtlo -= g_d[k]; gthi -= g_d[k];                                  \
             S->g[k][j] = gplo; S->g[k + 2][j] = gphi; S->g[4 + k][j] = gtlo; S->g[6 + k][j] = gthi;          \
         }                                                                                                    \
@@ -185,14 +150,7 @@ static inline __attribute__((always_inline)) void NAME##_main(const int kind, co
 }                                                                                                            \
 /* the chunk's losses (the logarithms of the log losses taken here), their weighted sum, and the gradients      \
  * scaled by each box's share of it, written back as rows */                                                  \
-BL_MAIN(REAL, NAME, K_IOU) BL_MAIN(REAL, NAME, K_IOU_DIST) BL_MAIN(REAL, NAME, K_LOG)                          \
-BL_MAIN(REAL, NAME, K_LOG_DIST) BL_MAIN(REAL, NAME, K_GIOU) BL_MAIN(REAL, NAME, K_DIOU) BL_MAIN(REAL, NAME, K_CIOU) \
-/* the loops by kind * 2 + need, in the order of the kind codes */                                           \
-static void (*const NAME##_mains[14])(NAME##_cols *, long, const REAL) = {                                     \
-    NAME##_main_K_IOU_0, NAME##_main_K_IOU_1, NAME##_main_K_IOU_DIST_0, NAME##_main_K_IOU_DIST_1,              \
-    NAME##_main_K_LOG_0, NAME##_main_K_LOG_1, NAME##_main_K_LOG_DIST_0, NAME##_main_K_LOG_DIST_1,              \
-    NAME##_main_K_GIOU_0, NAME##_main_K_GIOU_1, NAME##_main_K_DIOU_0, NAME##_main_K_DIOU_1,                    \
-    NAME##_main_K_CIOU_0, NAME##_main_K_CIOU_1};                                                               \
+BL_MAIN(REAL, NAME, K_CIOU)                                                                                  \
 static inline __attribute__((always_inline)) double NAME##_finish(                                             \
         const int kind, const NAME##_cols *S, long begin, long m, const REAL *W, REAL *L, REAL *GP, REAL *GT,    \
         const REAL scale_r) {                                                                                 \
@@ -200,11 +158,6 @@ static inline __attribute__((always_inline)) double NAME##_finish(              
     for (long j = 0; j < m; ++j) {                                                                            \
         const long i = begin + j;                                                                            \
         REAL loss = S->loss[j];                                                                              \
-        if (kind == K_LOG) loss = -LOG(S->aux[j]);                                                           \
-        else if (kind == K_LOG_DIST) {                                                                       \
-            const REAL iou = S->aux[j];                                                                      \
-            loss = (iou >= LOG_TAU ? -LOG(iou) : -LOG((REAL)LOG_TAU) + ((REAL)LOG_TAU - iou) / (REAL)LOG_TAU) + loss; \
-        }                                                                                                    \
         const REAL f = (W ? W[i] : (REAL)1) * scale_r;  /* this box's share of the reduced loss */           \
         if (L) L[i] = loss;                                                                                  \
         acc += (double)f * (double)loss;                                                                     \
@@ -219,8 +172,8 @@ static inline __attribute__((always_inline)) double NAME##_chunk(               
         REAL *GP, REAL *GT, long begin, long m, const REAL eps, const REAL scale_r) {                          \
     for (long j = 0; j < m; ++j)                                                                             \
         for (int k = 0; k < 4; ++k) { S->in[k][j] = P[4 * (begin + j) + k]; S->in[4 + k][j] = T[4 * (begin + j) + k]; } \
-    if (kind == K_CIOU) NAME##_angles(S, m, eps);                                                            \
-    NAME##_mains[kind * 2 + need](S, m, eps);                                                                \
+    NAME##_angles(S, m, eps);                                                                                \
+    if (need) NAME##_main_K_CIOU_1(S, m, eps); else NAME##_main_K_CIOU_0(S, m, eps);                         \
     return NAME##_finish(kind, S, begin, m, W, L, GP, GT, scale_r);                                          \
 }                                                                                                            \
 void NAME(int kind, const REAL *P, const REAL *T, const REAL *W, REAL *L, REAL *GP, REAL *GT, long n,          \
@@ -238,8 +191,6 @@ void NAME(int kind, const REAL *P, const REAL *T, const REAL *W, REAL *L, REAL *
         const long b = c * BL_CHUNK, m = (c + 1) * BL_CHUNK < n ? BL_CHUNK : n - b;                          \
         double acc;                                                                                          \
         switch (kind * 2 + need) {  /* each kind, with and without gradients, as its own loop */             \
-            BL_CHUNK_CASES(NAME, K_IOU) BL_CHUNK_CASES(NAME, K_IOU_DIST) BL_CHUNK_CASES(NAME, K_LOG)             \
-            BL_CHUNK_CASES(NAME, K_LOG_DIST) BL_CHUNK_CASES(NAME, K_GIOU) BL_CHUNK_CASES(NAME, K_DIOU)            \
             BL_CHUNK_CASES(NAME, K_CIOU)                                                                     \
             default: acc = NAME##_chunk(K_CIOU, 1, &S, P, T, W, L, GP, GT, b, m, eps, scale_r); break;        \
         }                                                                                                    \

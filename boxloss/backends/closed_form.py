@@ -16,12 +16,14 @@ import math
 import torch
 from torch import Tensor
 
+from ..reference import LOG_IOU_LINEAR_BELOW
+
 KINDS = ("iou", "iou_distance", "log_iou", "log_iou_distance", "giou", "diou", "ciou")
 # the integer each kernel (classic.c, the Triton kernels) knows a kind by: its place in KINDS
 KIND_CODES = {kind: code for code, kind in enumerate(KINDS)}
 PAIRWISE_CODES = {kind: KIND_CODES[kind] for kind in ("iou", "giou", "diou", "ciou")}
 _FOUR_OVER_PI2 = 4 / math.pi**2
-_TAU = 0.7  # boxes.LOG_IOU_LINEAR_BELOW (tests pin every kernel to the reference)
+_TAU = LOG_IOU_LINEAR_BELOW  # the Smooth-ln threshold, defined once in the reference
 _NEG_LOG_TAU = -math.log(_TAU)
 
 

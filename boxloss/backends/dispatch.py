@@ -28,7 +28,6 @@ from torch import Tensor
 from .. import kinds
 from . import cpu, ops
 from ._warn import FastPathWarning, warn_once
-from .closed_form import KINDS
 
 __all__ = ["aligned_loss", "pairwise", "set_fast_path", "fast_path_enabled", "reference_path", "FastPathWarning",
            "backend_for"]
@@ -139,8 +138,7 @@ def aligned_loss(kind: str, p: Tensor, t: Tensor, eps: float, reduction: str = "
     """
     from .._utils import _reduce, _upcast
 
-    variant = kind not in KINDS
-    if variant and not kinds.is_variant(kind):
+    if not kinds.is_registered(kind):
         raise ValueError(f"unknown loss kind {kind!r}")
     if not _enabled:
         cd = ops.compute_dtype(p.dtype)

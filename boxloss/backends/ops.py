@@ -82,13 +82,14 @@ def _saturate(grad: Tensor, dtype: torch.dtype) -> Tensor:
 # ----------------------------------------------------------------------------------------------------------
 def reference_aligned(kind, p, t, weight, divisor, eps, reduce, scale):
     """What ``boxloss::aligned_loss`` returns as its first output, in plain differentiable PyTorch."""
+    from ..reference import KINDS as REFERENCE_KINDS
     from ..reference import _reference_loss
 
     cd = compute_dtype(p.dtype)
-    if kinds.is_variant(kind):
-        loss = generated.reference(kind, p.to(cd), t.to(cd), eps)
-    else:
+    if kind in REFERENCE_KINDS:  # the classic losses: their plain-PyTorch reference
         loss = _reference_loss(kind, p.to(cd), t.to(cd), eps)
+    else:
+        loss = generated.reference(kind, p.to(cd), t.to(cd), eps)
     if not reduce:
         return loss
     if weight is not None:
@@ -125,12 +126,12 @@ def _aligned_fake(pred, target, weight, divisor, kind, eps, reduce, scale, need_
 def _closed_form(kind, p, t, eps, need_p, need_t):
     """The PyTorch closed form in cache-sized chunks (any device): per-box loss and local gradients."""
     n = p.shape[0]
-    variant = kinds.is_variant(kind)
+    hand = kind in closed_form.KINDS  # the classic losses' hand-derived closed form (faster below 1e5 boxes)
     if p.device.type == "cpu":
         chunk = CPU_CHUNK
-    else:  # one chunk for the fused kinds; the generated graphs hold one value per node and box: bounded chunks
-        chunk = generated.closed_form_rows(kind, p.element_size()) if variant else max(n, 1)
-    step = generated.closed_form_chunk if variant else closed_form.fused_loss_and_grad
+    else:  # one chunk for the hand-derived form; the generated graphs hold one value per node and box: bounded
+        chunk = max(n, 1) if hand else generated.closed_form_rows(kind, p.element_size())
+    step = closed_form.fused_loss_and_grad if hand else generated.closed_form_chunk
     loss = p.new_empty(n)
     grad_p = p.new_empty(n, p.shape[1]) if need_p else p.new_empty(0)
     grad_t = p.new_empty(n, p.shape[1]) if need_t else p.new_empty(0)
@@ -152,14 +153,14 @@ def aligned_loss_op(pred: Tensor, target: Tensor, weight: Optional[Tensor], divi
     cd = compute_dtype(pred.dtype)
     p = pred.to(cd).contiguous()
     t = target.to(cd).contiguous()
-    variant = kinds.is_variant(kind)
-    lib = (variant_library(kind) if variant else cpu_library()) if p.device.type == "cpu" else None
+    hand = kind in cpu.HAND_WRITTEN_ALIGNED  # a hand-written C kernel overrides the generated one
+    lib = (cpu_library() if hand else variant_library(kind)) if p.device.type == "cpu" else None
     if lib is not None:
-        if variant:
+        if hand:
+            run = functools.partial(cpu.run, lib, kind)
+        else:
             name, _, params = kinds.parse(kind)
             run = functools.partial(cpu.run_variant, lib, generated.symbol(name), params)
-        else:
-            run = functools.partial(cpu.run, lib, kind)
         if not reduce:
             return run(p, t, eps, need_pred, need_target)
         w = None if weight is None else weight.to(cd).contiguous()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 
 from .._lazy import lazy
+from ..reference import LOG_IOU_LINEAR_BELOW
 
 FOUR_OVER_PI2 = 4 / math.pi**2
 
@@ -111,6 +112,25 @@ class Pair:
         v = self.aspect_v
         return self.m.detach(v / (1 - self.iou + v + self.m.eps))
 
+    @lazy
+    def gap_term(self):
+        """The zero-overlap term (``reference._gap_term``): the distance between the boxes' nearest points over the
+        target's diagonal, 0 whenever they overlap or touch; over max(enclosing diagonal, gap) for a point target."""
+        m, p, t = self.m, self.p, self.t
+        gx = m.clamp_min(m.maximum(p[0], t[0]) - m.minimum(p[2], t[2]), 0.0)
+        gy = m.clamp_min(m.maximum(p[1], t[1]) - m.minimum(p[3], t[3]), 0.0)
+        gap = m.safe_sqrt(gx * gx + gy * gy)
+        t_diag = m.safe_sqrt(self.tw * self.tw + self.th * self.th)
+        fallback = m.maximum(m.safe_sqrt(self.c2), gap)
+        return m.safe_div(gap, m.where(t_diag > m.eps, t_diag, fallback))
+
+    @lazy
+    def smooth_neg_log_iou(self):
+        """−ln IoU for IoU ≥ τ, its tangent −ln τ + (τ − IoU)/τ below (Smooth-ln; ``reference._smooth_neg_log``)."""
+        m, iou, tau = self.m, self.iou, LOG_IOU_LINEAR_BELOW
+        above = iou >= tau
+        return m.where(above, -m.log(m.where(above, iou, m.const(1.0, iou))), -math.log(tau) + (tau - iou) / tau)
+
     def ratio_at_most_one(self, num, den):
         """num / max(den, num): for terms that are ≤ 1 for valid boxes (a centre offset over the enclosing
         size); the maximum only bites for inverted boxes and keeps them bounded."""
@@ -121,6 +141,23 @@ class Pair:
 def iou_formula(p, t, m):
     """1 − IoU (textbook: no gradient for disjoint boxes)."""
     return 1 - Pair(p, t, m).iou
+
+
+def iou_distance_formula(p, t, m):
+    """1 − IoU + the zero-overlap term (``iou_loss``'s default)."""
+    b = Pair(p, t, m)
+    return 1 - b.iou + b.gap_term
+
+
+def log_iou_formula(p, t, m):
+    """−ln max(IoU, eps) (textbook UnitBox: ``log_iou_loss(zero_overlap="none")``)."""
+    return -m.log(m.clamp_min(Pair(p, t, m).iou, m.eps))
+
+
+def log_iou_distance_formula(p, t, m):
+    """Smooth-ln of IoU + the zero-overlap term (``log_iou_loss``'s default)."""
+    b = Pair(p, t, m)
+    return b.smooth_neg_log_iou + b.gap_term
 
 
 def giou_formula(p, t, m):

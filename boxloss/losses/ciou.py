@@ -8,6 +8,8 @@ from torch import Tensor
 
 from .._utils import _fill_loss_doc, _prepare_loss_inputs
 from ..backends import aligned_loss
+from ..kinds import register
+from ._pair import ciou_formula
 
 __all__ = ["ciou_loss"]
 
@@ -44,3 +46,6 @@ def ciou_loss(pred: Tensor, target: Tensor, *, reduction: str = "mean", weight: 
     """
     p, t = _prepare_loss_inputs(pred, target, reduction, weight, avg_factor, eps, fmt)
     return aligned_loss("ciou", p, t, eps, reduction, weight, avg_factor)  # 1 − CIOU: boxes._reference_loss
+
+
+register("ciou", ciou_formula)

@@ -8,6 +8,8 @@ from torch import Tensor
 
 from .._utils import ALL_FORMATS, _fill_loss_doc, _prepare_loss_inputs, _rotated_kind
 from ..backends import aligned_loss
+from ..kinds import register
+from ._pair import diou_formula
 
 __all__ = ["diou_loss"]
 
@@ -41,3 +43,6 @@ def diou_loss(pred: Tensor, target: Tensor, *, reduction: str = "mean", weight: 
     """
     p, t = _prepare_loss_inputs(pred, target, reduction, weight, avg_factor, eps, fmt, ALL_FORMATS)
     return aligned_loss(_rotated_kind("diou", fmt), p, t, eps, reduction, weight, avg_factor)  # 1 − DIOU: boxes._reference_loss
+
+
+register("diou", diou_formula)

@@ -8,6 +8,8 @@ from torch import Tensor
 
 from .._utils import ALL_FORMATS, _fill_loss_doc, _prepare_loss_inputs, _rotated_kind
 from ..backends import aligned_loss
+from ..kinds import register
+from ._pair import giou_formula
 
 __all__ = ["giou_loss"]
 
@@ -42,3 +44,6 @@ def giou_loss(pred: Tensor, target: Tensor, *, reduction: str = "mean", weight: 
     """
     p, t = _prepare_loss_inputs(pred, target, reduction, weight, avg_factor, eps, fmt, ALL_FORMATS)
     return aligned_loss(_rotated_kind("giou", fmt), p, t, eps, reduction, weight, avg_factor)  # 1 − GIoU: boxes._reference_loss
+
+
+register("giou", giou_formula)

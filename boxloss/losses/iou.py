@@ -14,6 +14,8 @@ from torch import Tensor
 
 from .._utils import ALL_FORMATS, _check_choice, _fill_loss_doc, _prepare_loss_inputs, _rotated_kind
 from ..backends import aligned_loss
+from ..kinds import register
+from ._pair import iou_distance_formula, iou_formula, log_iou_distance_formula, log_iou_formula
 
 __all__ = ["iou_loss", "log_iou_loss"]
 
@@ -121,3 +123,9 @@ def log_iou_loss(pred: Tensor, target: Tensor, *, reduction: str = "mean", weigh
     kind = "log_iou_distance" if zero_overlap == "distance" else "log_iou"  # the formulas: boxes._reference_loss
     return aligned_loss(_rotated_kind(kind, fmt), p, t, eps, reduction, weight, avg_factor)
 
+
+# the formulas of the four kinds (textbook or with the zero-overlap term): the kernels the backends generate
+register("iou", iou_formula)
+register("iou_distance", iou_distance_formula)
+register("log_iou", log_iou_formula)
+register("log_iou_distance", log_iou_distance_formula)

@@ -307,7 +307,7 @@ def test_cpu_kernel_reports_the_wait_of_its_last_parallel_call():
         pytest.skip("no C compiler")
     p, t = random_boxes(4096, seed=1), random_boxes(4096, seed=2)
     wait = (ctypes.c_double * 2)()
-    cpu.run(lib, "giou", p, t, 1e-7, True, False)  # whatever thread count: the call is timed
+    cpu.run(lib, "ciou", p, t, 1e-7, True, False)  # whatever thread count: the call is timed
     lib.boxloss_last_wait(wait)
     if cpu.status().get("openmp"):
         assert 0 <= wait[0] <= wait[1] and 0 < wait[1] < 10.0
@@ -419,15 +419,17 @@ def vector_and_scalar_builds(tmp_path_factory):
     if compiler is None:
         pytest.skip("no C compiler")
     tmp_path = tmp_path_factory.mktemp("builds")
+    source = tmp_path / "classic.c"  # the text the package compiles: the shared runtime inlined
+    source.write_text(cpu._read_core_source())
     flags = [f for f in cpu.FLAG_SETS[0] if f != "-fopenmp"]
     libs = []
     for name, extra in (("vector", cpu.FLAG_SETS[0]), ("scalar", flags + ["-fno-tree-vectorize",
                                                                             "-fno-tree-slp-vectorize"])):
         out = tmp_path / f"{name}.so"
-        result = subprocess.run([compiler, *extra, "-shared", "-fPIC", "-o", str(out), cpu.SOURCE, "-lm"],
+        result = subprocess.run([compiler, *extra, "-shared", "-fPIC", "-o", str(out), str(source), "-lm"],
                                 capture_output=True, text=True)
         if result.returncode and name == "vector":  # e.g. no -march=native here: the next flag set
-            result = subprocess.run([compiler, *cpu.FLAG_SETS[1], "-shared", "-fPIC", "-o", str(out), cpu.SOURCE,
+            result = subprocess.run([compiler, *cpu.FLAG_SETS[1], "-shared", "-fPIC", "-o", str(out), str(source),
                                      "-lm"], capture_output=True, text=True)
         assert result.returncode == 0, result.stderr
         libs.append(cpu._declare(ctypes.CDLL(str(out))))
@@ -445,6 +447,9 @@ def test_vectorised_cpu_kernel_equals_its_scalar_build_bit_for_bit(vector_and_sc
     import ctypes
     import math
 
+    from boxloss.backends import cpu
+    from boxloss.backends.closed_form import KIND_CODES
+
     libs = vector_and_scalar_builds
     p, t = _edge_pairs()
     n = len(p)
@@ -452,7 +457,7 @@ def test_vectorised_cpu_kernel_equals_its_scalar_build_bit_for_bit(vector_and_sc
 
     for dtype, suffix in ((torch.float32, "f32"), (torch.float64, "f64")):
         P, T, W = p.to(dtype).contiguous(), t.to(dtype).contiguous(), w.to(dtype)
-        for kind in range(7):
+        for kind in (KIND_CODES[k] for k in cpu.HAND_WRITTEN_ALIGNED):  # classic.c's aligned kinds
             for weighted in (False, True):
                 for outputs in ("L", "L GP", "GP GT total"):
                     got = []

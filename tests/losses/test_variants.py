@@ -25,6 +25,14 @@ VARIANTS = {name: v for name, v in ALL_VARIANTS.items() if v.columns == 4}
 
 # (public function, keyword options) per registered kernel, with non-default parameters where there are some
 CALLS = {
+    # the classic losses: one formula each, like the variants (their independent reference: boxloss.reference)
+    "iou": (boxloss.iou_loss, {"zero_overlap": "none"}),
+    "iou_distance": (boxloss.iou_loss, {}),
+    "log_iou": (boxloss.log_iou_loss, {"zero_overlap": "none"}),
+    "log_iou_distance": (boxloss.log_iou_loss, {}),
+    "giou": (boxloss.giou_loss, {}),
+    "diou": (boxloss.diou_loss, {}),
+    "ciou": (boxloss.ciou_loss, {}),
     "siou": (boxloss.siou_loss, {"theta": 3.0}),
     "eiou": (boxloss.eiou_loss, {}),
     "focal_eiou": (boxloss.focal_eiou_loss, {"gamma": 0.5}),
