@@ -862,15 +862,56 @@ def _triton_expr(e: Expr, inputs: Dict[str, str], nan_minmax: bool = False) -> s
     raise NotImplementedError(f"no Triton form for {e.op}")
 
 
-def generate_triton_aligned(name: str, fn: Callable, n_params: int, columns: int, nan_minmax: bool = False) -> str:
+def additive_terms(out: Expr) -> List[Expr]:
+    """The terms of the sum at the top of a formula's graph: ``a + b + c`` gives ``[a, b, c]``."""
+    if out.op == "add":
+        return additive_terms(out.args[0]) + additive_terms(out.args[1])
+    return [out]
+
+
+def split_sum(out: Expr, min_nodes: int = 64) -> List[Expr]:
+    """The formula as a sum of parts worth a kernel each: its terms of at least ``min_nodes`` nodes, the small
+    ones (a NaN guard, a constant) added to the first. One part (``[out]``) when fewer than two are that large."""
+    terms = additive_terms(out)
+    sizes = [sum(_live(term)) for term in terms]
+    heavy = [term for term, size in zip(terms, sizes) if size >= min_nodes]
+    if len(heavy) < 2:
+        return [out]
+    first = heavy[0]
+    for term, size in zip(terms, sizes):
+        if size < min_nodes:
+            first = first + term
+    return [first] + heavy[1:]
+
+
+def generate_triton_aligned(name: str, fn: Callable, n_params: int, columns: int, nan_minmax: bool = False,
+                            split_terms: bool = False) -> str:
     """Source of a ``@triton.jit`` kernel ``name(P, T, PRM, W, L, GP, GT, n, eps, ulp, scale, has_w, need_p,
     need_t, reduce, BLOCK)``: per box of ``P``, ``T`` ``(n, columns)`` (float32, float16 or bfloat16, read as
     they are and computed in float32), the loss ``fn(p, t, m, *prm)`` and its local gradients (the reverse pass
     of :func:`generate_c`, spelled in Triton), times the weight and ``scale``; ``reduce != 0``: one partial
     weighted sum per block into ``L``. The flags are runtime arguments: one compiled kernel per formula.
     ``nan_minmax``: maximum, minimum and the clamps propagate NaN (for formulas that rely on them to; the rotated
-    ones propagate NaN themselves and use the plain, cheaper forms)."""
+    ones propagate NaN themselves and use the plain, cheaper forms).
+
+    ``split_terms``: one kernel per large term of the sum at the top of the formula (:func:`split_sum`), named
+    ``name_t0``, ``name_t1``, …, with the same arguments, launched in order on the same outputs. Each computes only
+    what its term needs (the geometry the terms share is computed again by each), so that its reverse pass keeps
+    fewer values live than a GPU thread has registers. The first stores its term's loss and gradients, the next
+    ones add theirs to what is there; with ``reduce``, term ``j`` writes its partial sums to
+    ``L + j * num_programs + pid``. A NaN term gives NaN gradients, and so the sum does."""
     g, out, p, t, _params = trace(fn, n_params, columns)
+    roots = split_sum(out) if split_terms else [out]
+    if len(roots) == 1:
+        return _triton_aligned_kernel(name, g, out, p, t, n_params, columns, nan_minmax, 0)
+    return "\n\n".join(_triton_aligned_kernel(f"{name}_t{j}", g, root, p, t, n_params, columns, nan_minmax, j)
+                       for j, root in enumerate(roots))
+
+
+def _triton_aligned_kernel(name: str, g: "Graph", out: Expr, p: Sequence[Expr], t: Sequence[Expr], n_params: int,
+                           columns: int, nan_minmax: bool, term: int) -> str:
+    """One kernel of :func:`generate_triton_aligned`: the value of ``out`` and its gradients; ``term > 0`` adds
+    them to the outputs instead of storing them."""
     live = _live(out)
     nodes = [e for e in g.nodes if live[e.index]]
     needs = _needs_grad(nodes)
@@ -891,13 +932,15 @@ def generate_triton_aligned(name: str, fn: Callable, n_params: int, columns: int
         "    zero = tl.zeros((BLOCK,), dtype=tl.float32)",
     ]
     lines += [f"    v{e.index} = {_triton_expr(e, inputs, nan_minmax)}" for e in nodes]
+    partial = "L + pid" if term == 0 else f"L + pid + {term} * tl.num_programs(0)"
+    stored = "loss" if term == 0 else "tl.load(L + offs, mask=mask, other=0.0) + loss"
     lines += [
         f"    loss = v{out.index} + zero",
         "    f = tl.load(W + offs, mask=mask & (has_w != 0), other=1.0) * scale",
         "    if reduce != 0:",
-        "        tl.store(L + pid, tl.sum(tl.where(mask, f * loss, 0.0), axis=0))",
+        f"        tl.store({partial}, tl.sum(tl.where(mask, f * loss, 0.0), axis=0))",
         "    else:",
-        "        tl.store(L + offs, loss, mask=mask)",
+        f"        tl.store(L + offs, {stored}, mask=mask)",
         "    if need_p + need_t != 0:",
     ]
     body = [f"a{e.index} = zero" for e in nodes if needs[e.index]]
@@ -909,7 +952,10 @@ def generate_triton_aligned(name: str, fn: Callable, n_params: int, columns: int
         body.append(f"if {flag} != 0:")
         for k, e in enumerate(cols):
             grad = f"a{e.index}" if needs.get(e.index) and live[e.index] else "zero"
-            body.append(f"    tl.store({ptr} + base + {k}, f * tl.where(nan, loss, {grad}), mask=mask)")
+            value = f"f * tl.where(nan, loss, {grad})"
+            if term:
+                value = f"tl.load({ptr} + base + {k}, mask=mask, other=0.0) + {value}"
+            body.append(f"    tl.store({ptr} + base + {k}, {value}, mask=mask)")
     lines += [f"        {line}" for line in body]
     return "\n".join(lines) + "\n"
 

@@ -343,7 +343,18 @@ class RotatedPair:
         t_diag = m.safe_sqrt(4 * (a * a + b * b))
         fallback = m.maximum(m.safe_sqrt(self.enclosing_diagonal2), gap)
         term = m.safe_div(gap, m.where(t_diag > m.eps, t_diag, fallback))
-        return m.where(self.inter > 0, 0.0, term)
+        return m.where(self.separated, term, 0.0)
+
+    @lazy
+    def separated(self):
+        """Whether one box's edge line separates the two (the separating-axis test on the four edge directions:
+        every corner of one box strictly beyond an edge line of the other): the boxes are then disjoint, and the
+        zero-overlap term applies. Boxes that overlap or touch are not separated. The test needs none of the
+        intersection (which the zero-overlap term's kernel then need not compute: tests/backends/
+        test_triton_compile.py checks that no kernel spills registers)."""
+        m = self.m
+        sides = [_fold(m.minimum, [r[k] for r in rows]) for rows in (self._table_ab, self._table_ba) for k in range(4)]
+        return _fold(m.maximum, sides) > 0
 
 
 def _ratio(num, den, m):

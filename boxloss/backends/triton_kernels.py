@@ -428,7 +428,8 @@ def launch_generated_aligned(kind: str, p: Tensor, t: Tensor, weight: Optional[T
     from . import generated
 
     name, _, params = kinds.parse(kind)
-    kernel = getattr(generated_aligned_module(), generated.triton_aligned_symbol(name))
+    module = generated_aligned_module()
+    launches = [getattr(module, symbol) for symbol in generated.triton_aligned_kernels(name)]  # one, or one per term
     if p.dtype not in _POINTER_TYPES or t.dtype != p.dtype:
         p, t = p.to(torch.float32), t.to(torch.float32)
     p, t = p.contiguous(), t.contiguous()
@@ -436,16 +437,17 @@ def launch_generated_aligned(kind: str, p: Tensor, t: Tensor, weight: Optional[T
     device = p.device
     block = generated.TRITON_ALIGNED_BLOCK
     blocks = triton.cdiv(n, block)
-    loss = torch.empty(blocks if reduce else n, device=device, dtype=torch.float32)
+    loss = torch.empty(blocks * len(launches) if reduce else n, device=device, dtype=torch.float32)
     grad_p = torch.empty(n, cols, device=device, dtype=torch.float32) if need_p else torch.empty(0, device=device)
     grad_t = torch.empty(n, cols, device=device, dtype=torch.float32) if need_t else torch.empty(0, device=device)
     if n:
         dummy = _dummy(device)
         prm = torch.tensor(list(params) or [0.0], device=device, dtype=torch.float32)
         w = dummy if weight is None else weight.to(torch.float32).contiguous()
-        wrap(kernel)[(blocks,)](p, t, prm, w, loss, grad_p if need_p else dummy, grad_t if need_t else dummy, n,
-                                float(eps), FLOAT32_ULP, float(scale), int(weight is not None), int(need_p),
-                                int(need_t), int(reduce), BLOCK=block, **_launch_options())
+        for kernel in launches:  # in order, on one stream: each term's kernel adds to what the ones before wrote
+            wrap(kernel)[(blocks,)](p, t, prm, w, loss, grad_p if need_p else dummy, grad_t if need_t else dummy,
+                                    n, float(eps), FLOAT32_ULP, float(scale), int(weight is not None), int(need_p),
+                                    int(need_t), int(reduce), BLOCK=block, **_launch_options())
     if reduce:
         loss = loss.sum()
     if divisor is not None:  # avg_factor as a tensor: divided on the device (no host sync)
@@ -573,6 +575,6 @@ def launch_specialisations():
                          "GT": "*fp32", "n": "i32", "eps": "fp32", "ulp": "fp32", "scale": "fp32", "has_w": "i32",
                          "need_p": "i32", "need_t": "i32", "reduce": "i32", "BLOCK": "constexpr"}
         for name in generated.triton_aligned_members(HAND_WRITTEN_ALIGNED):
-            specs.append((f"generated.{generated.triton_aligned_symbol(name)}", generated_sig,
-                          {"BLOCK": generated.TRITON_ALIGNED_BLOCK}))
+            for symbol in generated.triton_aligned_kernels(name):
+                specs.append((f"generated.{symbol}", generated_sig, {"BLOCK": generated.TRITON_ALIGNED_BLOCK}))
     return specs
