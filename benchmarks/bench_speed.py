@@ -630,6 +630,8 @@ def main(argv=None) -> dict:
         rows["scaling"] = bench_aligned(["giou"], sizes, device, max(3, repeats // 2), with_compile, False)
     os.makedirs(args.out, exist_ok=True)
     tag = device.type if args.mode == "all" else f"{device.type}_{args.mode}"
+    if args.mode == "threads" and args.against == "compile":
+        tag += "_compile"  # results/bench_cpu_threads_compile.json, beside the run against torchvision
     payload = {"device": device_name, "device_type": device.type, "threads": torch.get_num_threads(),
                "torch": torch.__version__, "torchvision": torchvision.__version__, "boxloss": boxloss.__version__,
                "python": platform.python_version(), "repeats": repeats, "results": rows}
