@@ -14,7 +14,13 @@ at N = 1e3 … 1e7 boxes, float32 and float64, for each CPU backend:
 The generated kinds are registered by this script under the names ``formula_<kind>`` (in this process only);
 their values are checked against the hand-written kernels' before timing.
 
+Triton cannot be timed without a GPU; ``--triton`` compiles the hand-written Triton kernel of each classic loss
+(value and gradients, float32) and the one generated from its formula ahead of time for sm_80 and sm_90, and
+reports what the compiler gives: registers per thread, bytes of spill stores (``ptxas -v``) and the PTX
+instructions.
+
     python benchmarks/bench_generated.py            # writes benchmarks/results/bench_generated_cpu.json
+    python benchmarks/bench_generated.py --triton   # the Triton kernels, compiled ahead of time (no GPU needed)
 """
 
 from __future__ import annotations
@@ -78,6 +84,76 @@ def _once(fn) -> float:
     return time.perf_counter() - t0
 
 
+def _ptxas_usage(ptx: str, arch: int) -> tuple:
+    """(registers, bytes of spill stores) from Triton's own ptxas -v on a kernel's PTX."""
+    import re
+    import subprocess
+    import tempfile
+
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    ptxas = get_ptxas(arch)
+    ptxas = getattr(ptxas, "path", ptxas)
+    target = re.search(r"^\.target\s+(\w+)", ptx, re.M).group(1)
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "kernel.ptx")
+        with open(path, "w") as f:
+            f.write(ptx)
+        out = subprocess.run([ptxas, "-v", f"--gpu-name={target}", path, "-o", os.path.join(d, "kernel.o")],
+                             capture_output=True, text=True).stderr
+    return int(re.search(r"Used (\d+) registers", out).group(1)), int(re.search(r"(\d+) bytes spill stores", out).group(1))
+
+
+def triton_static(kinds_: list, archs=(80, 90)) -> list:
+    """The hand-written Triton kernel of each classic kind against the one generated from its formula, compiled
+    ahead of time: registers, spills and PTX instructions (value and both gradients, float32 boxes)."""
+    import re
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from boxloss import expr
+    from boxloss.backends import kernel_cache, triton_kernels
+    from boxloss.backends.closed_form import KIND_CODES
+
+    source = ("import triton\nimport triton.language as tl\n\n"
+              "from boxloss.backends.triton_kernels import _atan2  # noqa: F401\n\n\n"
+              + "\n\n".join(expr.generate_triton_aligned(f"_g_{kind}", FORMULAS[kind], 0, 4, nan_minmax=True)
+                            for kind in kinds_))
+    module = kernel_cache.python_module("bench_triton_classic", source)
+    hand_sig = next(sig for name, sig, c in triton_kernels.launch_specialisations()
+                    if name == "_aligned_kernel" and sig["P"] == "*fp32")
+    gen_sig = next(sig for name, sig, c in triton_kernels.launch_specialisations()
+                   if name.startswith("generated.") and sig["P"] == "*fp32")
+    rows = []
+    for arch in archs:
+        for kind in kinds_:
+            for label, fn, sig, const in (
+                    ("hand-written", triton_kernels._aligned_kernel, hand_sig,
+                     {"KIND": KIND_CODES[kind], "NEED_GRAD": True, "REDUCE": False, "USE_LIBDEVICE": True,
+                      "BLOCK": triton_kernels.BLOCK}),
+                    ("generated", getattr(module, f"_g_{kind}"), gen_sig, {"BLOCK": generated_block()})):
+                kernel = triton.compile(ASTSource(fn, sig, const), target=GPUTarget("cuda", arch, 32),
+                                        options=triton_kernels.LAUNCH_OPTIONS)
+                per_thread = const["BLOCK"] // (32 * kernel.metadata.num_warps)  # boxes each thread computes
+                ptx = kernel.asm["ptx"]
+                regs, spill = _ptxas_usage(ptx, arch)
+                instructions = len(re.findall(r"^\s+(?!//)[a-z][\w.]*\s[^\n]*;\s*$", ptx, re.M))
+                rows.append({"arch": f"sm_{arch}", "kind": kind, "kernel": label, "boxes per thread": per_thread,
+                             "registers": regs, "spill bytes": spill, "PTX instructions": instructions,
+                             "PTX instructions per box": instructions / per_thread})
+                print(f"sm_{arch} {kind} {label}: {per_thread} boxes per thread, {regs} registers, {spill} B "
+                      f"spilled, {instructions} PTX instructions", file=sys.stderr)
+    return rows
+
+
+def generated_block() -> int:
+    from boxloss.backends import generated
+
+    return generated.TRITON_ALIGNED_BLOCK
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1000,10000,100000,1000000,10000000")
@@ -85,12 +161,27 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--kinds", default=",".join(FORMULAS), help="comma-separated kinds (default: all)")
     parser.add_argument("--backends", default="c,closed_form", help="c, closed_form or both (default)")
+    parser.add_argument("--triton", action="store_true",
+                        help="compile the Triton kernels ahead of time (sm_80, sm_90) instead of timing the CPU ones")
     args = parser.parse_args(argv)
     rows = []
     chosen = [k for k in args.kinds.split(",") if k]
     unknown = sorted(set(chosen) - set(FORMULAS))
     if unknown:
         parser.error(f"unknown kinds {unknown}; choose from {sorted(FORMULAS)}")
+    if args.triton:
+        rows = triton_static(chosen)
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "bench_generated_triton_aot.json"), "w") as f:
+            json.dump({"rows": rows}, f, indent=1)
+        print("| arch | kind | hand-written: boxes per thread, registers, spill B, PTX instructions per box | "
+              "generated |")
+        print("|---|---|---:|---:|")
+        for hand, gen in zip(rows[::2], rows[1::2]):
+            cells = [f"{r['boxes per thread']}, {r['registers']}, {r['spill bytes']}, {r['PTX instructions per box']:.0f}"
+                     for r in (hand, gen)]
+            print(f"| {hand['arch']} | {hand['kind']} | {cells[0]} | {cells[1]} |")
+        return {"rows": rows}
     backends = [(name, compiled) for key, name, compiled in (("c", "compiled C kernel", True),
                                                              ("closed_form", "PyTorch closed form", False))
                 if key in args.backends.split(",")]
