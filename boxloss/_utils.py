@@ -123,7 +123,7 @@ def _upcast(boxes: Tensor, dtype: torch.dtype) -> Tensor:
 
 
 def _to_xyxy(boxes: Tensor, fmt: str) -> Tensor:
-    """Convert ``boxes`` to ``(x1, y1, x2, y2)``; ``fmt`` has the meaning of ``torchvision.ops.box_convert``."""
+    """Convert ``boxes`` to ``(x1, y1, x2, y2)``; ``fmt`` has the meaning of :func:`torchvision.ops.box_convert`."""
     if fmt == "xyxy":
         return boxes
     a, b, c, d = boxes.unbind(-1)

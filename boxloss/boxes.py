@@ -92,7 +92,7 @@ _SHAPES_DOC = """
             (``(N, 4) × (M, 4) → (N, M)``, batched ``(B, N, 4) × (B, M, 4) → (B, N, M)``, batch dimensions
             broadcast); ``True`` compares them elementwise, ``(..., 4) × (..., 4) → (...)`` with broadcasting.
         fmt (str): box format, ``"xyxy"`` (default), ``"xywh"`` or ``"cxcywh"``, as in
-            ``torchvision.ops.box_convert``; except for ``complete_box_iou``, also the rotated formats
+            :func:`torchvision.ops.box_convert`; except for ``complete_box_iou``, also the rotated formats
             ``"cxcywhr"`` and ``"xywhr"`` (``Tensor[..., 5]``, angle in degrees, counter-clockwise, the width along
             (cos θ, −sin θ), as torchvision) and ``"xyxyxyxy"`` (``Tensor[..., 8]``, four corners).
         eps (float): lower bound of every denominator. Default: ``1e-7``.
@@ -124,7 +124,7 @@ def box_iou(boxes1: Tensor, boxes2: Tensor, *, aligned: bool = False, fmt: str =
 
     .. math:: \mathrm{IoU}(A, B) = \frac{|A \cap B|}{|A \cup B|} \in [0, 1]
 
-    Equals ``torchvision.ops.box_iou`` for boxes of area larger than ``eps``.
+    Equals :func:`torchvision.ops.box_iou` for boxes of area larger than ``eps``.
     {shapes}
 
     Reference:
@@ -151,7 +151,7 @@ def generalized_box_iou(boxes1: Tensor, boxes2: Tensor, *, aligned: bool = False
     .. math:: \mathrm{GIoU}(A, B) = \mathrm{IoU}(A, B) - \frac{|C \setminus (A \cup B)|}{|C|} \in (-1, 1]
 
     with :math:`C` the smallest box enclosing :math:`A` and :math:`B`. Unlike IoU it keeps decreasing as
-    disjoint boxes move apart. Equals ``torchvision.ops.generalized_box_iou`` for boxes of area larger
+    disjoint boxes move apart. Equals :func:`torchvision.ops.generalized_box_iou` for boxes of area larger
     than ``eps``.
     {shapes}
 
@@ -177,7 +177,7 @@ def distance_box_iou(boxes1: Tensor, boxes2: Tensor, *, aligned: bool = False, f
     .. math:: \mathrm{DIoU}(A, B) = \mathrm{IoU}(A, B) - \frac{\rho^2(a, b)}{c^2} \in (-1, 1]
 
     with :math:`\rho(a, b)` the distance between the box centres and :math:`c` the diagonal of the smallest
-    enclosing box. Equals ``torchvision.ops.distance_box_iou`` (which adds ``eps`` to :math:`c^2` where this
+    enclosing box. Equals :func:`torchvision.ops.distance_box_iou` (which adds ``eps`` to :math:`c^2` where this
     clamps it) up to a relative ``eps / c²``.
     {shapes}
 
@@ -206,7 +206,7 @@ def complete_box_iou(boxes1: Tensor, boxes2: Tensor, *, aligned: bool = False, f
         \alpha = \frac{v}{1 - \mathrm{IoU} + v}
 
     :math:`\alpha` is treated as a constant by autograd, as in the paper and torchvision. Heights enter
-    :math:`\arctan(w/h)` clamped at ``eps``. Equals ``torchvision.ops.complete_box_iou`` for boxes larger than
+    :math:`\arctan(w/h)` clamped at ``eps``. Equals :func:`torchvision.ops.complete_box_iou` for boxes larger than
     ``eps``, up to a relative ``eps / c²``.
     {shapes}
 

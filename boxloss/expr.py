@@ -85,7 +85,7 @@ class TorchMath(_Composites):
 
 
 def _safe_div(m, num, den):
-    """num / max(den, eps), with no gradient where den <= eps (``boxes._safe_div``)."""
+    """num / max(den, eps), with no gradient where den <= eps (``reference._safe_div``)."""
     return m.where(den > m.eps, num, m.detach(num)) / m.clamp_min(den, m.eps)
 
 

@@ -2,7 +2,7 @@
 
 A rotated box is ``(cx, cy, w, h, θ)`` (torchvision's ``cxcywhr``): centre, width, height and the angle in
 degrees, counter-clockwise in the image, so that the width runs along ``u = (cos θ, −sin θ)`` and the height
-along ``v = (sin θ, cos θ)``. ``xywhr`` and ``xyxyxyxy`` are converted to it as ``torchvision.ops.box_convert``
+along ``v = (sin θ, cos θ)``. ``xywhr`` and ``xyxyxyxy`` are converted to it as :func:`torchvision.ops.box_convert`
 converts them.
 
 The formulas are written once against the math namespace of ``boxloss.expr``, like the loss variants:
@@ -36,14 +36,14 @@ How the intersection is computed (exactly, with no polygon clipping loop and no 
   clipped edges, not autograd through the crossing points (see ``RotatedPair.inter``).
 
 GIoU's enclosing region and DIoU's enclosing diagonal use the smallest rectangle enclosing both boxes that is
-aligned with the second box (the target, in the losses). It is rotation invariant, continuous, a closed form,
-and for two boxes at the same angle (θ = 0 in particular) it is exactly the enclosing box of the axis-aligned GIoU
-and DIoU. It makes rotated GIoU and DIoU asymmetric in their two arguments (symmetric at equal angles). The
-rotated regression simulation chose it (``benchmarks/RESULTS.md``, "The rotated regression simulation"): against
-the convex hull of the eight corners (hull area for GIoU, hull diameter for DIoU), the smaller of the two boxes' aligned rectangles,
-and the axis-aligned box of the corners (used by several code bases, not rotation invariant), the target-aligned
-rectangle ended with the smallest error for both GIoU and DIoU; a frame that follows the prediction pays the
-prediction for turning to shrink its own enclosure.
+aligned with the second box (the target, in the losses). It is rotation invariant, continuous, a closed form, and
+for two boxes at the same angle (θ = 0 in particular) it is exactly the enclosing box of the axis-aligned GIoU and
+DIoU. It makes rotated GIoU and DIoU asymmetric in their two arguments (symmetric at equal angles). The rotated
+regression simulation chose it (``benchmarks/RESULTS.md``, "The rotated regression simulation"): against the convex
+hull of the eight corners (hull area for GIoU, hull diameter for DIoU), the smaller of the two boxes' aligned
+rectangles, and the axis-aligned box of the corners (used by several code bases, not rotation invariant), the
+target-aligned rectangle ended with the smallest error for both GIoU and DIoU; a frame that follows the prediction
+pays the prediction for turning to shrink its own enclosure.
 """
 
 from __future__ import annotations
@@ -327,7 +327,7 @@ class RotatedPair:
     @lazy
     def gap_term(self):
         """Zero-overlap term: the distance between the boxes' nearest points over the target's diagonal (0 when
-        they overlap), as :func:`boxloss.boxes._gap_term` for axis-aligned boxes. The nearest points of two
+        they overlap), as ``boxloss.reference._gap_term`` for axis-aligned boxes. The nearest points of two
         disjoint convex polygons include a corner of one of them, so the distance is the smallest of the eight
         corner-to-rectangle distances."""
         m = self.m
@@ -399,7 +399,7 @@ def rotated_log_iou_formula(p, t, m):
 
 
 def _smooth_neg_log(iou, m, tau=LOG_IOU_LINEAR_BELOW):
-    """boxes._smooth_neg_log in the formula namespace: −ln IoU above τ, its tangent below."""
+    """reference._smooth_neg_log in the formula namespace: −ln IoU above τ, its tangent below."""
     above = iou >= tau
     return m.where(above, -m.log(m.where(above, iou, 1.0)), -math.log(tau) + (tau - iou) / tau)
 
@@ -471,7 +471,7 @@ def _safe_norm(x: Tensor, y: Tensor) -> Tensor:
 
 
 def to_cxcywhr(boxes: Tensor, fmt: str) -> Tensor:
-    """Convert rotated boxes to ``cxcywhr`` as ``torchvision.ops.box_convert`` does, differentiably (a corner
+    """Convert rotated boxes to ``cxcywhr`` as :func:`torchvision.ops.box_convert` does, differentiably (a corner
     polygon with a zero-length first side gets the angle 0, with no gradient, instead of NaN)."""
     if fmt == "cxcywhr":
         return boxes

@@ -92,7 +92,7 @@ def fused_loss_and_grad(kind: str, p: Tensor, t: Tensor, eps: float, need_grad: 
         iou_ok = iou > eps
         loss = -iou.clamp_min(eps).log()
         g_iou = -(iou_ok / iou.clamp_min(eps)) if need_grad else None
-    elif kind == "log_iou_distance":  # Smooth-ln: −ln IoU above τ, its tangent below (boxes._smooth_neg_log)
+    elif kind == "log_iou_distance":  # Smooth-ln: −ln IoU above τ, its tangent below (reference._smooth_neg_log)
         above = iou >= _TAU
         loss = torch.where(above, -iou.clamp_min(_TAU).log(), _NEG_LOG_TAU + (_TAU - iou) / _TAU)
         g_iou = -torch.where(above, 1 / iou.clamp_min(_TAU), torch.full_like(iou, 1 / _TAU)) if need_grad else None
@@ -137,7 +137,7 @@ def fused_loss_and_grad(kind: str, p: Tensor, t: Tensor, eps: float, need_grad: 
                 g_twh_ciou = torch.stack((g_theta_t * ht * rt, -g_theta_t * wt * rt))
     g_twh_gap = None
     if kind.endswith("_distance"):
-        # gap / the target's diagonal; / max(enclosing diagonal, gap) for a point target (boxes._gap_term)
+        # gap / the target's diagonal; / max(enclosing diagonal, gap) for a point target (reference._gap_term)
         gap_raw = -i_raw
         gap_xy = gap_raw.clamp_min(0)
         g2 = (gap_xy * gap_xy).sum(0)

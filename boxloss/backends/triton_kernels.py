@@ -208,7 +208,7 @@ if _HAVE_TRITON:
             ic = _max(iou, eps)
             loss = -tl.log(ic)
             g_iou = tl.where(iou > eps, -1.0 / ic, 0.0)
-        elif KIND == 3:  # Smooth-ln: −ln IoU above LOG_TAU, its tangent below (boxes._smooth_neg_log)
+        elif KIND == 3:  # Smooth-ln: −ln IoU above LOG_TAU, its tangent below (reference._smooth_neg_log)
             above = iou >= _TAU
             loss = tl.where(above, -tl.log(tl.maximum(iou, _TAU)), _NEG_LOG_TAU + (_TAU - iou) / _TAU)
             g_iou = tl.where(above, -1.0 / tl.maximum(iou, _TAU), -1.0 / _TAU)
@@ -271,7 +271,7 @@ if _HAVE_TRITON:
                 g_th_c = -gtt * tw * rt
         g_tw_gap = zero
         g_th_gap = zero
-        if DIST:  # gap / target diagonal; / max(enclosing diagonal, gap) for a point target (boxes._gap_term)
+        if DIST:  # gap / target diagonal; / max(enclosing diagonal, gap) for a point target (reference._gap_term)
             gx = _max(-ir_x, 0.0)
             gy = _max(-ir_y, 0.0)
             g2 = gx * gx + gy * gy

@@ -51,7 +51,7 @@ class Pair:
 
     @lazy
     def rho2(self):
-        """Squared distance between the centres (as ``boxes._diou_kernel``: (2Δ)² / 4)."""
+        """Squared distance between the centres (as ``reference._diou_kernel``: (2Δ)² / 4)."""
         dx = self.p[0] + self.p[2] - self.t[0] - self.t[2]
         dy = self.p[1] + self.p[3] - self.t[1] - self.t[3]
         return (dx * dx + dy * dy) * 0.25
@@ -97,7 +97,7 @@ class Pair:
 
     @lazy
     def diou_penalty(self):
-        """ρ² / c², with the maximum that keeps it ≤ 1 for inverted boxes (``boxes._diou_kernel``)."""
+        """ρ² / c², with the maximum that keeps it ≤ 1 for inverted boxes (``reference._diou_kernel``)."""
         return self.m.safe_div(self.rho2, self.m.maximum(self.c2, self.rho2))
 
     @lazy

@@ -25,7 +25,7 @@ def ciou_loss(pred: Tensor, target: Tensor, *, reduction: str = "mean", weight: 
         \alpha = \frac{v}{1 - \mathrm{IoU} + v}
 
     DIoU plus an aspect-ratio term. :math:`\alpha` is a constant in the backward pass, as in the paper and
-    ``torchvision.ops.complete_box_iou_loss``, which this equals for boxes larger than ``eps``. Heights enter
+    :func:`torchvision.ops.complete_box_iou_loss`, which this equals for boxes larger than ``eps``. Heights enter
     the arctangent clamped at ``eps``.
 
     {args}
@@ -45,7 +45,7 @@ def ciou_loss(pred: Tensor, target: Tensor, *, reduction: str = "mean", weight: 
         tensor(0.)
     """
     p, t = _prepare_loss_inputs(pred, target, reduction, weight, avg_factor, eps, fmt)
-    return aligned_loss("ciou", p, t, eps, reduction, weight, avg_factor)  # 1 − CIOU: boxes._reference_loss
+    return aligned_loss("ciou", p, t, eps, reduction, weight, avg_factor)  # 1 − CIoU (reference: boxloss.reference)
 
 
 register("ciou", ciou_formula)

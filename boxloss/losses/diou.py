@@ -23,7 +23,7 @@ def diou_loss(pred: Tensor, target: Tensor, *, reduction: str = "mean", weight: 
 
     with :math:`\rho(p, t)` the distance between the box centres and :math:`c` the enclosing diagonal: it
     pulls centres together directly, which converges faster than GIoU. Equals
-    ``torchvision.ops.distance_box_iou_loss`` for boxes larger than ``eps`` (up to a relative ``eps / c²``).
+    :func:`torchvision.ops.distance_box_iou_loss` for boxes larger than ``eps`` (up to a relative ``eps / c²``).
 
     {args}
 
@@ -42,7 +42,8 @@ def diou_loss(pred: Tensor, target: Tensor, *, reduction: str = "mean", weight: 
         tensor(1.4000)
     """
     p, t = _prepare_loss_inputs(pred, target, reduction, weight, avg_factor, eps, fmt, ALL_FORMATS)
-    return aligned_loss(_rotated_kind("diou", fmt), p, t, eps, reduction, weight, avg_factor)  # 1 − DIOU: boxes._reference_loss
+    # 1 − DIoU: the formula registered below (reference: boxloss.reference._reference_loss)
+    return aligned_loss(_rotated_kind("diou", fmt), p, t, eps, reduction, weight, avg_factor)
 
 
 register("diou", diou_formula)

@@ -23,7 +23,7 @@ def giou_loss(pred: Tensor, target: Tensor, *, reduction: str = "mean", weight: 
         \in [0, 2)
 
     Disjoint boxes keep a gradient through the enclosing-box term. Equals
-    ``torchvision.ops.generalized_box_iou_loss`` (which adds ``eps`` where this clamps) for boxes larger than
+    :func:`torchvision.ops.generalized_box_iou_loss` (which adds ``eps`` where this clamps) for boxes larger than
     ``eps``.
 
     {args}
@@ -43,7 +43,8 @@ def giou_loss(pred: Tensor, target: Tensor, *, reduction: str = "mean", weight: 
         tensor(1.3333)
     """
     p, t = _prepare_loss_inputs(pred, target, reduction, weight, avg_factor, eps, fmt, ALL_FORMATS)
-    return aligned_loss(_rotated_kind("giou", fmt), p, t, eps, reduction, weight, avg_factor)  # 1 − GIoU: boxes._reference_loss
+    # 1 − GIoU: the formula registered below (reference: boxloss.reference._reference_loss)
+    return aligned_loss(_rotated_kind("giou", fmt), p, t, eps, reduction, weight, avg_factor)
 
 
 register("giou", giou_formula)

@@ -72,7 +72,8 @@ def iou_loss(pred: Tensor, target: Tensor, *, reduction: str = "mean", weight: O
     """
     _check_choice("zero_overlap", zero_overlap, ZERO_OVERLAP)
     p, t = _prepare_loss_inputs(pred, target, reduction, weight, avg_factor, eps, fmt, ALL_FORMATS)
-    kind = "iou_distance" if zero_overlap == "distance" else "iou"  # the formulas: boxes._reference_loss
+    # the formulas in _pair.py (reference: boxloss.reference)
+    kind = "iou_distance" if zero_overlap == "distance" else "iou"
     return aligned_loss(_rotated_kind(kind, fmt), p, t, eps, reduction, weight, avg_factor)
 
 
@@ -120,7 +121,8 @@ def log_iou_loss(pred: Tensor, target: Tensor, *, reduction: str = "mean", weigh
     """
     _check_choice("zero_overlap", zero_overlap, ZERO_OVERLAP)
     p, t = _prepare_loss_inputs(pred, target, reduction, weight, avg_factor, eps, fmt, ALL_FORMATS)
-    kind = "log_iou_distance" if zero_overlap == "distance" else "log_iou"  # the formulas: boxes._reference_loss
+    # the formulas in _pair.py (reference: boxloss.reference)
+    kind = "log_iou_distance" if zero_overlap == "distance" else "log_iou"
     return aligned_loss(_rotated_kind(kind, fmt), p, t, eps, reduction, weight, avg_factor)
 
 
