@@ -14,6 +14,10 @@ at N = 1e3 … 1e7 boxes, float32 and float64, for each CPU backend:
 The generated kinds are registered by this script under the names ``formula_<kind>`` (in this process only);
 their values are checked against the hand-written kernels' before timing.
 
+``--pairwise`` times the pairwise scores (IoU, GIoU, DIoU, CIoU, no gradient) at 20,000 × 1,000 boxes:
+``classic.c``'s hand-written kernel against C generated from the same formulas (the generator's pairwise form,
+built here into the kernel cache), float32 and float64.
+
 Triton cannot be timed without a GPU; ``--triton`` compiles the hand-written Triton kernel of each classic loss
 (value and gradients, float32) and the one generated from its formula ahead of time for sm_80 and sm_90, and
 reports what the compiler gives: registers per thread, bytes of spill stores (``ptxas -v``) and the PTX
@@ -21,6 +25,7 @@ instructions.
 
     python benchmarks/bench_generated.py            # writes benchmarks/results/bench_generated_cpu.json
     python benchmarks/bench_generated.py --triton   # the Triton kernels, compiled ahead of time (no GPU needed)
+    python benchmarks/bench_generated.py --pairwise # the pairwise scores
 """
 
 from __future__ import annotations
@@ -148,6 +153,59 @@ def triton_static(kinds_: list, archs=(80, 90)) -> list:
     return rows
 
 
+PAIRWISE_SCORES = {"iou": lambda a, b, m: _pair.Pair(a, b, m).iou,
+                   "giou": lambda a, b, m: 1 - _pair.giou_formula(a, b, m),
+                   "diou": lambda a, b, m: 1 - _pair.diou_formula(a, b, m),
+                   "ciou": lambda a, b, m: 1 - _pair.ciou_formula(a, b, m)}
+
+
+def pairwise_side_by_side(n: int, m: int, repeats: int) -> list:
+    """classic.c's pairwise scores against C generated from the formulas, timed interleaved (no gradient)."""
+    from boxloss import expr
+    from boxloss.backends import generated, kernel_cache
+
+    text = expr.generate_library([], runtime=generated.c_runtime(), columns=4, nan_minmax=True,
+                                 pairwise=[(f"bench_pw_{kind}", fn, 4) for kind, fn in PAIRWISE_SCORES.items()])
+    compiler = cpu._compiler()
+    directory = kernel_cache.first_writable()
+    path, _ = cpu._compile(compiler, directory,
+                           lambda flags: kernel_cache.module_name("bench_pairwise", text + " ".join(flags)) + ".so",
+                           text)
+    import ctypes
+
+    lib = ctypes.CDLL(path)
+    cpu._declare_wait(lib)
+    hand = cpu.load()
+    rows = []
+    for dtype in (torch.float32, torch.float64):
+        a, b = random_boxes(n, dtype, 3)[None], random_boxes(m, dtype, 4)[None]
+        columns = b.transpose(1, 2).contiguous()
+        for kind in PAIRWISE_SCORES:
+            fn = getattr(lib, f"bench_pw_{kind}_" + ("f64" if dtype == torch.float64 else "f32"))
+            fn.restype, fn.argtypes = None, [ctypes.c_void_p] * 3 + [ctypes.c_long] * 3 + [ctypes.c_double,
+                                                                                          ctypes.c_int]
+
+            def gen(fn=fn, a=a, columns=columns):
+                out = a.new_empty(1, n, m)
+                threads = cpu.threads_for(n * m, cpu.GRAIN["pairwise"])
+                fn(a.data_ptr(), columns.data_ptr(), out.data_ptr(), 1, n, m, 1e-7, threads)
+                return out
+
+            def hand_written(kind=kind, a=a, b=b):
+                return cpu.run_pairwise(hand, kind, a, b, 1e-7)
+
+            torch.testing.assert_close(gen(), hand_written(), rtol=1e-5, atol=1e-5)
+            times = time_pair({"hand-written": hand_written, "generated": gen}, repeats)
+            row = {"backend": "compiled C kernel, pairwise", "dtype": str(dtype).replace("torch.", ""),
+                   "n": f"{n}x{m}", "kind": kind, "hand-written ms": times["hand-written"] * 1e3,
+                   "generated ms": times["generated"] * 1e3,
+                   "generated / hand-written": times["generated"] / times["hand-written"]}
+            rows.append(row)
+            print(f"pairwise {row['dtype']} {kind}: hand-written {row['hand-written ms']:.2f} ms, generated "
+                  f"{row['generated ms']:.2f} ms ({row['generated / hand-written']:.2f}×)", file=sys.stderr)
+    return rows
+
+
 def generated_block() -> int:
     from boxloss.backends import generated
 
@@ -161,6 +219,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--kinds", default=",".join(FORMULAS), help="comma-separated kinds (default: all)")
     parser.add_argument("--backends", default="c,closed_form", help="c, closed_form or both (default)")
+    parser.add_argument("--pairwise", action="store_true",
+                        help="time the pairwise scores (20,000 × 1,000) instead of the aligned losses")
     parser.add_argument("--triton", action="store_true",
                         help="compile the Triton kernels ahead of time (sm_80, sm_90) instead of timing the CPU ones")
     args = parser.parse_args(argv)
@@ -169,6 +229,19 @@ def main(argv=None) -> dict:
     unknown = sorted(set(chosen) - set(FORMULAS))
     if unknown:
         parser.error(f"unknown kinds {unknown}; choose from {sorted(FORMULAS)}")
+    if args.pairwise:
+        rows = pairwise_side_by_side(20_000, 1_000, args.repeats)
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "bench_generated_cpu_pairwise.json"), "w") as f:
+            json.dump({"device": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+                       "torch": torch.__version__, "boxloss": boxloss.__version__, "repeats": args.repeats,
+                       "rows": rows}, f, indent=1)
+        print("| dtype | kind | hand-written ms | generated ms | generated / hand-written |")
+        print("|---|---|---:|---:|---:|")
+        for r in rows:
+            print(f"| {r['dtype']} | {r['kind']} | {r['hand-written ms']:.3g} | {r['generated ms']:.3g} | "
+                  f"{r['generated / hand-written']:.2f}× |")
+        return {"rows": rows}
     if args.triton:
         rows = triton_static(chosen)
         os.makedirs(args.out, exist_ok=True)
