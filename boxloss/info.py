@@ -46,9 +46,10 @@ def report() -> dict:
                 st = cpu.status()
                 entry.update({k: st[k] for k in ("compiler", "flags", "cache_file", "openmp") if k in st})
                 vst = cpu.variants_status()
-                entry["loss variants"] = (f"compiled C kernel generated from their formulas ({vst.get('reason')}: "
-                                          f"{vst.get('cache_file')})" if vst.get("backend") and ops.USE_COMPILED_CPU
-                                          else f"PyTorch closed form ({vst.get('reason')})")
+                entry["axis-aligned losses"] = (
+                    f"compiled C kernel generated from their formulas ({vst.get('reason')}: {vst.get('cache_file')}); "
+                    "the CIoU loss and the pairwise scores: the hand-written kernel above (classic.c)"
+                    if vst.get("backend") and ops.USE_COMPILED_CPU else f"PyTorch closed form ({vst.get('reason')})")
                 rst = cpu.variants_status("rotated")
                 entry["rotated boxes"] = (f"compiled C kernel generated from their formulas, hand-written pairwise "
                                           f"IoU ({rst.get('reason')}: {rst.get('cache_file')})"
@@ -59,7 +60,8 @@ def report() -> dict:
                 cap = torch.cuda.get_device_capability(device)
                 entry.update(gpu=torch.cuda.get_device_name(device), capability=f"{cap[0]}.{cap[1]}")
                 entry["loss variants"] = ("Triton kernels generated from their formulas (value and gradient in one "
-                                          "pass) where the Triton kernels run; else the PyTorch closed form")
+                                          "pass) where the Triton kernels run; else the PyTorch closed form; the "
+                                          "classic losses: hand-written Triton kernels")
                 entry["rotated boxes"] = ("Triton kernels generated from their formulas (aligned losses and pairwise "
                                           "scores) where the Triton kernels run; else the PyTorch closed form")
             backends[str(device)] = entry
@@ -112,7 +114,8 @@ def format_report(info: dict) -> str:
 
 def build() -> dict:
     """Fill the kernel cache's first writable directory (``BOXLOSS_CACHE`` when set): the compiled C kernels
-    (IoU family, loss variants, rotated boxes) and, where Triton is installed, the generated Triton modules, so
+    (the hand-written classic.c, the axis-aligned losses generated from their formulas, rotated boxes) and, where
+    Triton is installed, the generated Triton modules, so
     that no first call has to build or write anything. ``{what: path}``, or ``{what: "failed: why"}``."""
     from .backends import kernel_cache, triton_kernels
 
@@ -120,7 +123,7 @@ def build() -> dict:
     if directory is None:
         return {"kernel cache": f"failed: no writable directory among {', '.join(kernel_cache.cache_dirs())}"}
     built = {}
-    for label, library in (("C kernel: IoU family", cpu.CORE), ("C kernel: loss variants", cpu.VARIANTS),
+    for label, library in (("C kernel: classic.c", cpu.CORE), ("C kernel: axis-aligned losses", cpu.VARIANTS),
                            ("C kernel: rotated boxes", cpu.ROTATED)):
         try:
             built[label] = library.build_into(directory)

@@ -309,8 +309,8 @@ def _declare_variants(lib: ctypes.CDLL, which: str = "axis") -> ctypes.CDLL:
     return lib
 
 
-CORE = KernelLibrary("IoU, GIoU, DIoU and CIoU (classic.c)", "boxloss_aligned", _read_core_source, _declare)
-VARIANTS = KernelLibrary("the loss variants (generated from their formulas)", "boxloss_variants", _variants_source,
+CORE = KernelLibrary("the CIoU loss and the pairwise scores (classic.c)", "boxloss_aligned", _read_core_source, _declare)
+VARIANTS = KernelLibrary("the axis-aligned losses (generated from their formulas)", "boxloss_variants", _variants_source,
                          _declare_variants)
 ROTATED = KernelLibrary("the rotated-box losses and scores (generated from their formulas)", "boxloss_rotated",
                         lambda: _variants_source("rotated"), lambda lib: _declare_variants(lib, "rotated"))
