@@ -1,4 +1,5 @@
-"""The loss variants on the fast path: each registered formula (:mod:`boxloss.kinds`) becomes
+"""The kernels generated from the registered formulas (:mod:`boxloss.kinds`: the classic losses, the variants, the
+rotated and Gaussian losses). Each formula becomes
 
 * the reference: the formula evaluated on tensors and differentiated by autograd (:func:`reference`);
 * a compiled CPU kernel: C generated from the formula's expression graph, forward and reverse-mode gradient in
@@ -6,8 +7,8 @@
 * a PyTorch closed form for other devices and for CPUs without a compiler: the same expression graph and the
   same derivative rules evaluated with tensor operations in cache-sized chunks (:func:`closed_form_chunk`).
 
-A variant enters the ``boxloss::aligned_loss`` operator (and so ``torch.compile``, ``torch.func``, ...) under a
-kind string ``"name|param|param"`` (:func:`kind_of`); the parameters are runtime arguments of the kernel.
+A formula enters the ``boxloss::aligned_loss`` operator (and so ``torch.compile``, ``torch.func``, ...) under a
+kind string ``"name|param|param"`` (:func:`boxloss.kinds.kind_of`); the parameters are runtime arguments of the kernel.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 from torch import Tensor
 
 from .. import expr
-from ..kinds import GROUPS, VARIANTS, columns, group, is_registered, kind_of, parse  # noqa: F401
+from ..kinds import GROUPS, VARIANTS, parse
 
 
 def symbol(name: str) -> str:
@@ -267,13 +268,15 @@ def triton_aligned_symbol(name: str) -> str:
 TRITON_SPLIT_TERMS = ("rotated_iou_distance", "rotated_log_iou_distance")
 
 
-def triton_aligned_kernels(name: str) -> List[str]:
-    """The names of the generated Triton kernels of formula ``name``, in launch order: one, or one per term."""
+@functools.lru_cache(maxsize=None)
+def triton_aligned_kernels(name: str) -> Tuple[str, ...]:
+    """The names of the generated Triton kernels of formula ``name``, in launch order: one, or one per term
+    (cached: every launch asks)."""
     if name not in TRITON_SPLIT_TERMS:
-        return [triton_aligned_symbol(name)]
+        return (triton_aligned_symbol(name),)
     entry = VARIANTS[name]
     _, out, *_ = expr.trace(entry.formula, len(entry.params), entry.columns)
-    return [f"{triton_aligned_symbol(name)}_t{j}" for j in range(len(expr.split_sum(out)))]
+    return tuple(f"{triton_aligned_symbol(name)}_t{j}" for j in range(len(expr.split_sum(out))))
 
 
 def triton_aligned_members(exclude: Tuple[str, ...] = ()) -> List[str]:

@@ -463,7 +463,7 @@ def launch_aligned(kind: str, p: Tensor, t: Tensor, weight: Optional[Tensor], di
                    wrap=lambda kernel: kernel):
     """Run the aligned kernel on contiguous ``(n, 4)`` boxes (float32, float16 or bfloat16): the outputs of
     ``boxloss::aligned_loss`` (float32). Generated kinds (the rotated losses) run their generated kernel."""
-    if kind not in KIND_CODES:
+    if kind not in HAND_WRITTEN_ALIGNED:
         return launch_generated_aligned(kind, p, t, weight, divisor, eps, reduce, scale, need_p, need_t, wrap)
     n = p.shape[0]
     device = p.device
