@@ -89,26 +89,6 @@ def _once(fn) -> float:
     return time.perf_counter() - t0
 
 
-def _ptxas_usage(ptx: str, arch: int) -> tuple:
-    """(registers, bytes of spill stores) from Triton's own ptxas -v on a kernel's PTX."""
-    import re
-    import subprocess
-    import tempfile
-
-    from triton.backends.nvidia.compiler import get_ptxas
-
-    ptxas = get_ptxas(arch)
-    ptxas = getattr(ptxas, "path", ptxas)
-    target = re.search(r"^\.target\s+(\w+)", ptx, re.M).group(1)
-    with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "kernel.ptx")
-        with open(path, "w") as f:
-            f.write(ptx)
-        out = subprocess.run([ptxas, "-v", f"--gpu-name={target}", path, "-o", os.path.join(d, "kernel.o")],
-                             capture_output=True, text=True).stderr
-    return int(re.search(r"Used (\d+) registers", out).group(1)), int(re.search(r"(\d+) bytes spill stores", out).group(1))
-
-
 def triton_static(kinds_: list, archs=(80, 90)) -> list:
     """The hand-written Triton kernel of each classic kind against the one generated from its formula, compiled
     ahead of time: registers, spills and PTX instructions (value and both gradients, float32 boxes)."""
@@ -143,7 +123,7 @@ def triton_static(kinds_: list, archs=(80, 90)) -> list:
                                         options=triton_kernels.LAUNCH_OPTIONS)
                 per_thread = const["BLOCK"] // (32 * kernel.metadata.num_warps)  # boxes each thread computes
                 ptx = kernel.asm["ptx"]
-                regs, spill = _ptxas_usage(ptx, arch)
+                regs, spill = triton_kernels.ptxas_usage(ptx, arch)
                 instructions = len(re.findall(r"^\s+(?!//)[a-z][\w.]*\s[^\n]*;\s*$", ptx, re.M))
                 rows.append({"arch": f"sm_{arch}", "kind": kind, "kernel": label, "boxes per thread": per_thread,
                              "registers": regs, "spill bytes": spill, "PTX instructions": instructions,

@@ -536,6 +536,29 @@ if _HAVE_TRITON:
 _POINTER_TYPES = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16"}
 
 
+def ptxas_usage(ptx: str, arch: int) -> Tuple[Optional[int], Optional[int]]:
+    """(registers per thread, bytes of spill stores) of a compiled kernel, from Triton's own ``ptxas -v`` on its
+    PTX for ``sm_<arch>`` (for the ahead-of-time checks: no GPU needed); ``None`` for what ptxas did not report."""
+    import re
+    import subprocess
+    import tempfile
+
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    ptxas = get_ptxas(arch)
+    ptxas = getattr(ptxas, "path", ptxas)
+    target = re.search(r"^\.target\s+(\w+)", ptx, re.M).group(1)
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "kernel.ptx")
+        with open(path, "w") as f:
+            f.write(ptx)
+        out = subprocess.run([ptxas, "-v", f"--gpu-name={target}", path, "-o", os.path.join(d, "kernel.o")],
+                             capture_output=True, text=True).stderr
+    regs = re.search(r"Used (\d+) registers", out)
+    spill = re.search(r"(\d+) bytes spill stores", out)
+    return (int(regs.group(1)) if regs else None), (int(spill.group(1)) if spill else None)
+
+
 def launch_specialisations():
     """Every (kernel, signature, constexprs) that :func:`launch_aligned` and :func:`launch_pairwise` can launch on
     a GPU, for ahead-of-time compilation (``tests/backends/test_triton_compile.py``): each input dtype the dispatcher

@@ -4,11 +4,7 @@ kernel, with its registers and bytes of spill stores as Triton's ``ptxas -v`` re
 if any fails to compile."""
 
 import importlib
-import os
-import re
-import subprocess
 import sys
-import tempfile
 import time
 
 import triton
@@ -20,20 +16,8 @@ from boxloss.backends import triton_kernels
 
 def registers(ptx: str, arch: int) -> str:
     """``regs=N spill=B`` from Triton's own ``ptxas -v`` on the kernel's PTX (B: bytes of spill stores)."""
-    from triton.backends.nvidia.compiler import get_ptxas
-
-    ptxas = get_ptxas(arch)
-    ptxas = getattr(ptxas, "path", ptxas)
-    target = re.search(r"^\.target\s+(\w+)", ptx, re.M).group(1)
-    with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "kernel.ptx")
-        with open(path, "w") as f:
-            f.write(ptx)
-        out = subprocess.run([ptxas, "-v", f"--gpu-name={target}", path, "-o", os.path.join(d, "kernel.o")],
-                             capture_output=True, text=True).stderr
-    regs = re.search(r"Used (\d+) registers", out)
-    spill = re.search(r"(\d+) bytes spill stores", out)
-    return f"regs={regs.group(1) if regs else '?'} spill={spill.group(1) if spill else '?'}"
+    regs, spill = triton_kernels.ptxas_usage(ptx, arch)
+    return f"regs={'?' if regs is None else regs} spill={'?' if spill is None else spill}"
 
 
 def main() -> int:
