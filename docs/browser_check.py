@@ -99,8 +99,7 @@ def _browser():
         from selenium.webdriver.chrome.service import Service
     except ImportError:
         return None, 'selenium is not installed (pip install "boxloss[docs]")'
-    binary = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)),
-                  None)
+    binary = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
     driver_path = shutil.which("chromedriver")
     if binary is None or driver_path is None:
         return None, "Chromium or its driver is not installed (Debian: apt-get install chromium chromium-driver)"

@@ -110,4 +110,4 @@ def _check_public_api(app, env):
 
 
 def setup(app):
-    app.connect("env-check-consistency", lambda app, env: _check_public_api(app, env))
+    app.connect("env-check-consistency", _check_public_api)

@@ -51,7 +51,7 @@ enum { K_IOU = 0, K_IOU_DIST = 1, K_LOG = 2, K_LOG_DIST = 3, K_GIOU = 4, K_DIOU 
     case 2 * K: acc = NAME##_chunk(K, 0, &S, P, T, W, L, GP, GT, b, m, eps, scale_r); break;                 \
     case 2 * K + 1: acc = NAME##_chunk(K, 1, &S, P, T, W, L, GP, GT, b, m, eps, scale_r); break;
 
-#define DEFINE_KERNEL(REAL, NAME, SQRT, ATAN2, LOG)                                                           \
+#define DEFINE_KERNEL(REAL, NAME, ATAN2)                                                                      \
 static inline REAL NAME##_sel(REAL a, REAL b) { return a > b ? (REAL)1 : (a == b ? (REAL)0.5 : (REAL)0); }     \
 static inline REAL NAME##_pos(REAL a) { return a <= 0 ? (REAL)0 : a; }  /* NaN stays NaN */                \
 static inline REAL NAME##_max(REAL a, REAL b) { return ((a > b) | (a != a)) ? a : b; }                         \
@@ -201,8 +201,8 @@ void NAME(int kind, const REAL *P, const REAL *T, const REAL *W, REAL *L, REAL *
     bl_total(total, partial, chunks, acc1);                                                                  \
 }
 
-DEFINE_KERNEL(float, boxloss_aligned_f32, sqrtf, atan2f, logf)
-DEFINE_KERNEL(double, boxloss_aligned_f64, sqrt, atan2, log)
+DEFINE_KERNEL(float, boxloss_aligned_f32, atan2f)
+DEFINE_KERNEL(double, boxloss_aligned_f64, atan2)
 
 /* Pairwise scores (no gradient): out[b, i, j] = score(A[b, i], B[b, j]) for kind 0 IoU, 4 GIoU, 5 DIoU,
  * 6 CIoU (values of boxes.py's kernels: clamped widths, denominators clamped at eps). One pass, written
