@@ -351,13 +351,12 @@ def variants_status(which: str = "axis") -> dict:
 # have about a millisecond of work to pay for that risk: in boxes for the aligned kernels (the vectorised ones
 # take 5-15 ns per box with its gradient), in pairs for the pairwise ones (about 1 ns), fewer for the rotated
 # geometry (some 100 times an axis-aligned box); "aligned_calls" for the kinds with a library call per box (CIoU's
-# arctangent, the logarithms, the variants' exponentials: 15-35 ns per box). Measured with
-# ``benchmarks/bench_speed.py --mode threads``.
+# arctangent, the logarithms, the variants' exponentials: 15-35 ns per box; generated.makes_library_calls).
+# Measured with ``benchmarks/bench_speed.py --mode threads``.
 # "scale": the backward's product of the incoming gradient and the saved local ones (memory-bound, about 0.35 ns
 # per box on one thread).
 GRAIN = {"aligned": 131072, "aligned_calls": 32768, "aligned_rotated": 2048, "pairwise": 2097152,
          "pairwise_rotated": 16384, "scale": 1048576}
-CALL_FREE_KINDS = ()  # classic.c's aligned kinds whose loop makes no library call (both of its kinds make one)
 
 
 # A busy machine. A parallel call waits at its end for its slowest thread; when another process holds that
@@ -443,8 +442,8 @@ def run(lib, kind: str, p: Tensor, t: Tensor, eps: float, need_p: bool, need_t: 
     if kind not in HAND_WRITTEN_ALIGNED:
         raise ValueError(f"classic.c has no aligned kernel of kind {kind!r}; its kinds: {HAND_WRITTEN_ALIGNED}")
     fn = lib.boxloss_aligned_f64 if p.dtype == torch.float64 else lib.boxloss_aligned_f32
-    grain = GRAIN["aligned" if kind in CALL_FREE_KINDS else "aligned_calls"]
-    return _run_aligned(lib, fn, KIND_CODES[kind], p, t, eps, need_p, need_t, weight, scale, grain)
+    # (classic.c's one aligned kind, CIoU, takes an arctangent per box)
+    return _run_aligned(lib, fn, KIND_CODES[kind], p, t, eps, need_p, need_t, weight, scale, GRAIN["aligned_calls"])
 
 
 def run_pairwise(lib, kind: str, a: Tensor, b: Tensor, eps: float) -> Tensor:
@@ -475,12 +474,16 @@ def run_scale(lib, g: Tensor, a: Optional[Tensor], b: Optional[Tensor]):
     return out_a, out_b
 
 
-def run_variant(lib, symbol: str, params, p: Tensor, t: Tensor, eps: float, need_p: bool, need_t: bool,
+def run_variant(lib, name: str, params, p: Tensor, t: Tensor, eps: float, need_p: bool, need_t: bool,
                 weight: Optional[Tensor] = None, scale: Optional[float] = None):
-    """As :func:`run`, for the generated kernel ``symbol`` (without its dtype suffix) and its parameters."""
+    """As :func:`run`, for the kernel generated from registered formula ``name`` and its parameters."""
+    from . import generated
+
     prm = (ctypes.c_double * max(1, len(params)))(*[float(x) for x in params])
-    fn = getattr(lib, symbol + ("_f64" if p.dtype == torch.float64 else "_f32"))
-    return _run_aligned(lib, fn, prm, p, t, eps, need_p, need_t, weight, scale, GRAIN["aligned_calls"])
+    fn = getattr(lib, generated.symbol(name) + ("_f64" if p.dtype == torch.float64 else "_f32"))
+    # axis-aligned boxes: the larger grain where the loop makes no library call (the rotated ones have their own)
+    grain = GRAIN["aligned_calls" if p.shape[1] != 4 or generated.makes_library_calls(name) else "aligned"]
+    return _run_aligned(lib, fn, prm, p, t, eps, need_p, need_t, weight, scale, grain)
 
 
 def run_generated_pairwise(lib, symbol: str, a: Tensor, b: Tensor, eps: float) -> Tensor:

@@ -80,6 +80,14 @@ def pairwise_symbol(kind: str) -> str:
     return HAND_WRITTEN.get(kind, "boxloss_pw_" + kind)
 
 
+@functools.lru_cache(maxsize=None)
+def makes_library_calls(name: str) -> bool:
+    """Whether the generated kernel of formula ``name`` calls a math library function per box (the ops the C
+    printer cuts its loops at: exp, log, atan2, sin, cos, ...). The CPU backend opens a parallel region for such
+    kernels from fewer boxes (``cpu.GRAIN``)."""
+    return any(e.op in expr._CALL_OPS for e in _program(name)[0])
+
+
 def c_symbols(which: str = "axis") -> List[str]:
     return [symbol(name) + sfx for name in _members(which) for sfx in ("_f32", "_f64")]
 

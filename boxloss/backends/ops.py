@@ -160,7 +160,7 @@ def aligned_loss_op(pred: Tensor, target: Tensor, weight: Optional[Tensor], divi
             run = functools.partial(cpu.run, lib, kind)
         else:
             name, _, params = kinds.parse(kind)
-            run = functools.partial(cpu.run_variant, lib, generated.symbol(name), params)
+            run = functools.partial(cpu.run_variant, lib, name, params)
         if not reduce:
             return run(p, t, eps, need_pred, need_target)
         w = None if weight is None else weight.to(cd).contiguous()
